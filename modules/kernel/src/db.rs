@@ -1,0 +1,281 @@
+//! Connecting a module to its own database: SQLite (embedded default) or
+//! PostgreSQL, with the pragmas and pool sizes agora relies on.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+/// Which kind of store a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    Mongo,
+}
+
+impl Backend {
+    pub fn of_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else if url.starts_with("mongodb://") || url.starts_with("mongodb+srv://") {
+            Some(Backend::Mongo)
+        } else {
+            None
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+            Backend::Mongo => "mongodb",
+        }
+    }
+}
+
+/// Open (creating when missing) an SQLite database in WAL mode with a busy
+/// timeout. Write transactions must start with `BEGIN IMMEDIATE`.
+pub async fn connect_sqlite(url: &str, max_connections: u32) -> anyhow::Result<SqlitePool> {
+    let options = SqliteConnectOptions::from_str(url)
+        .context("invalid SQLite URL")?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true);
+    SqlitePoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .context("failed to open the SQLite database")
+}
+
+/// Connect to PostgreSQL. The pool connects lazily so that start-up and
+/// readiness can report an unreachable server instead of hanging.
+pub async fn connect_postgres(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(url).context("invalid PostgreSQL URL")?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(3))
+        .test_before_acquire(true)
+        .connect_with(options)
+        .await
+        .context("failed to connect to PostgreSQL")?;
+    Ok(pool)
+}
+
+/// Epoch milliseconds: how kernel tables (outbox, inbox, idempotency keys) store
+/// time, so the same SQL runs on SQLite and PostgreSQL and compares correctly.
+pub fn epoch_ms(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub fn from_epoch_ms(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// The kernel tables (outbox, inbox, idempotency keys) for SQLite. Run before a
+/// module's own migrations; both migrators ignore each other's versions.
+///
+/// # Errors
+/// Migration failures.
+pub async fn migrate_kernel_sqlite(pool: &SqlitePool) -> anyhow::Result<()> {
+    let mut migrator = sqlx::migrate!("../../migrations/kernel/sqlite");
+    migrator.set_ignore_missing(true);
+    migrator
+        .run(pool)
+        .await
+        .context("failed to create the kernel tables")
+}
+
+/// The kernel tables for PostgreSQL.
+///
+/// # Errors
+/// Migration failures.
+pub async fn migrate_kernel_postgres(pool: &PgPool) -> anyhow::Result<()> {
+    let mut migrator = sqlx::migrate!("../../migrations/kernel/postgres");
+    migrator.set_ignore_missing(true);
+    migrator
+        .run(pool)
+        .await
+        .context("failed to create the kernel tables")
+}
+
+/// A module's relational database: SQLite or PostgreSQL, with the kernel
+/// tables in place.
+#[derive(Clone)]
+pub enum SqlDatabase {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl SqlDatabase {
+    /// Connect and create the kernel tables. `sqlite:` and `postgres://` URLs.
+    ///
+    /// # Errors
+    /// Unreachable server, bad URL, failed migration.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        match Backend::of_url(url) {
+            Some(Backend::Sqlite) => {
+                if let Some(dir) = sqlite_parent_dir(url) {
+                    std::fs::create_dir_all(&dir).with_context(|| {
+                        format!("failed to create the data directory {}", dir.display())
+                    })?;
+                }
+                let pool = connect_sqlite(url, 8).await?;
+                migrate_kernel_sqlite(&pool).await?;
+                Ok(Self::Sqlite(pool))
+            }
+            Some(Backend::Postgres) => {
+                let pool = connect_postgres(url, 16).await?;
+                migrate_kernel_postgres(&pool).await?;
+                Ok(Self::Postgres(pool))
+            }
+            _ => anyhow::bail!("not an SQLite or PostgreSQL URL"),
+        }
+    }
+
+    /// Run a module's own migrations after the kernel's.
+    ///
+    /// # Errors
+    /// Failed migration.
+    pub async fn migrate(
+        &self,
+        sqlite: &sqlx::migrate::Migrator,
+        postgres: &sqlx::migrate::Migrator,
+    ) -> anyhow::Result<()> {
+        match self {
+            Self::Sqlite(pool) => sqlite.run(pool).await,
+            Self::Postgres(pool) => postgres.run(pool).await,
+        }
+        .context("failed to migrate the module's database")
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Sqlite(_) => Backend::Sqlite,
+            Self::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// A round trip to the database, bounded by `timeout`.
+    ///
+    /// # Errors
+    /// The store did not answer in time or answered an error.
+    pub async fn ping(&self, timeout: Duration) -> anyhow::Result<()> {
+        let fut = async {
+            match self {
+                Self::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
+                Self::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .context("the database did not answer in time")?
+            .context("the database refused a query")
+    }
+
+    pub fn outbox(&self) -> std::sync::Arc<dyn crate::outbox::OutboxStore> {
+        match self {
+            Self::Sqlite(pool) => {
+                std::sync::Arc::new(crate::outbox::sqlite::Store::new(pool.clone()))
+            }
+            Self::Postgres(pool) => {
+                std::sync::Arc::new(crate::outbox::postgres::Store::new(pool.clone()))
+            }
+        }
+    }
+
+    pub fn idempotency(&self) -> std::sync::Arc<dyn crate::idempotency::IdempotencyStore> {
+        match self {
+            Self::Sqlite(pool) => {
+                std::sync::Arc::new(crate::idempotency::sqlite::Store::new(pool.clone()))
+            }
+            Self::Postgres(pool) => {
+                std::sync::Arc::new(crate::idempotency::postgres::Store::new(pool.clone()))
+            }
+        }
+    }
+
+    pub fn inbox(&self) -> std::sync::Arc<dyn crate::inbox::InboxStore> {
+        match self {
+            Self::Sqlite(pool) => {
+                std::sync::Arc::new(crate::inbox::sqlite::Store::new(pool.clone()))
+            }
+            Self::Postgres(pool) => {
+                std::sync::Arc::new(crate::inbox::postgres::Store::new(pool.clone()))
+            }
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(pool) => pool.close().await,
+            Self::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+fn sqlite_parent_dir(url: &str) -> Option<std::path::PathBuf> {
+    let path = url.strip_prefix("sqlite:")?.trim_start_matches("//");
+    let path = path.split('?').next()?;
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    std::path::Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(|p| p.to_path_buf())
+}
+
+/// A module backed by one [`SqlDatabase`] and its outbox relay: the shape every
+/// module starts from. Modules embed it and add their own routes and tasks.
+pub struct SqlModuleBase {
+    pub name: &'static str,
+    pub db: SqlDatabase,
+    pub relay: crate::outbox::OutboxRelay,
+}
+
+impl SqlModuleBase {
+    /// Connect the module's database and set up its outbox relay on `bus`.
+    ///
+    /// # Errors
+    /// See [`SqlDatabase::connect`].
+    pub async fn connect(
+        name: &'static str,
+        url: &str,
+        bus: std::sync::Arc<dyn crate::events::EventBus>,
+    ) -> anyhow::Result<Self> {
+        let db = SqlDatabase::connect(url).await?;
+        let relay = crate::outbox::OutboxRelay::new(
+            name,
+            db.outbox(),
+            bus,
+            crate::outbox::RelayConfig::default(),
+        );
+        Ok(Self { name, db, relay })
+    }
+
+    /// The relay as a background task.
+    pub fn relay_task(&self) -> crate::module::BackgroundTask {
+        let relay = self.relay.clone();
+        crate::module::BackgroundTask::new(format!("{}-outbox-relay", self.name), move |token| {
+            relay.run(token)
+        })
+    }
+
+    /// Readiness: the database answers within two seconds.
+    ///
+    /// # Errors
+    /// See [`SqlDatabase::ping`].
+    pub async fn ready(&self) -> anyhow::Result<()> {
+        self.db.ping(Duration::from_secs(2)).await
+    }
+}

@@ -1,0 +1,82 @@
+//! The inbox: which events a consumer has already handled, so that an
+//! at-least-once bus delivering an event twice changes nothing the second time.
+//!
+//! Record the event id in the *same transaction* as the consumer's own writes:
+//! `if !inbox::sqlite::record(&mut tx, "notification", id).await? { return Ok(()) }`.
+//! Table: `inbox(consumer, event_id, handled_at)` with primary key
+//! `(consumer, event_id)`.
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+/// The inbox-store port, for consumers that do not need a surrounding transaction.
+#[async_trait]
+pub trait InboxStore: Send + Sync {
+    /// Record that `consumer` handled `event_id`; `false` when it already had.
+    ///
+    /// # Errors
+    /// Store failures.
+    async fn record_once(&self, consumer: &str, event_id: Uuid) -> anyhow::Result<bool>;
+}
+
+macro_rules! sql_inbox {
+    ($db:ident, $pool:ty, $conn:ty) => {
+        pub mod $db {
+            use super::*;
+            use anyhow::Context;
+
+            /// Record inside the caller's transaction; `false` means a duplicate.
+            ///
+            /// # Errors
+            /// Store failures.
+            pub async fn record(
+                conn: &mut $conn,
+                consumer: &str,
+                event_id: Uuid,
+            ) -> anyhow::Result<bool> {
+                let done = sqlx::query(
+                    "INSERT INTO inbox (consumer, event_id, handled_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (consumer, event_id) DO NOTHING",
+                )
+                .bind(consumer)
+                .bind(event_id.to_string())
+                .bind(crate::db::epoch_ms(chrono::Utc::now()))
+                .execute(conn)
+                .await
+                .context("failed to write to the inbox")?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            /// The inbox of one module's database.
+            #[derive(Clone)]
+            pub struct Store {
+                pool: $pool,
+            }
+
+            impl Store {
+                pub fn new(pool: $pool) -> Self {
+                    Self { pool }
+                }
+            }
+
+            #[async_trait]
+            impl InboxStore for Store {
+                async fn record_once(
+                    &self,
+                    consumer: &str,
+                    event_id: Uuid,
+                ) -> anyhow::Result<bool> {
+                    let mut conn = self
+                        .pool
+                        .acquire()
+                        .await
+                        .context("failed to reach the inbox store")?;
+                    record(&mut conn, consumer, event_id).await
+                }
+            }
+        }
+    };
+}
+
+sql_inbox!(sqlite, sqlx::SqlitePool, sqlx::SqliteConnection);
+sql_inbox!(postgres, sqlx::PgPool, sqlx::PgConnection);

@@ -1,0 +1,27 @@
+//! agora's shared kernel: the few types and ports every module speaks.
+//!
+//! Kept deliberately small. Everything here is either a value every module needs
+//! to agree on (ids, [`Money`], [`Principal`], [`EventEnvelope`], [`Problem`]) or a
+//! piece of infrastructure that each module instantiates against its *own*
+//! database (outbox, inbox, idempotency keys). No business rule lives here.
+
+pub mod context;
+pub mod db;
+pub mod events;
+pub mod http;
+pub mod idempotency;
+pub mod ids;
+pub mod inbox;
+pub mod module;
+pub mod money;
+pub mod outbox;
+pub mod pagination;
+pub mod principal;
+pub mod problem;
+
+pub use context::{CallContext, RequestId};
+pub use events::{EventBus, EventEnvelope, EventHandler, InMemoryBus};
+pub use module::{BackgroundTask, Module, ModuleInfo};
+pub use money::{Currency, Money, MoneyError};
+pub use principal::{Principal, Role};
+pub use problem::{FieldErrors, Problem};

@@ -1,0 +1,42 @@
+//! What every kernel test needs: a fresh SQLite database with the kernel tables,
+//! and a way to wait for something that happens in the background.
+
+use std::time::{Duration, Instant};
+
+use sqlx::SqlitePool;
+use tempfile::TempDir;
+
+/// A new SQLite file in its own temporary directory, deleted when dropped.
+pub struct TestDb {
+    pub pool: SqlitePool,
+    _dir: TempDir,
+}
+
+impl TestDb {
+    /// A database with the kernel tables (outbox, inbox, idempotency keys).
+    pub async fn new() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = format!("sqlite://{}/k.db", dir.path().display());
+        let pool = agora_kernel::db::connect_sqlite(&url, 4)
+            .await
+            .expect("the SQLite file opens");
+        agora_kernel::db::migrate_kernel_sqlite(&pool)
+            .await
+            .expect("the kernel tables are created");
+        Self { pool, _dir: dir }
+    }
+}
+
+/// Poll `check` until it holds or `within` has passed; whether it held.
+pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests of the shared kernel: the outbox relay and the inbox against
+//! a real SQLite file, the idempotency middleware, and the JSON extractor's
+//! problem+json answers. One binary, one module per subject.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+mod idempotency;
+mod inbox;
+mod json;
+mod outbox;
+mod path_and_query;

@@ -1,0 +1,462 @@
+//! The outbox relay against a real SQLite outbox: events written in a committed
+//! transaction reach every subscriber, at least once, and an inbox makes the
+//! second delivery harmless.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agora_kernel::events::{EventBus, EventEnvelope, EventHandler, InMemoryBus};
+use agora_kernel::inbox;
+use agora_kernel::outbox::{self, OutboxRelay, OutboxStore, RelayConfig};
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::SqlitePool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::helpers::{TestDb, eventually};
+
+/// A subscriber that records what it was given and can fail its first deliveries.
+struct Recorder {
+    name: &'static str,
+    seen: Mutex<Vec<Uuid>>,
+    failures_left: AtomicUsize,
+    delivered: Option<mpsc::UnboundedSender<Uuid>>,
+}
+
+impl Recorder {
+    fn new(name: &'static str) -> Arc<Self> {
+        Self::failing(name, 0)
+    }
+
+    /// Fails its first `times` deliveries.
+    fn failing(name: &'static str, times: usize) -> Arc<Self> {
+        Arc::new(Self {
+            name,
+            seen: Mutex::new(Vec::new()),
+            failures_left: AtomicUsize::new(times),
+            delivered: None,
+        })
+    }
+
+    /// Also reports each delivery on a channel.
+    fn reporting(name: &'static str) -> (Arc<Self>, mpsc::UnboundedReceiver<Uuid>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let recorder = Arc::new(Self {
+            name,
+            seen: Mutex::new(Vec::new()),
+            failures_left: AtomicUsize::new(0),
+            delivered: Some(tx),
+        });
+        (recorder, rx)
+    }
+
+    fn seen(&self) -> Vec<Uuid> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl EventHandler for Recorder {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn handles(&self, event_type: &str) -> bool {
+        event_type.starts_with("order.")
+    }
+
+    async fn handle(&self, event: &EventEnvelope) -> anyhow::Result<()> {
+        self.seen.lock().unwrap().push(event.id);
+        if let Some(tx) = &self.delivered {
+            let _ = tx.send(event.id);
+        }
+        let failing = self
+            .failures_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            anyhow::bail!("{} is down", self.name);
+        }
+        Ok(())
+    }
+}
+
+/// A consumer that records the event in its inbox and writes its own row in the
+/// same transaction, as the inbox module documentation prescribes.
+struct Shipping {
+    pool: SqlitePool,
+    deliveries: AtomicUsize,
+}
+
+impl Shipping {
+    async fn new(pool: SqlitePool) -> Arc<Self> {
+        sqlx::query("CREATE TABLE shipments (event_id TEXT NOT NULL)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        Arc::new(Self {
+            pool,
+            deliveries: AtomicUsize::new(0),
+        })
+    }
+
+    async fn shipments(&self) -> i64 {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM shipments")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        n
+    }
+}
+
+#[async_trait]
+impl EventHandler for Shipping {
+    fn name(&self) -> &str {
+        "shipping"
+    }
+
+    fn handles(&self, event_type: &str) -> bool {
+        event_type == "order.confirmed.v1"
+    }
+
+    async fn handle(&self, event: &EventEnvelope) -> anyhow::Result<()> {
+        self.deliveries.fetch_add(1, Ordering::SeqCst);
+        let mut tx = self.pool.begin().await?;
+        if inbox::sqlite::record(&mut tx, self.name(), event.id).await? {
+            sqlx::query("INSERT INTO shipments (event_id) VALUES ($1)")
+                .bind(event.id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn order_confirmed(n: u32) -> EventEnvelope {
+    EventEnvelope::new(
+        "order.confirmed.v1",
+        "order",
+        "req-test",
+        &serde_json::json!({ "order": n }),
+    )
+    .unwrap()
+}
+
+/// Enqueue `events` in one committed transaction.
+async fn enqueue_committed(pool: &SqlitePool, events: &[EventEnvelope]) {
+    let mut tx = pool.begin().await.unwrap();
+    for event in events {
+        outbox::sqlite::enqueue(&mut tx, event).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+/// The relay-visible state of one outbox row.
+#[derive(Debug)]
+struct Row {
+    attempts: i64,
+    available_at: i64,
+    published_at: Option<i64>,
+    last_error: Option<String>,
+}
+
+async fn row(pool: &SqlitePool, id: Uuid) -> Row {
+    let (attempts, available_at, published_at, last_error): (
+        i64,
+        i64,
+        Option<i64>,
+        Option<String>,
+    ) = sqlx::query_as(
+        "SELECT attempts, available_at, published_at, last_error FROM outbox WHERE id = $1",
+    )
+    .bind(id.to_string())
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    Row {
+        attempts,
+        available_at,
+        published_at,
+        last_error,
+    }
+}
+
+async fn outbox_rows(pool: &SqlitePool) -> i64 {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    n
+}
+
+fn relay(
+    pool: &SqlitePool,
+    bus: Arc<InMemoryBus>,
+    config: RelayConfig,
+) -> (OutboxRelay, Arc<outbox::sqlite::Store>) {
+    let store = Arc::new(outbox::sqlite::Store::new(pool.clone()));
+    (OutboxRelay::new("test", store.clone(), bus, config), store)
+}
+
+fn quick_retries() -> RelayConfig {
+    RelayConfig {
+        backoff_base: Duration::from_millis(10),
+        ..RelayConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn events_of_a_committed_transaction_reach_every_subscriber_once_in_order() {
+    let db = TestDb::new().await;
+    let bus = Arc::new(InMemoryBus::new());
+    let (a, b) = (Recorder::new("a"), Recorder::new("b"));
+    bus.subscribe(a.clone());
+    bus.subscribe(b.clone());
+    let (relay, store) = relay(&db.pool, bus, RelayConfig::default());
+    let events: Vec<_> = (1..=3).map(order_confirmed).collect();
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+
+    enqueue_committed(&db.pool, &events).await;
+    assert_eq!(store.backlog().await.unwrap(), 3);
+
+    assert_eq!(relay.run_once().await.unwrap(), 3);
+    assert_eq!(a.seen(), ids);
+    assert_eq!(b.seen(), ids);
+    for id in &ids {
+        let row = row(&db.pool, *id).await;
+        assert!(row.published_at.is_some(), "{id} is marked published");
+        assert_eq!(row.attempts, 1);
+        assert_eq!(row.last_error, None);
+    }
+    assert_eq!(store.backlog().await.unwrap(), 0);
+
+    assert_eq!(relay.run_once().await.unwrap(), 0);
+    assert_eq!(a.seen(), ids, "a published row is never delivered again");
+}
+
+#[tokio::test]
+async fn an_event_of_a_rolled_back_transaction_is_never_written_nor_published() {
+    let db = TestDb::new().await;
+    let bus = Arc::new(InMemoryBus::new());
+    let a = Recorder::new("a");
+    bus.subscribe(a.clone());
+    let (relay, store) = relay(&db.pool, bus, RelayConfig::default());
+
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox::sqlite::enqueue(&mut tx, &order_confirmed(1))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let kept = order_confirmed(2);
+    enqueue_committed(&db.pool, std::slice::from_ref(&kept)).await;
+
+    assert_eq!(outbox_rows(&db.pool).await, 1);
+    assert_eq!(store.backlog().await.unwrap(), 1);
+    assert_eq!(relay.run_once().await.unwrap(), 1);
+    assert_eq!(a.seen(), vec![kept.id]);
+}
+
+#[tokio::test]
+async fn a_failed_delivery_is_retried_after_its_back_off_and_the_inbox_makes_the_redelivery_harmless()
+ {
+    let db = TestDb::new().await;
+    let bus = Arc::new(InMemoryBus::new());
+    let flaky = Recorder::failing("flaky", 1);
+    let shipping = Shipping::new(db.pool.clone()).await;
+    bus.subscribe(flaky.clone());
+    bus.subscribe(shipping.clone());
+    let (relay, store) = relay(&db.pool, bus, quick_retries());
+    let event = order_confirmed(1);
+    enqueue_committed(&db.pool, std::slice::from_ref(&event)).await;
+
+    let before = Utc::now().timestamp_millis();
+    assert_eq!(
+        relay.run_once().await.unwrap(),
+        0,
+        "a failed delivery publishes nothing"
+    );
+    let failed = row(&db.pool, event.id).await;
+    assert_eq!(failed.published_at, None);
+    assert_eq!(failed.attempts, 1);
+    let error = failed.last_error.unwrap_or_default();
+    assert!(
+        error.contains("flaky"),
+        "the error names the failing subscriber: {error}"
+    );
+    assert!(
+        failed.available_at >= before + 10,
+        "the retry waits at least the back-off base"
+    );
+    assert_eq!(store.backlog().await.unwrap(), 1);
+    assert_eq!(
+        shipping.deliveries.load(Ordering::SeqCst),
+        1,
+        "the other subscriber still got it"
+    );
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(relay.run_once().await.unwrap(), 1);
+    let published = row(&db.pool, event.id).await;
+    assert!(published.published_at.is_some());
+    assert_eq!(published.attempts, 2);
+    assert_eq!(published.last_error, None);
+    assert_eq!(store.backlog().await.unwrap(), 0);
+
+    assert_eq!(flaky.seen(), vec![event.id, event.id]);
+    assert_eq!(
+        shipping.deliveries.load(Ordering::SeqCst),
+        2,
+        "delivery is at least once"
+    );
+    assert_eq!(
+        shipping.shipments().await,
+        1,
+        "but the consumer's effect happens once"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_delivery_is_not_retried_before_its_back_off_has_passed() {
+    let db = TestDb::new().await;
+    let bus = Arc::new(InMemoryBus::new());
+    let flaky = Recorder::failing("flaky", 1);
+    bus.subscribe(flaky.clone());
+    let config = RelayConfig {
+        backoff_base: Duration::from_secs(60),
+        ..RelayConfig::default()
+    };
+    let (relay, _) = relay(&db.pool, bus, config);
+    enqueue_committed(&db.pool, &[order_confirmed(1)]).await;
+
+    assert_eq!(relay.run_once().await.unwrap(), 0);
+    assert_eq!(relay.run_once().await.unwrap(), 0);
+    assert_eq!(flaky.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn a_claimed_row_stays_hidden_from_other_relays_until_its_lease_runs_out() {
+    let db = TestDb::new().await;
+    let store = outbox::sqlite::Store::new(db.pool.clone());
+    let event = order_confirmed(1);
+    enqueue_committed(&db.pool, std::slice::from_ref(&event)).await;
+    let lease = Duration::from_secs(30);
+    let now = Utc::now();
+
+    let first = store.claim(10, lease, now).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        first[0].envelope, event,
+        "the envelope survives the round trip"
+    );
+    assert_eq!(first[0].attempts, 1);
+
+    assert!(store.claim(10, lease, now).await.unwrap().is_empty());
+
+    let after_lease = now + chrono::Duration::seconds(31);
+    let again = store.claim(10, lease, after_lease).await.unwrap();
+    assert_eq!(again.len(), 1, "a crashed relay's row comes back");
+    assert_eq!(again[0].attempts, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_sharing_one_outbox_never_publish_the_same_event_twice() {
+    let db = TestDb::new().await;
+    let bus = Arc::new(InMemoryBus::new());
+    let a = Recorder::new("a");
+    bus.subscribe(a.clone());
+    let config = RelayConfig {
+        batch_size: 5,
+        ..RelayConfig::default()
+    };
+    let (first, store) = relay(&db.pool, bus.clone(), config.clone());
+    let (second, _) = relay(&db.pool, bus, config);
+    let events: Vec<_> = (1..=60).map(order_confirmed).collect();
+    enqueue_committed(&db.pool, &events).await;
+
+    let drain = |relay: OutboxRelay, store: Arc<outbox::sqlite::Store>| async move {
+        let mut published = 0;
+        while store.backlog().await.unwrap() > 0 {
+            published += relay.run_once().await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        published
+    };
+    let (x, y) = tokio::join!(
+        tokio::spawn(drain(first, store.clone())),
+        tokio::spawn(drain(second, store.clone()))
+    );
+
+    assert_eq!(x.unwrap() + y.unwrap(), 60);
+    let mut seen = a.seen();
+    assert_eq!(seen.len(), 60);
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 60, "no event was delivered twice");
+}
+
+#[tokio::test]
+async fn a_running_relay_stops_promptly_when_cancelled() {
+    let db = TestDb::new().await;
+    let config = RelayConfig {
+        poll_interval: Duration::from_secs(60),
+        ..RelayConfig::default()
+    };
+    let (relay, _) = relay(&db.pool, Arc::new(InMemoryBus::new()), config);
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !running.is_finished(),
+        "the relay keeps running until cancelled"
+    );
+
+    shutdown.cancel();
+
+    let stopped = tokio::time::timeout(Duration::from_secs(2), running).await;
+    assert!(
+        matches!(stopped, Ok(Ok(()))),
+        "the relay stopped within 2 s"
+    );
+}
+
+#[tokio::test]
+async fn waking_the_relay_publishes_at_once_instead_of_at_the_next_poll() {
+    let db = TestDb::new().await;
+    let bus = Arc::new(InMemoryBus::new());
+    let (a, mut delivered) = Recorder::reporting("a");
+    bus.subscribe(a.clone());
+    let config = RelayConfig {
+        poll_interval: Duration::from_secs(60),
+        ..RelayConfig::default()
+    };
+    let (relay, _) = relay(&db.pool, bus, config);
+    let waker = relay.waker();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    // Let the relay find the outbox empty and go to sleep.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let event = order_confirmed(1);
+    enqueue_committed(&db.pool, std::slice::from_ref(&event)).await;
+    let unwoken = tokio::time::timeout(Duration::from_millis(300), delivered.recv()).await;
+    assert!(
+        unwoken.is_err(),
+        "without a wake-up the relay waits for its 60 s poll"
+    );
+
+    waker.notify_one();
+    let woken = tokio::time::timeout(Duration::from_secs(2), delivered.recv()).await;
+    assert_eq!(woken.ok().flatten(), Some(event.id));
+
+    shutdown.cancel();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), running)
+            .await
+            .is_ok()
+    );
+    assert!(eventually(Duration::from_secs(1), || a.seen().len() == 1).await);
+}

@@ -1,0 +1,316 @@
+//! The composition root: settings → stores → modules → gateway → servers.
+//!
+//! [`Application::build`] binds both listeners (port 0 picks free ports, as the
+//! tests do) and starts nothing yet; [`Application::run_until_stopped`] serves,
+//! runs the modules' background tasks, and on SIGINT/SIGTERM (or
+//! [`Application::stop_token`]) stops accepting, drains in-flight requests,
+//! stops the tasks and closes the pools.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use agora_kernel::{BackgroundTask, EventBus, InMemoryBus, Module};
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::api::{self, Modules};
+use crate::gateway::auth::{self, Authenticator};
+use crate::gateway::errors;
+use crate::gateway::observe::{self, RouteModules};
+use crate::gateway::rate_limit::{self, RateLimits};
+use crate::settings::{Settings, redact_url};
+use crate::{openapi, telemetry};
+
+pub struct Application {
+    port: u16,
+    admin_port: u16,
+    server: Server,
+    admin: Server,
+    modules: Arc<Vec<Arc<dyn Module>>>,
+    tasks: Vec<BackgroundTask>,
+    stop: CancellationToken,
+    shutdown_timeout: Duration,
+}
+
+/// Build every module from its settings, each on its own database.
+async fn build_modules(
+    settings: &Settings,
+    bus: Arc<dyn EventBus>,
+) -> anyhow::Result<Vec<Arc<dyn Module>>> {
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!(
+            "failed to create the data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
+    let url = |m: &str| settings.database_url(m);
+    for m in crate::settings::MODULES {
+        tracing::info!(module = m, database = %redact_url(&url(m)), "connecting module store");
+    }
+    let order = agora_order::OrderModule::build(&settings.order, &url("order"), bus.clone())
+        .await
+        .context("order module")?;
+    let inventory = agora_inventory::InventoryModule::build(
+        &settings.inventory,
+        &url("inventory"),
+        bus.clone(),
+    )
+    .await
+    .context("inventory module")?;
+    let payment =
+        agora_payment::PaymentModule::build(&settings.payment, &url("payment"), bus.clone())
+            .await
+            .context("payment module")?;
+    let notification = agora_notification::NotificationModule::build(
+        &settings.notification,
+        &url("notification"),
+        bus.clone(),
+    )
+    .await
+    .context("notification module")?;
+    Ok(vec![
+        Arc::new(order),
+        Arc::new(inventory),
+        Arc::new(payment),
+        Arc::new(notification),
+    ])
+}
+
+impl Application {
+    /// Connect the modules' stores and bind both listeners.
+    ///
+    /// # Errors
+    /// A store that cannot be reached or migrated, an address in use, a bad key.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let metrics = telemetry::metrics_handle();
+        if settings.uses_default_secret() {
+            tracing::warn!(
+                "USING THE DEVELOPMENT JWT SECRET: anyone can mint tokens for this instance. \
+                 Set AGORA__AUTH__HS256_SECRET, or RS256/ES256/EdDSA with AGORA__AUTH__PUBLIC_KEY_PEM or AGORA__AUTH__JWKS_URL"
+            );
+        }
+        let authenticator = Arc::new(Authenticator::from_settings(&settings.auth).await?);
+        let limits = Arc::new(RateLimits::from_settings(&settings.rate_limit));
+        let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+        let modules = Arc::new(build_modules(&settings, bus).await?);
+
+        let stop = CancellationToken::new();
+        let mut tasks: Vec<BackgroundTask> =
+            modules.iter().flat_map(|m| m.background_tasks()).collect();
+        {
+            let limits = limits.clone();
+            let every = Duration::from_secs(settings.rate_limit.evict_every_secs);
+            tasks.push(BackgroundTask::new("rate-limit-eviction", move |t| {
+                rate_limit::evict_periodically(limits, every, t)
+            }));
+        }
+        if authenticator.uses_jwks() {
+            let auth = authenticator.clone();
+            let every = Duration::from_secs(settings.auth.jwks_refresh_secs);
+            tasks.push(BackgroundTask::new("jwks-refresh", move |t| {
+                auth::refresh_jwks(auth, every, t)
+            }));
+        }
+        tasks.push(BackgroundTask::new("metrics-upkeep", |t: CancellationToken| async move {
+            loop {
+                tokio::select! {
+                    () = t.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(5)) => telemetry::metrics_handle().run_upkeep(),
+                }
+            }
+        }));
+
+        let route_modules: Vec<(String, String)> = modules
+            .iter()
+            .flat_map(|m| {
+                let info = m.info();
+                info.routes.into_iter().map(move |r| (r, info.name.clone()))
+            })
+            .collect();
+        let spec = openapi::spec();
+        let body_limit = settings.http.body_limit_bytes;
+        let authenticator = web::Data::from(authenticator);
+        let limits = web::Data::from(limits);
+        let modules_data = web::Data::new(Modules(modules.clone()));
+        let route_modules = web::Data::new(RouteModules(route_modules));
+
+        let listener = TcpListener::bind(settings.http_addr()?).with_context(|| {
+            format!(
+                "failed to bind the API listener to {} (AGORA__HTTP__ADDR)",
+                settings.http.addr
+            )
+        })?;
+        let port = listener.local_addr()?.port();
+        let factory_modules = modules.clone();
+        let mut server = HttpServer::new(move || {
+            let modules = factory_modules.clone();
+            App::new()
+                .app_data(agora_kernel::http::json_config(body_limit))
+                .app_data(agora_kernel::http::path_config())
+                .app_data(agora_kernel::http::query_config())
+                .app_data(agora_kernel::http::payload_config(body_limit))
+                .app_data(authenticator.clone())
+                .app_data(limits.clone())
+                .app_data(modules_data.clone())
+                .app_data(route_modules.clone())
+                .wrap(from_fn(errors::problems))
+                .wrap(from_fn(observe::observe))
+                .configure(api::health_routes)
+                .service(
+                    SwaggerUi::new("/swagger-ui/{_:.*}")
+                        .url("/api-docs/openapi.json", spec.clone()),
+                )
+                .service(
+                    web::scope("/api/v1")
+                        .wrap(from_fn(rate_limit::limit))
+                        .wrap(from_fn(auth::authenticate))
+                        .configure(api::api_routes)
+                        .configure(move |cfg| {
+                            for m in modules.iter() {
+                                m.configure(cfg);
+                            }
+                        }),
+                )
+                .default_service(web::to(errors::not_found))
+        })
+        .disable_signals()
+        .shutdown_timeout(settings.http.shutdown_timeout_secs);
+        if settings.http.workers > 0 {
+            server = server.workers(settings.http.workers);
+        }
+        let server = server.listen(listener)?.run();
+
+        let admin_listener = TcpListener::bind(settings.admin_addr()?).with_context(|| {
+            format!(
+                "failed to bind the admin listener to {} (AGORA__ADMIN__ADDR)",
+                settings.admin.addr
+            )
+        })?;
+        let admin_port = admin_listener.local_addr()?.port();
+        let admin = HttpServer::new(move || {
+            App::new()
+                .route(
+                    "/metrics",
+                    web::get().to(move || async move {
+                        HttpResponse::Ok()
+                            .content_type("text/plain; version=0.0.4")
+                            .body(metrics.render())
+                    }),
+                )
+                .default_service(web::to(errors::not_found))
+        })
+        .disable_signals()
+        .workers(1)
+        .listen(admin_listener)?
+        .run();
+
+        Ok(Self {
+            port,
+            admin_port,
+            server,
+            admin,
+            modules,
+            tasks,
+            stop,
+            shutdown_timeout: Duration::from_secs(settings.http.shutdown_timeout_secs),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
+    /// Cancel this token to stop the application as SIGTERM would.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Serve until SIGINT/SIGTERM or the stop token, then shut down gracefully.
+    ///
+    /// # Errors
+    /// A server that failed while serving.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            server,
+            admin,
+            modules,
+            tasks,
+            stop,
+            shutdown_timeout,
+            ..
+        } = self;
+        let server_handle = server.handle();
+        let admin_handle = admin.handle();
+        let server_task = tokio::spawn(server);
+        let admin_task = tokio::spawn(admin);
+
+        let tasks_token = CancellationToken::new();
+        let mut running = Vec::new();
+        for task in tasks {
+            let name = task.name.clone();
+            tracing::debug!(task = %name, "starting background task");
+            running.push((name, tokio::spawn((task.run)(tasks_token.clone()))));
+        }
+
+        let signal_stop = stop.clone();
+        let signals = tokio::spawn(async move {
+            wait_for_signal().await;
+            signal_stop.cancel();
+        });
+        stop.cancelled().await;
+        signals.abort();
+
+        tracing::info!("shutting down: no new connections, draining in-flight requests");
+        server_handle.stop(true).await;
+        admin_handle.stop(true).await;
+        let _ = server_task.await;
+        let _ = admin_task.await;
+
+        tasks_token.cancel();
+        for (name, handle) in running {
+            match tokio::time::timeout(shutdown_timeout, handle).await {
+                Ok(_) => tracing::debug!(task = %name, "background task stopped"),
+                Err(_) => tracing::warn!(task = %name, "background task did not stop in time"),
+            }
+        }
+        for m in modules.iter() {
+            m.shutdown().await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,287 @@
+//! JWT bearer authentication: the algorithm is pinned by configuration; exp,
+//! nbf, iss and aud are checked; roles come from the `roles` claim.
+//!
+//! Development uses HS256 with a key from settings (and `agora token` mints
+//! tokens); production uses RS256/ES256/EdDSA with a public key or a JWKS URL.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, web};
+use agora_kernel::{Principal, Problem, Role};
+use anyhow::Context;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::AuthSettings;
+
+/// The claims agora reads and mints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    pub iss: String,
+    pub aud: String,
+    pub exp: u64,
+    pub nbf: u64,
+    pub iat: u64,
+}
+
+enum Keys {
+    Static(DecodingKey),
+    Jwks { url: String, set: RwLock<JwkSet> },
+}
+
+/// Verifies bearer tokens.
+pub struct Authenticator {
+    keys: Keys,
+    validation: Validation,
+}
+
+/// Why a token was refused (the message goes to the client and the log).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AuthError(String);
+
+fn algorithm(name: &str) -> anyhow::Result<Algorithm> {
+    match name {
+        "HS256" => Ok(Algorithm::HS256),
+        "RS256" => Ok(Algorithm::RS256),
+        "ES256" => Ok(Algorithm::ES256),
+        "EdDSA" => Ok(Algorithm::EdDSA),
+        other => anyhow::bail!("unsupported algorithm {other}"),
+    }
+}
+
+impl Authenticator {
+    /// Build from settings; fetches the JWKS once when configured.
+    pub async fn from_settings(s: &AuthSettings) -> anyhow::Result<Self> {
+        let alg = algorithm(&s.algorithm)?;
+        let keys = match alg {
+            Algorithm::HS256 => Keys::Static(DecodingKey::from_secret(
+                s.hs256_secret.expose_secret().as_bytes(),
+            )),
+            _ if !s.public_key_pem.trim().is_empty() => {
+                let pem = s.public_key_pem.replace("\\n", "\n");
+                let key = match alg {
+                    Algorithm::RS256 => DecodingKey::from_rsa_pem(pem.as_bytes()),
+                    Algorithm::ES256 => DecodingKey::from_ec_pem(pem.as_bytes()),
+                    _ => DecodingKey::from_ed_pem(pem.as_bytes()),
+                }
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "invalid setting AGORA__AUTH__PUBLIC_KEY_PEM (auth.public_key_pem): not a {} public key in PEM form ({e})",
+                        s.algorithm
+                    )
+                })?;
+                Keys::Static(key)
+            }
+            _ => {
+                let set = fetch_jwks(&s.jwks_url).await.map_err(|e| {
+                    anyhow::anyhow!("invalid setting AGORA__AUTH__JWKS_URL (auth.jwks_url): {e:#}")
+                })?;
+                Keys::Jwks {
+                    url: s.jwks_url.clone(),
+                    set: RwLock::new(set),
+                }
+            }
+        };
+        let mut validation = Validation::new(alg);
+        validation.set_issuer(&[&s.issuer]);
+        validation.set_audience(&[&s.audience]);
+        validation.validate_nbf = true;
+        validation.validate_exp = true;
+        validation.leeway = s.leeway_secs;
+        validation.required_spec_claims = ["exp", "nbf", "iss", "aud", "sub"]
+            .into_iter()
+            .map(String::from)
+            .collect::<HashSet<_>>();
+        Ok(Self { keys, validation })
+    }
+
+    /// Check a bearer token and return who it names.
+    pub fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthError("the token is not a well-formed JWT".into()))?;
+        if header.alg != self.validation.algorithms[0] {
+            return Err(AuthError(format!(
+                "tokens must be signed with {:?}",
+                self.validation.algorithms[0]
+            )));
+        }
+        let data = match &self.keys {
+            Keys::Static(key) => jsonwebtoken::decode::<Claims>(token, key, &self.validation),
+            Keys::Jwks { set, .. } => {
+                let key = {
+                    let set = set
+                        .read()
+                        .map_err(|_| AuthError("key set unavailable".into()))?;
+                    let jwk = match &header.kid {
+                        Some(kid) => set.find(kid),
+                        None if set.keys.len() == 1 => set.keys.first(),
+                        None => None,
+                    }
+                    .ok_or_else(|| AuthError("the token's key id is not in the key set".into()))?;
+                    DecodingKey::from_jwk(jwk)
+                        .map_err(|_| AuthError("the key set holds an unusable key".into()))?
+                };
+                jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
+            }
+        }
+        .map_err(|e| AuthError(describe(&e)))?;
+        let claims = data.claims;
+        if claims.sub.is_empty() || claims.sub.len() > 255 {
+            return Err(AuthError("the token's sub must be 1–255 characters".into()));
+        }
+        let roles: BTreeSet<Role> = claims.roles.iter().filter_map(|r| r.parse().ok()).collect();
+        Ok(Principal {
+            subject: claims.sub,
+            roles,
+            email: claims.email.filter(|e| !e.is_empty()),
+        })
+    }
+
+    /// Refresh the JWKS (no-op for static keys).
+    pub async fn refresh(&self) -> anyhow::Result<()> {
+        if let Keys::Jwks { url, set } = &self.keys {
+            let fresh = fetch_jwks(url).await?;
+            if let Ok(mut s) = set.write() {
+                *s = fresh;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn uses_jwks(&self) -> bool {
+        matches!(self.keys, Keys::Jwks { .. })
+    }
+}
+
+fn describe(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    match e.kind() {
+        ErrorKind::ExpiredSignature => "the token has expired".into(),
+        ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)".into(),
+        ErrorKind::InvalidIssuer => "the token was issued by someone else (iss)".into(),
+        ErrorKind::InvalidAudience => "the token is meant for another audience (aud)".into(),
+        ErrorKind::InvalidSignature => "the token's signature is invalid".into(),
+        ErrorKind::InvalidAlgorithm => "the token uses another algorithm".into(),
+        ErrorKind::MissingRequiredClaim(c) => format!("the token lacks the `{c}` claim"),
+        _ => "the token is invalid".into(),
+    }
+}
+
+async fn fetch_jwks(url: &str) -> anyhow::Result<JwkSet> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let set: JwkSet = client
+        .get(url)
+        .send()
+        .await
+        .context("failed to fetch the JWKS")?
+        .error_for_status()
+        .context("the JWKS endpoint answered an error")?
+        .json()
+        .await
+        .context("the JWKS is not a JSON key set")?;
+    Ok(set)
+}
+
+/// Refresh the JWKS periodically until `shutdown`.
+pub async fn refresh_jwks(auth: Arc<Authenticator>, every: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(every) => {
+                if let Err(e) = auth.refresh().await {
+                    tracing::warn!(error = %format!("{e:#}"), "JWKS refresh failed; keeping the previous keys");
+                }
+            }
+        }
+    }
+}
+
+/// Mint a development token (HS256 only).
+pub fn mint(
+    s: &AuthSettings,
+    sub: &str,
+    roles: &[Role],
+    email: Option<&str>,
+    ttl: Duration,
+) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        s.algorithm == "HS256",
+        "`agora token` mints HS256 development tokens; with {} the identity provider issues tokens",
+        s.algorithm
+    );
+    anyhow::ensure!(
+        !sub.is_empty() && sub.len() <= 255,
+        "--sub must be 1–255 characters"
+    );
+    let now = chrono::Utc::now().timestamp().max(0) as u64;
+    let claims = Claims {
+        sub: sub.to_owned(),
+        roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
+        email: email.map(str::to_owned),
+        iss: s.issuer.clone(),
+        aud: s.audience.clone(),
+        exp: now + ttl.as_secs(),
+        nbf: now,
+        iat: now,
+    };
+    let key = EncodingKey::from_secret(s.hs256_secret.expose_secret().as_bytes());
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key)
+        .context("failed to sign the token")
+}
+
+/// Gateway middleware: a request with an `Authorization` header must carry a
+/// valid bearer token (401 otherwise); its principal goes into the request's
+/// extensions. Requests without the header pass; handlers that need a
+/// principal answer 401 themselves.
+pub async fn authenticate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let Some(header) = req.headers().get(actix_web::http::header::AUTHORIZATION) else {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
+    };
+    let Some(auth) = req.app_data::<web::Data<Authenticator>>().cloned() else {
+        return Ok(req.into_response(Problem::internal().to_response()));
+    };
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_owned());
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        let p = Problem::unauthorized("the Authorization header must be `Bearer <token>`");
+        return Ok(req.into_response(p.to_response()));
+    };
+    match auth.authenticate(&token) {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal);
+            next.call(req)
+                .await
+                .map(ServiceResponse::map_into_boxed_body)
+        }
+        Err(e) => {
+            tracing::info!(reason = %e, "bearer token refused");
+            Ok(req.into_response(Problem::unauthorized(e.to_string()).to_response()))
+        }
+    }
+}

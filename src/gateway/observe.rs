@@ -1,0 +1,190 @@
+//! Request id, per-request span, the access log line and HTTP metrics.
+//!
+//! The request id comes from `X-Request-Id` (when it is 1–128 visible ASCII
+//! characters), else from the trace id of a W3C `traceparent`, else a new UUID
+//! v7. It is returned as `X-Request-Id`, recorded on every log line of the
+//! request and used as the correlation id of the events the request causes.
+
+use std::time::Instant;
+
+use actix_web::HttpMessage;
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::web;
+use agora_kernel::{Principal, RequestId};
+use tracing::Instrument;
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Which module serves which `/api/v1` prefix, for the `module` metric label.
+#[derive(Debug, Clone, Default)]
+pub struct RouteModules(pub Vec<(String, String)>);
+
+impl RouteModules {
+    fn module_of(&self, route: &str) -> &str {
+        self.0
+            .iter()
+            .find(|(prefix, _)| route.starts_with(prefix.as_str()))
+            .map_or("host", |(_, m)| m.as_str())
+    }
+}
+
+/// The request id for these headers.
+pub fn request_id(headers: &HeaderMap) -> String {
+    let given = headers
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()));
+    if let Some(id) = given {
+        return id.to_owned();
+    }
+    // traceparent: version-traceid-parentid-flags, trace id 32 lower-hex, not all zero.
+    let from_trace = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .filter(|t| {
+            t.len() == 32
+                && t.bytes().all(|b| b.is_ascii_hexdigit())
+                && t.bytes().any(|b| b != b'0')
+        });
+    match from_trace {
+        Some(trace_id) => trace_id.to_ascii_lowercase(),
+        None => uuid::Uuid::now_v7().to_string(),
+    }
+}
+
+/// Outermost middleware: one span and one log line per request, plus metrics.
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let started = Instant::now();
+    let id = request_id(req.headers());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let module = req
+        .app_data::<web::Data<RouteModules>>()
+        .map_or("host", |m| {
+            m.module_of(route.strip_prefix("/api/v1").unwrap_or(""))
+        })
+        .to_owned();
+    let method = req.method().to_string();
+    let span = tracing::info_span!(
+        "http_request",
+        request_id = %id,
+        method = %method,
+        route = %route,
+        module = %module,
+    );
+    let in_flight = metrics::gauge!("agora_http_requests_in_flight");
+    in_flight.increment(1.0);
+    let result = next.call(req).instrument(span.clone()).await;
+    in_flight.decrement(1.0);
+    let latency = started.elapsed();
+
+    let mut res = match result {
+        Ok(res) => res.map_into_boxed_body(),
+        Err(e) => {
+            // A panic or middleware error: actix renders it; tag it and count it.
+            let problem = crate::gateway::errors::as_problem(&e);
+            let status = problem.status;
+            let latency_ms = latency.as_secs_f64() * 1000.0;
+            tracing::error!(parent: &span, status, latency_ms, "request completed");
+            metrics::counter!("agora_http_requests_total", "module" => module, "route" => route, "method" => method, "status" => status.to_string()).increment(1);
+            return Err(TaggedProblem {
+                problem,
+                request_id: id,
+            }
+            .into());
+        }
+    };
+    let status = res.status().as_u16();
+    let principal = res
+        .request()
+        .extensions()
+        .get::<Principal>()
+        .map(|p| p.subject.clone())
+        .unwrap_or_else(|| "-".to_owned());
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    if status >= 500 {
+        tracing::error!(parent: &span, status, latency_ms, principal = %principal, path = %res.request().path(), "request completed");
+    } else {
+        tracing::info!(parent: &span, status, latency_ms, principal = %principal, path = %res.request().path(), "request completed");
+    }
+    let status_label = status.to_string();
+    metrics::counter!("agora_http_requests_total", "module" => module.clone(), "route" => route.clone(), "method" => method.clone(), "status" => status_label).increment(1);
+    metrics::histogram!("agora_http_request_duration_seconds", "module" => module, "route" => route, "method" => method)
+        .record(latency.as_secs_f64());
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(X_REQUEST_ID, v);
+    }
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn a_given_request_id_is_kept() {
+        assert_eq!(
+            request_id(&headers(&[("x-request-id", "abc-123")])),
+            "abc-123"
+        );
+    }
+
+    #[test]
+    fn a_traceparent_supplies_the_trace_id() {
+        let h = headers(&[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )]);
+        assert_eq!(request_id(&h), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn garbage_ids_are_replaced_with_a_fresh_uuid() {
+        let h = headers(&[("x-request-id", "has space"), ("traceparent", "00-000-bad")]);
+        assert!(uuid::Uuid::parse_str(&request_id(&h)).is_ok());
+    }
+}
+
+/// A problem rendered with the request's `X-Request-Id`.
+#[derive(Debug)]
+struct TaggedProblem {
+    problem: agora_kernel::Problem,
+    request_id: String,
+}
+
+impl std::fmt::Display for TaggedProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.problem.fmt(f)
+    }
+}
+
+impl actix_web::ResponseError for TaggedProblem {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        self.problem.status_code()
+    }
+
+    fn error_response(&self) -> actix_web::HttpResponse {
+        let mut res = self.problem.to_response();
+        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
+            res.headers_mut().insert(X_REQUEST_ID, v);
+        }
+        res
+    }
+}

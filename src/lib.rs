@@ -1,0 +1,19 @@
+//! agora's host: it composes the modules behind the gateway layer and serves
+//! them. No business rule lives here.
+//!
+//! - [`settings`]: typed, layered settings.
+//! - [`gateway`]: request id, JWT auth, rate limits, problem+json, metrics.
+//! - [`app`]: the composition root ([`Application`]).
+//! - [`telemetry`]: logs, traces, the metrics recorder.
+//! - [`openapi`]: the merged OpenAPI document.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod gateway;
+pub mod openapi;
+pub mod settings;
+pub mod telemetry;
+
+pub use app::Application;
+pub use settings::Settings;

@@ -1,0 +1,85 @@
+//! `agora`: serve, mint a development token, or print the OpenAPI document.
+
+use std::process::ExitCode;
+
+use agora::cli::{Cli, Command};
+use agora::gateway::auth;
+use agora::{Application, Settings, openapi, telemetry};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("agora: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Openapi => {
+            println!("{}", openapi::spec_json());
+            ExitCode::SUCCESS
+        }
+        Command::Token {
+            sub,
+            roles,
+            email,
+            ttl,
+        } => match auth::mint(&settings.auth, &sub, &roles, email.as_deref(), ttl) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("agora: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve => serve(settings),
+    }
+}
+
+fn serve(settings: Settings) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agora: failed to start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let _guard = match telemetry::init(settings.log.format) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("agora: failed to set up telemetry: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let host = settings.http_addr().map(|a| a.ip().to_string()).unwrap_or_else(|_| "127.0.0.1".into());
+        let admin_host = settings.admin_addr().map(|a| a.ip().to_string()).unwrap_or_else(|_| "127.0.0.1".into());
+        let app = match Application::build(settings).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "start-up failed");
+                eprintln!("agora: start-up failed: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let (port, admin_port) = (app.port(), app.admin_port());
+        tracing::info!(port, admin_port, "agora listening");
+        eprintln!(
+            "agora listening on http://{host}:{port}  (Swagger UI: http://{host}:{port}/swagger-ui/, metrics: http://{admin_host}:{admin_port}/metrics)"
+        );
+        match app.run_until_stopped().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "server failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

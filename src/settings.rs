@@ -1,0 +1,534 @@
+//! Typed settings: the embedded `config/default.toml`, then
+//! `config/$AGORA_ENV.toml` when present, then `AGORA__SECTION__KEY` variables.
+//!
+//! [`Settings::load`] stops start-up with one line naming the bad key; secret
+//! values (the HS256 secret, database URLs with passwords) never appear in
+//! messages or logs.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use agora_kernel::db::Backend;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+pub const DEFAULT_HS256_SECRET: &str = "agora-development-secret-change-me-0123456789";
+pub const MODULES: [&str; 4] = ["order", "inventory", "payment", "notification"];
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub http: HttpSettings,
+    pub admin: AdminSettings,
+    pub log: LogSettings,
+    pub auth: AuthSettings,
+    pub rate_limit: RateLimitSettings,
+    pub idempotency: IdempotencySettings,
+    pub order: agora_order::Settings,
+    pub inventory: agora_inventory::Settings,
+    pub payment: agora_payment::Settings,
+    pub notification: agora_notification::Settings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub addr: String,
+    pub body_limit_bytes: usize,
+    pub workers: usize,
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminSettings {
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub algorithm: String,
+    pub hs256_secret: SecretString,
+    pub issuer: String,
+    pub audience: String,
+    pub public_key_pem: String,
+    pub jwks_url: String,
+    pub jwks_refresh_secs: u64,
+    pub leeway_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RateLimitSettings {
+    pub per_second: u32,
+    pub burst: u32,
+    pub evict_every_secs: u64,
+    #[serde(default)]
+    pub routes: Vec<RouteQuota>,
+}
+
+/// A per-route quota override.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RouteQuota {
+    pub method: String,
+    /// The route pattern as registered, e.g. `/api/v1/orders/{id}`.
+    pub route: String,
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct IdempotencySettings {
+    pub ttl_secs: u64,
+}
+
+/// A setting that stops start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingsError(pub String);
+
+/// `rate_limit.per_second` → `AGORA__RATE_LIMIT__PER_SECOND`.
+pub fn env_name(key: &str) -> String {
+    format!("AGORA__{}", key.replace('.', "__").to_ascii_uppercase())
+}
+
+fn invalid(key: &str, why: impl std::fmt::Display) -> SettingsError {
+    SettingsError(format!("invalid setting {} ({key}): {why}", env_name(key)))
+}
+
+impl Settings {
+    /// Load from the process environment and the working directory.
+    pub fn load() -> Result<Settings, SettingsError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::load_from(Path::new("config"), &env)
+    }
+
+    /// Load with an explicit config folder and environment (tests use this).
+    pub fn load_from(
+        config_dir: &Path,
+        env: &HashMap<String, String>,
+    ) -> Result<Settings, SettingsError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(name) = env.get("AGORA_ENV").filter(|n| !n.is_empty()) {
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(SettingsError(format!(
+                    "invalid AGORA_ENV `{name}`: letters, digits, - and _ only"
+                )));
+            }
+            let path = config_dir.join(format!("{name}.toml"));
+            if path.exists() {
+                builder =
+                    builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+            }
+        }
+        let agora_env: HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("AGORA__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("AGORA")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(agora_env)),
+        );
+        let raw = builder.build().map_err(describe)?;
+        let settings: Settings = raw.try_deserialize().map_err(describe)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks that deserialisation cannot express.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let http = parse_addr("http.addr", &self.http.addr)?;
+        let admin = parse_addr("admin.addr", &self.admin.addr)?;
+        if http.port() != 0 && http == admin {
+            return Err(SettingsError(format!(
+                "invalid settings {} and {}: the API and admin listeners cannot share {http}",
+                env_name("http.addr"),
+                env_name("admin.addr")
+            )));
+        }
+        if self.http.body_limit_bytes == 0 {
+            return Err(invalid("http.body_limit_bytes", "must be at least 1"));
+        }
+        if self.rate_limit.per_second == 0 {
+            return Err(invalid("rate_limit.per_second", "must be at least 1"));
+        }
+        if self.rate_limit.burst == 0 {
+            return Err(invalid("rate_limit.burst", "must be at least 1"));
+        }
+        if self.rate_limit.evict_every_secs == 0 {
+            return Err(invalid("rate_limit.evict_every_secs", "must be at least 1"));
+        }
+        for (i, r) in self.rate_limit.routes.iter().enumerate() {
+            if r.per_second == 0 || r.burst == 0 || !r.route.starts_with('/') || r.method.is_empty()
+            {
+                return Err(SettingsError(format!(
+                    "invalid setting rate_limit.routes[{i}]: needs a method, a route starting with /, and per_second and burst of at least 1"
+                )));
+            }
+        }
+        if self.idempotency.ttl_secs == 0 {
+            return Err(invalid("idempotency.ttl_secs", "must be at least 1"));
+        }
+        self.validate_auth()?;
+        self.validate_databases()?;
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), SettingsError> {
+        let a = &self.auth;
+        if a.issuer.is_empty() {
+            return Err(invalid("auth.issuer", "must not be empty"));
+        }
+        if a.audience.is_empty() {
+            return Err(invalid("auth.audience", "must not be empty"));
+        }
+        match a.algorithm.as_str() {
+            "HS256" => {
+                if a.hs256_secret.expose_secret().len() < 32 {
+                    return Err(invalid(
+                        "auth.hs256_secret",
+                        "must be at least 32 bytes long",
+                    ));
+                }
+            }
+            "RS256" | "ES256" | "EdDSA" => {
+                if a.public_key_pem.trim().is_empty() == a.jwks_url.trim().is_empty() {
+                    return Err(SettingsError(format!(
+                        "invalid settings {} / {}: algorithm {} needs exactly one of them",
+                        env_name("auth.public_key_pem"),
+                        env_name("auth.jwks_url"),
+                        a.algorithm
+                    )));
+                }
+                let url = a.jwks_url.trim();
+                if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(invalid("auth.jwks_url", "must be an http(s) URL"));
+                }
+            }
+            other => {
+                return Err(invalid(
+                    "auth.algorithm",
+                    format!("`{other}` is not supported (HS256, RS256, ES256 or EdDSA)"),
+                ));
+            }
+        }
+        if a.jwks_refresh_secs == 0 {
+            return Err(invalid("auth.jwks_refresh_secs", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn validate_databases(&self) -> Result<(), SettingsError> {
+        let mut seen: Vec<(&str, String)> = Vec::new();
+        for module in MODULES {
+            let url = self.database_url(module);
+            let key = format!("{module}.database_url");
+            let backend = Backend::of_url(&url).ok_or_else(|| {
+                invalid(&key, "must start with sqlite:, postgres:// or mongodb://")
+            })?;
+            let allowed = match module {
+                "inventory" => matches!(backend, Backend::Sqlite | Backend::Mongo),
+                _ => matches!(backend, Backend::Sqlite | Backend::Postgres),
+            };
+            if !allowed {
+                let expected = if module == "inventory" {
+                    "sqlite: or mongodb://"
+                } else {
+                    "sqlite: or postgres://"
+                };
+                return Err(invalid(
+                    &key,
+                    format!("the {module} module stores its data in {expected}"),
+                ));
+            }
+            let identity = database_identity(&url);
+            if let Some((other, _)) = seen.iter().find(|(_, id)| *id == identity) {
+                return Err(SettingsError(format!(
+                    "invalid settings {} and {}: modules `{other}` and `{module}` must not share a database",
+                    env_name(&format!("{other}.database_url")),
+                    env_name(&key)
+                )));
+            }
+            seen.push((module, identity));
+        }
+        Ok(())
+    }
+
+    /// The module's database URL, defaulting to `sqlite://<data_dir>/<module>.db`.
+    pub fn database_url(&self, module: &str) -> String {
+        let configured = match module {
+            "order" => &self.order.database_url,
+            "inventory" => &self.inventory.database_url,
+            "payment" => &self.payment.database_url,
+            _ => &self.notification.database_url,
+        }
+        .expose_secret()
+        .trim()
+        .to_owned();
+        if configured.is_empty() {
+            format!("sqlite://{}/{module}.db", self.data_dir.display())
+        } else {
+            configured
+        }
+    }
+
+    pub fn http_addr(&self) -> Result<SocketAddr, SettingsError> {
+        parse_addr("http.addr", &self.http.addr)
+    }
+
+    pub fn admin_addr(&self) -> Result<SocketAddr, SettingsError> {
+        parse_addr("admin.addr", &self.admin.addr)
+    }
+
+    pub fn uses_default_secret(&self) -> bool {
+        self.auth.algorithm == "HS256"
+            && self.auth.hs256_secret.expose_secret() == DEFAULT_HS256_SECRET
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, SettingsError> {
+    value.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("`{value}` is not an IP address and port such as 127.0.0.1:8080"),
+        )
+    })
+}
+
+/// What makes two database URLs the same database: for SQLite the file's
+/// absolute path; otherwise host, port and database name, ignoring credentials
+/// and options.
+pub fn database_identity(url: &str) -> String {
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        let path = rest.trim_start_matches("//");
+        let path = path.split('?').next().unwrap_or(path);
+        if path == ":memory:" || path.is_empty() {
+            return format!("sqlite-memory:{url}");
+        }
+        let p = Path::new(path);
+        let absolute = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map(|d| d.join(p))
+                .unwrap_or_else(|_| p.to_path_buf())
+        };
+        let normal: PathBuf = absolute.components().fold(PathBuf::new(), |mut acc, c| {
+            match c {
+                std::path::Component::CurDir => {}
+                std::path::Component::ParentDir => {
+                    acc.pop();
+                }
+                other => acc.push(other),
+            }
+            acc
+        });
+        return format!("sqlite:{}", normal.display());
+    }
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let scheme = if scheme == "postgresql" {
+        "postgres"
+    } else {
+        scheme
+    };
+    let rest = rest.split('?').next().unwrap_or(rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let (hosts, db) = rest.split_once('/').unwrap_or((rest, ""));
+    let default_port = if scheme == "postgres" {
+        ":5432"
+    } else {
+        ":27017"
+    };
+    let mut hosts: Vec<String> = hosts
+        .split(',')
+        .map(|h| {
+            let h = h.to_ascii_lowercase().replace("localhost", "127.0.0.1");
+            if h.contains(':') {
+                h
+            } else {
+                format!("{h}{default_port}")
+            }
+        })
+        .collect();
+    hosts.sort();
+    format!(
+        "{scheme}://{}/{}",
+        hosts.join(","),
+        db.trim_end_matches('/')
+    )
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for logs.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or("");
+                format!("{scheme}://{user}:***@{host}")
+            }
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// Turn a `config` error into one line naming the key, never echoing a value.
+fn describe(e: config::ConfigError) -> SettingsError {
+    match e {
+        config::ConfigError::Type {
+            key: Some(key),
+            expected,
+            ..
+        } => invalid(&key, format!("expected {expected}")),
+        config::ConfigError::Type {
+            key: None,
+            expected,
+            ..
+        } => SettingsError(format!("invalid setting: expected {expected}")),
+        config::ConfigError::NotFound(key) => {
+            SettingsError(format!("missing setting {} ({key})", env_name(&key)))
+        }
+        config::ConfigError::Message(m) => SettingsError(format!("invalid settings: {m}")),
+        other => SettingsError(format!("invalid settings: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let env = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::load_from(Path::new("/nonexistent"), &env)
+    }
+
+    #[test]
+    fn the_defaults_load_and_point_each_module_at_its_own_sqlite_file() {
+        let s = load(&[]).map_err(|e| e.0);
+        let s = s.as_ref().map_err(|e| e.clone());
+        assert!(s.is_ok(), "{s:?}");
+        if let Ok(s) = s {
+            assert_eq!(s.http.addr, "127.0.0.1:8080");
+            assert_eq!(s.database_url("order"), "sqlite://./data/order.db");
+            assert!(s.uses_default_secret());
+        }
+    }
+
+    #[test]
+    fn environment_variables_override_nested_keys() {
+        let s = load(&[
+            ("AGORA__RATE_LIMIT__PER_SECOND", "7"),
+            ("AGORA__DATA_DIR", "/tmp/x"),
+        ]);
+        let s = s.map_err(|e| e.0);
+        assert_eq!(s.as_ref().map(|s| s.rate_limit.per_second).ok(), Some(7));
+        assert_eq!(
+            s.map(|s| s.database_url("payment")).ok().as_deref(),
+            Some("sqlite:///tmp/x/payment.db")
+        );
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let e = load(&[("AGORA__RATE_LIMIT__PER_SECOND", "lots")])
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
+        assert!(e.contains("AGORA__RATE_LIMIT__PER_SECOND"), "{e}");
+        let e = load(&[("AGORA__HTTP__ADDR", "nowhere")])
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
+        assert!(e.contains("AGORA__HTTP__ADDR"), "{e}");
+    }
+
+    #[test]
+    fn a_short_secret_is_refused_without_being_echoed() {
+        let e = load(&[("AGORA__AUTH__HS256_SECRET", "hunter2")])
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
+        assert!(e.contains("AGORA__AUTH__HS256_SECRET"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn two_modules_on_one_database_are_refused() {
+        let e = load(&[
+            (
+                "AGORA__ORDER__DATABASE_URL",
+                "postgres://u:pw@localhost/shop",
+            ),
+            (
+                "AGORA__PAYMENT__DATABASE_URL",
+                "postgres://127.0.0.1:5432/shop?sslmode=disable",
+            ),
+        ])
+        .err()
+        .map(|e| e.0)
+        .unwrap_or_default();
+        assert!(
+            e.contains("AGORA__ORDER__DATABASE_URL") && e.contains("AGORA__PAYMENT__DATABASE_URL"),
+            "{e}"
+        );
+        assert!(!e.contains("pw"), "{e}");
+    }
+
+    #[test]
+    fn a_module_on_the_wrong_kind_of_store_is_refused() {
+        let e = load(&[("AGORA__ORDER__DATABASE_URL", "mongodb://127.0.0.1/orders")])
+            .err()
+            .map(|e| e.0);
+        assert!(e.unwrap_or_default().contains("AGORA__ORDER__DATABASE_URL"));
+    }
+
+    #[test]
+    fn production_algorithms_need_a_key_source() {
+        let e = load(&[("AGORA__AUTH__ALGORITHM", "RS256")])
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
+        assert!(e.contains("AGORA__AUTH__PUBLIC_KEY_PEM"), "{e}");
+        let e = load(&[("AGORA__AUTH__ALGORITHM", "none")])
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
+        assert!(e.contains("AGORA__AUTH__ALGORITHM"), "{e}");
+    }
+
+    #[test]
+    fn urls_are_redacted_for_logs() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/orders"),
+            "postgres://app:***@db:5432/orders"
+        );
+        assert_eq!(
+            redact_url("sqlite://./data/order.db"),
+            "sqlite://./data/order.db"
+        );
+    }
+}

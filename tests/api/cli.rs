@@ -1,0 +1,223 @@
+//! The binary itself: settings errors stop start-up with one line naming the
+//! key, `agora token` mints usable tokens, SIGTERM shuts down cleanly.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_agora");
+
+fn agora(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .env_remove("AGORA_ENV")
+        .env("AGORA__HTTP__ADDR", "127.0.0.1:0")
+        .env("AGORA__ADMIN__ADDR", "127.0.0.1:0")
+        .env("AGORA__DATA_DIR", dir.join("data"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("AGORA__")) {
+        cmd.env_remove(k);
+    }
+    cmd
+}
+
+fn fails_naming(dir: &std::path::Path, env: &[(&str, &str)], keys: &[&str], secret: Option<&str>) {
+    let out = agora(dir).envs(env.iter().copied()).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
+    for key in keys {
+        assert!(stderr.contains(key), "{key} not named in: {stderr}");
+    }
+    if let Some(secret) = secret {
+        assert!(!stderr.contains(secret), "secret leaked: {stderr}");
+    }
+}
+
+#[test]
+fn invalid_settings_stop_start_up_with_a_message_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    fails_naming(
+        dir.path(),
+        &[("AGORA__RATE_LIMIT__PER_SECOND", "abc")],
+        &["AGORA__RATE_LIMIT__PER_SECOND"],
+        None,
+    );
+    fails_naming(
+        dir.path(),
+        &[("AGORA__RATE_LIMIT__BURST", "0")],
+        &["AGORA__RATE_LIMIT__BURST"],
+        None,
+    );
+    fails_naming(
+        dir.path(),
+        &[("AGORA__HTTP__ADDR", "localhost")],
+        &["AGORA__HTTP__ADDR"],
+        None,
+    );
+    fails_naming(dir.path(), &[("AGORA__LOG__FORMAT", "xml")], &["log"], None);
+    fails_naming(
+        dir.path(),
+        &[("AGORA__AUTH__HS256_SECRET", "tiny-secret")],
+        &["AGORA__AUTH__HS256_SECRET"],
+        Some("tiny-secret"),
+    );
+    fails_naming(
+        dir.path(),
+        &[("AGORA__AUTH__ALGORITHM", "HS512")],
+        &["AGORA__AUTH__ALGORITHM"],
+        None,
+    );
+    fails_naming(
+        dir.path(),
+        &[
+            ("AGORA__AUTH__ALGORITHM", "RS256"),
+            ("AGORA__AUTH__PUBLIC_KEY_PEM", "not a pem"),
+        ],
+        &["AGORA__AUTH__PUBLIC_KEY_PEM"],
+        None,
+    );
+    fails_naming(
+        dir.path(),
+        &[("AGORA__ORDER__DATABASE_URL", "mysql://x/y")],
+        &["AGORA__ORDER__DATABASE_URL"],
+        None,
+    );
+}
+
+#[test]
+fn two_modules_on_one_database_are_refused_without_leaking_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    fails_naming(
+        dir.path(),
+        &[
+            (
+                "AGORA__ORDER__DATABASE_URL",
+                "postgres://app:pa55word@127.0.0.1:5432/shop",
+            ),
+            (
+                "AGORA__NOTIFICATION__DATABASE_URL",
+                "postgres://app:pa55word@localhost/shop",
+            ),
+        ],
+        &[
+            "AGORA__ORDER__DATABASE_URL",
+            "AGORA__NOTIFICATION__DATABASE_URL",
+        ],
+        Some("pa55word"),
+    );
+    fails_naming(
+        dir.path(),
+        &[("AGORA__PAYMENT__DATABASE_URL", "sqlite://./data/order.db")],
+        &["AGORA__ORDER__DATABASE_URL", "AGORA__PAYMENT__DATABASE_URL"],
+        None,
+    );
+}
+
+#[test]
+fn the_token_command_mints_a_token_and_refuses_bad_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = agora(dir.path())
+        .args([
+            "token",
+            "--sub",
+            "alice",
+            "--role",
+            "customer",
+            "--role",
+            "staff",
+            "--email",
+            "alice@example.com",
+            "--ttl",
+            "2h",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let settings = crate::helpers::test_settings(dir.path());
+    let principal = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(agora::gateway::auth::Authenticator::from_settings(
+            &settings.auth,
+        ))
+        .unwrap()
+        .authenticate(&token)
+        .unwrap();
+    assert_eq!(principal.subject, "alice");
+    assert_eq!(principal.email.as_deref(), Some("alice@example.com"));
+    assert!(principal.roles.contains(&agora_kernel::Role::Staff));
+
+    for bad in [
+        vec!["token", "--sub", "alice"],
+        vec!["token", "--sub", "alice", "--role", "root"],
+        vec![
+            "token", "--sub", "alice", "--role", "customer", "--ttl", "forever",
+        ],
+    ] {
+        let out = agora(dir.path()).args(&bad).output().unwrap();
+        assert!(!out.status.success(), "{bad:?} should fail");
+    }
+}
+
+#[test]
+fn sigterm_drains_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = agora(dir.path())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("agora exited before listening")
+            .unwrap();
+        if let Some(rest) = line.split("agora listening on http://").nth(1) {
+            let addr = rest.split_whitespace().next().unwrap();
+            break addr.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+        }
+    };
+    let live = reqwest::blocking_get(port);
+    assert_eq!(live, 200);
+    assert!(
+        dir.path().join("data/order.db").exists(),
+        "the SQLite default was not created"
+    );
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status:?}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "agora did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+mod reqwest {
+    /// A tiny blocking GET without pulling reqwest's blocking feature.
+    pub fn blocking_get(port: u16) -> u16 {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).unwrap();
+        buf.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}

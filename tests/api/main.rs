@@ -1,0 +1,16 @@
+//! Host-level tests: the real application on port 0 with a temporary data
+//! directory, driven over HTTP with a real client. Tests that need PostgreSQL
+//! use the machine's server (CI always provides it; locally they say when they
+//! skip).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod architecture;
+mod auth;
+mod cli;
+mod errors;
+mod health;
+mod helpers;
+mod observability;
+mod openapi;
+mod rate_limit;
+mod stores;

@@ -1,0 +1,88 @@
+//! Rate limits admit the burst, then answer 429 with headers, and recover.
+
+use std::time::Duration;
+
+use agora::settings::RouteQuota;
+use agora_kernel::Role;
+
+use crate::helpers::{assert_problem, spawn_app_with};
+
+#[tokio::test]
+async fn the_burst_is_admitted_then_429_with_headers_then_it_recovers() {
+    let app = spawn_app_with(|s| {
+        s.rate_limit.per_second = 4;
+        s.rate_limit.burst = 3;
+    })
+    .await;
+    let token = app.token("alice", &[Role::Customer]);
+    for remaining in [2, 1, 0] {
+        let res = app.get_as("/api/v1/me", &token).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["ratelimit-policy"], "\"default\";q=3;w=1");
+        let rl = res.headers()["ratelimit"].to_str().unwrap().to_owned();
+        assert!(
+            rl.starts_with(&format!("\"default\";r={remaining};t=")),
+            "{rl}"
+        );
+    }
+    let res = app.get_as("/api/v1/me", &token).await;
+    let retry_after: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after));
+    assert!(res.headers()["ratelimit"].to_str().unwrap().contains("r=0"));
+    assert!(res.headers().contains_key("ratelimit-policy"));
+    assert_problem(res, 429).await;
+
+    // Another principal has its own bucket.
+    let other = app.token("bob", &[Role::Customer]);
+    assert_eq!(app.get_as("/api/v1/me", &other).await.status(), 200);
+
+    // One token refills every 250 ms.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.get_as("/api/v1/me", &token).await.status(), 200);
+
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("agora_rate_limit_rejections_total{route=\"/api/v1/me\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn anonymous_callers_are_limited_by_ip_and_routes_can_have_their_own_quota() {
+    let app = spawn_app_with(|s| {
+        s.rate_limit.per_second = 1000;
+        s.rate_limit.burst = 1000;
+        s.rate_limit.routes = vec![RouteQuota {
+            method: "GET".into(),
+            route: "/api/v1/me".into(),
+            per_second: 1,
+            burst: 2,
+        }];
+    })
+    .await;
+    // Anonymous: keyed by IP, even though each answer is a 401.
+    for _ in 0..2 {
+        let res = app.client.get(app.url("/api/v1/me")).send().await.unwrap();
+        assert_eq!(res.status(), 401);
+        assert_eq!(
+            res.headers()["ratelimit-policy"],
+            "\"GET /api/v1/me\";q=2;w=2"
+        );
+    }
+    let res = app.client.get(app.url("/api/v1/me")).send().await.unwrap();
+    assert_problem(res, 429).await;
+    // The route's quota does not touch other routes.
+    let admin = app.token("root", &[Role::Admin]);
+    let res = app.get_as("/api/v1/system/modules", &admin).await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["ratelimit-policy"]
+            .to_str()
+            .unwrap()
+            .starts_with("\"default\"")
+    );
+}
