@@ -221,3 +221,85 @@ mod reqwest {
         buf.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 }
+
+#[test]
+fn with_an_otlp_endpoint_set_spans_are_exported_over_http() {
+    use std::sync::{Arc, Mutex};
+    // A real OTLP/HTTP receiver stand-in: records what it is sent.
+    let received: Arc<Mutex<Vec<(String, String, usize)>>> = Arc::default();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let collector_port = listener.local_addr().unwrap().port();
+    let sink = received.clone();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            actix_web::HttpServer::new(move || {
+                let sink = sink.clone();
+                actix_web::App::new().default_service(actix_web::web::to(
+                    move |req: actix_web::HttpRequest, body: actix_web::web::Bytes| {
+                        let sink = sink.clone();
+                        async move {
+                            let ct = req
+                                .headers()
+                                .get("content-type")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned();
+                            sink.lock()
+                                .unwrap()
+                                .push((req.path().to_owned(), ct, body.len()));
+                            actix_web::HttpResponse::Ok().finish()
+                        }
+                    },
+                ))
+            })
+            .workers(1)
+            .listen(listener)
+            .unwrap()
+            .run()
+            .await
+        })
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = agora(dir.path())
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{collector_port}"),
+        )
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("agora exited before listening")
+            .unwrap();
+        if let Some(rest) = line.split("agora listening on http://").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse::<u16>()
+                .unwrap();
+        }
+    };
+    assert_eq!(reqwest::blocking_get(port), 200);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let got = received.lock().unwrap().clone();
+    assert!(
+        got.iter().any(|(path, ct, len)| path == "/v1/traces"
+            && ct == "application/x-protobuf"
+            && *len > 0),
+        "no spans exported: {got:?}"
+    );
+}
