@@ -1,52 +1,202 @@
 //! The inventory module: owns products, warehouses, stock levels and stock reservations.
 //!
 //! Its public face is [`InventoryModule`] (routes, OpenAPI fragment, background
-//! tasks, readiness) and [`openapi`]. It owns its database and talks to other
-//! modules only through ports and integration events.
+//! tasks, readiness), its `api` handle [`InventoryApi`] (what the order module's
+//! adapter calls in the monolith), the domain types that handle speaks, the HTTP
+//! bodies, and the integration events in [`events`]. It owns its database
+//! (SQLite or MongoDB, picked by the URL's scheme) and talks to other modules
+//! only through ports and integration events.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use agora_kernel::db::SqlModuleBase;
+use agora_kernel::db::{Backend, SqlDatabase};
+use agora_kernel::outbox::{OutboxRelay, OutboxStore, RelayConfig};
 use agora_kernel::{BackgroundTask, EventBus, Module, ModuleInfo};
+use anyhow::Context;
 use async_trait::async_trait;
+
+pub mod domain;
+pub mod events;
+pub mod inbound;
+pub(crate) mod outbound;
+
+pub use domain::models::MAX_TTL_SECS;
+pub use domain::ports::{Clock, ManualClock, SystemClock};
+pub use domain::service::InventoryApi;
 
 /// The module's settings: the `[inventory]` section, `AGORA__INVENTORY__*` variables.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Settings {
     /// Empty = the embedded SQLite default (`sqlite://<data_dir>/inventory.db`); the
     /// host resolves it and passes the URL to [`InventoryModule::build`].
+    /// `mongodb://…` switches to MongoDB.
     pub database_url: secrecy::SecretString,
+    /// How long a reservation is held when the caller names no TTL (1 to 604800 s).
+    #[serde(default = "default_reservation_ttl_secs")]
+    pub reservation_ttl_secs: u64,
+    /// How often the sweeper looks for expired reservations.
+    #[serde(default = "default_sweep_interval_secs")]
+    pub sweep_interval_secs: u64,
+}
+
+fn default_reservation_ttl_secs() -> u64 {
+    900
+}
+
+fn default_sweep_interval_secs() -> u64 {
+    5
+}
+
+impl Settings {
+    /// Checks deserialisation cannot express: `Err((key, why))`, the key as
+    /// `inventory.<name>` so the host can name `AGORA__INVENTORY__<NAME>`.
+    ///
+    /// # Errors
+    /// The first invalid key and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(1..=MAX_TTL_SECS).contains(&self.reservation_ttl_secs) {
+            return Err((
+                "inventory.reservation_ttl_secs",
+                format!("must be between 1 and {MAX_TTL_SECS} seconds"),
+            ));
+        }
+        if self.sweep_interval_secs == 0 {
+            return Err((
+                "inventory.sweep_interval_secs",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Settings for a given URL with every other key at its default (tests, tools).
+    pub fn with_url(url: &str) -> Self {
+        Self {
+            database_url: url.to_owned().into(),
+            reservation_ttl_secs: default_reservation_ttl_secs(),
+            sweep_interval_secs: default_sweep_interval_secs(),
+        }
+    }
 }
 
 /// The module's name: metric label, outbox source, event prefix.
 pub const NAME: &str = "inventory";
 
 /// Path prefixes under `/api/v1` this module serves.
-pub const ROUTES: &[&str] = &[];
+pub const ROUTES: &[&str] = &["/products", "/warehouses", "/stock", "/reservations"];
+
+/// How many expired reservations one sweep releases before looking again.
+const SWEEP_BATCH: u32 = 100;
+
+enum Store {
+    Sql(SqlDatabase),
+    Mongo(mongodb::Client),
+}
 
 /// The inventory module, wired to its own database.
 pub struct InventoryModule {
-    base: SqlModuleBase,
+    api: InventoryApi,
+    relay: OutboxRelay,
+    store: Store,
+    sweep_every: Duration,
 }
 
 impl InventoryModule {
-    /// Connect the module's database (creating its tables) and its outbox relay.
+    /// Connect the module's database (creating its tables or collections and
+    /// indexes) and its outbox relay. `sqlite:` or `mongodb://` URLs.
     ///
     /// # Errors
-    /// The database is unreachable or cannot be migrated.
+    /// Invalid settings, an unreachable database, a failed migration.
     pub async fn build(
-        _settings: &Settings,
+        settings: &Settings,
         database_url: &str,
         bus: Arc<dyn EventBus>,
     ) -> anyhow::Result<Self> {
-        let base = SqlModuleBase::connect(NAME, database_url, bus).await?;
-        Ok(Self { base })
+        Self::build_with_clock(settings, database_url, bus, Arc::new(SystemClock)).await
+    }
+
+    /// [`InventoryModule::build`] with a clock of the caller's (tests drive a [`ManualClock`]).
+    ///
+    /// # Errors
+    /// See [`InventoryModule::build`].
+    pub async fn build_with_clock(
+        settings: &Settings,
+        database_url: &str,
+        bus: Arc<dyn EventBus>,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        settings
+            .validate()
+            .map_err(|(key, why)| anyhow::anyhow!("invalid setting {key}: {why}"))?;
+        let ttl = domain::models::Ttl::from_secs(settings.reservation_ttl_secs as i64)
+            .map_err(|e| anyhow::anyhow!("invalid setting inventory.reservation_ttl_secs: {e}"))?;
+        let (store, port, outbox): (
+            Store,
+            Arc<dyn domain::ports::InventoryStore>,
+            Arc<dyn OutboxStore>,
+        ) = match Backend::of_url(database_url) {
+            Some(Backend::Sqlite) => {
+                let db = SqlDatabase::connect(database_url).await?;
+                let SqlDatabase::Sqlite(pool) = &db else {
+                    anyhow::bail!("not an SQLite URL");
+                };
+                outbound::sqlite::migrate(pool).await?;
+                let port = Arc::new(outbound::sqlite::SqliteStore::new(pool.clone()));
+                let outbox = db.outbox();
+                (Store::Sql(db), port, outbox)
+            }
+            Some(Backend::Mongo) => {
+                let (client, port, outbox) = outbound::mongo::connect(database_url).await?;
+                (Store::Mongo(client), port, outbox)
+            }
+            _ => anyhow::bail!(
+                "the inventory module stores its data in sqlite: or mongodb:// databases"
+            ),
+        };
+        let relay = OutboxRelay::new(NAME, outbox, bus, RelayConfig::default());
+        Ok(Self {
+            api: InventoryApi::new(port, clock, ttl),
+            relay,
+            store,
+            sweep_every: Duration::from_secs(settings.sweep_interval_secs),
+        })
+    }
+
+    /// The handle other modules' adapters (and tests) call.
+    pub fn api(&self) -> InventoryApi {
+        self.api.clone()
+    }
+
+    /// The module's outbox relay (its background task runs it; tests drive it).
+    pub fn outbox_relay(&self) -> OutboxRelay {
+        self.relay.clone()
+    }
+
+    /// Release every held reservation whose TTL has run out; how many were released.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn sweep_expired(&self) -> anyhow::Result<usize> {
+        sweep_all(&self.api).await
     }
 }
 
-/// The module's OpenAPI fragment.
+async fn sweep_all(api: &InventoryApi) -> anyhow::Result<usize> {
+    let mut total = 0;
+    loop {
+        let n = api.sweep_expired(SWEEP_BATCH).await?;
+        total += n;
+        if n < SWEEP_BATCH as usize {
+            return Ok(total);
+        }
+    }
+}
+
+/// The module's OpenAPI fragment (paths relative to `/api/v1`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    utoipa::openapi::OpenApiBuilder::new().build()
+    use utoipa::OpenApi;
+    inbound::http::InventoryDoc::openapi()
 }
 
 #[async_trait]
@@ -54,26 +204,83 @@ impl Module for InventoryModule {
     fn info(&self) -> ModuleInfo {
         ModuleInfo {
             name: NAME.to_owned(),
-            store: self.base.db.backend().as_str().to_owned(),
+            store: self.api.backend().to_owned(),
             routes: ROUTES.iter().map(|r| (*r).to_owned()).collect(),
         }
     }
 
-    fn configure(&self, _cfg: &mut actix_web::web::ServiceConfig) {}
+    fn configure(&self, cfg: &mut actix_web::web::ServiceConfig) {
+        inbound::http::configure(cfg, self.api.clone());
+    }
 
     fn openapi(&self) -> utoipa::openapi::OpenApi {
         openapi()
     }
 
     fn background_tasks(&self) -> Vec<BackgroundTask> {
-        vec![self.base.relay_task()]
+        let relay = self.relay.clone();
+        let api = self.api.clone();
+        let every = self.sweep_every;
+        vec![
+            BackgroundTask::new(format!("{NAME}-outbox-relay"), move |token| {
+                relay.run(token)
+            }),
+            BackgroundTask::new(
+                format!("{NAME}-reservation-sweeper"),
+                move |token| async move {
+                    loop {
+                        tokio::select! {
+                            () = token.cancelled() => break,
+                            () = tokio::time::sleep(every) => {}
+                        }
+                        match sweep_all(&api).await {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(released = n, "released expired reservations"),
+                            Err(e) => {
+                                tracing::error!(error = %format!("{e:#}"), "reservation sweep failed")
+                            }
+                        }
+                    }
+                },
+            ),
+        ]
     }
 
     async fn ready(&self) -> anyhow::Result<()> {
-        self.base.ready().await
+        tokio::time::timeout(Duration::from_secs(2), self.api.store().ping())
+            .await
+            .with_context(|| format!("the {} store did not answer in time", self.api.backend()))?
     }
 
     async fn shutdown(&self) {
-        self.base.db.close().await;
+        match &self.store {
+            Store::Sql(db) => db.close().await,
+            Store::Mongo(client) => client.clone().shutdown().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_default_to_a_fifteen_minute_ttl_and_refuse_out_of_range_values() {
+        let mut s = Settings::with_url("sqlite::memory:");
+        assert_eq!(s.reservation_ttl_secs, 900);
+        assert!(s.validate().is_ok());
+        s.reservation_ttl_secs = 0;
+        assert_eq!(
+            s.validate().err().map(|e| e.0),
+            Some("inventory.reservation_ttl_secs")
+        );
+        s.reservation_ttl_secs = MAX_TTL_SECS + 1;
+        assert!(s.validate().is_err());
+        s.reservation_ttl_secs = 60;
+        s.sweep_interval_secs = 0;
+        assert_eq!(
+            s.validate().err().map(|e| e.0),
+            Some("inventory.sweep_interval_secs")
+        );
     }
 }

@@ -1,0 +1,424 @@
+//! The inventory service: role rules, clock and defaults in front of the store.
+//! It is also the module's `api` handle ([`InventoryApi`]), so HTTP callers and
+//! in-process callers (the order module's adapter) meet the same rules.
+
+use std::sync::Arc;
+
+use agora_kernel::pagination::Page;
+use agora_kernel::{CallContext, Role};
+use uuid::Uuid;
+
+use super::models::{
+    Adjustment, ChangeMeta, Movement, NewProduct, NewReservation, NewWarehouse, Product,
+    ProductPatch, Receipt, ReleaseReason, Reservation, ReservationId, Sku, StockSummary, Ttl,
+    Warehouse, WarehouseCode, decode_cursor, encode_cursor,
+};
+use super::ports::{
+    CatalogueError, Clock, InventoryStore, ReadError, ReservationError, ReserveError,
+    ReserveOutcome, StockError, Transition, WarehouseError,
+};
+
+/// Who may change the catalogue, warehouses and stock.
+const STAFF: &[Role] = &[Role::Staff];
+/// Who may reserve, confirm, commit and release.
+const RESERVERS: &[Role] = &[Role::Service];
+/// Who may read reservations and the movement audit trail.
+const RESERVATION_READERS: &[Role] = &[Role::Service, Role::Staff];
+const AUDITORS: &[Role] = &[Role::Staff];
+
+fn deny(ctx: &CallContext, roles: &[Role]) -> Option<String> {
+    ctx.principal.require_any(roles).err().map(|p| p.detail)
+}
+
+struct Inner {
+    store: Arc<dyn InventoryStore>,
+    clock: Arc<dyn Clock>,
+    default_ttl: Ttl,
+}
+
+/// The inventory module's operations. Cheap to clone.
+///
+/// Customers read products and stock; staff (and admin) change the catalogue,
+/// warehouses and stock; service (and admin) reserve.
+#[derive(Clone)]
+pub struct InventoryApi {
+    inner: Arc<Inner>,
+}
+
+impl InventoryApi {
+    pub fn new(store: Arc<dyn InventoryStore>, clock: Arc<dyn Clock>, default_ttl: Ttl) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                default_ttl,
+            }),
+        }
+    }
+
+    /// `sqlite` or `mongodb`.
+    pub fn backend(&self) -> &'static str {
+        self.inner.store.backend()
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn InventoryStore> {
+        &self.inner.store
+    }
+
+    fn meta(&self, ctx: &CallContext) -> ChangeMeta {
+        ChangeMeta {
+            actor: ctx.principal.subject.clone(),
+            correlation_id: ctx.correlation_id.clone(),
+            at: self.inner.clock.now(),
+        }
+    }
+
+    // ---- catalogue ----------------------------------------------------------------
+
+    /// # Errors
+    /// [`CatalogueError::Forbidden`] unless staff; [`CatalogueError::DuplicateSku`].
+    #[tracing::instrument(skip_all, fields(sku = %p.sku))]
+    pub async fn create_product(
+        &self,
+        ctx: &CallContext,
+        p: NewProduct,
+    ) -> Result<Product, CatalogueError> {
+        if let Some(why) = deny(ctx, STAFF) {
+            return Err(CatalogueError::Forbidden(why));
+        }
+        self.inner
+            .store
+            .create_product(&p, self.inner.clock.now())
+            .await
+    }
+
+    /// A product; inactive ones only for staff.
+    ///
+    /// # Errors
+    /// [`ReadError::NotFound`].
+    #[tracing::instrument(skip_all, fields(sku = %sku))]
+    pub async fn product(&self, ctx: &CallContext, sku: &Sku) -> Result<Product, ReadError> {
+        match self.inner.store.product(sku).await? {
+            Some(p) if p.active || ctx.principal.is_staff() => Ok(p),
+            _ => Err(ReadError::NotFound(format!("no product with sku {sku}"))),
+        }
+    }
+
+    /// Products by sku; inactive ones only for staff.
+    ///
+    /// # Errors
+    /// [`ReadError::BadCursor`].
+    #[tracing::instrument(skip_all)]
+    pub async fn products(
+        &self,
+        ctx: &CallContext,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Product>, ReadError> {
+        let after = cursor.map(parse_cursor_sku).transpose()?;
+        let mut items = self
+            .inner
+            .store
+            .products(after.as_ref(), limit + 1, ctx.principal.is_staff())
+            .await?;
+        Ok(page(&mut items, limit, |p| encode_cursor(p.sku.as_str())))
+    }
+
+    /// # Errors
+    /// [`CatalogueError::Forbidden`] unless staff; [`CatalogueError::NotFound`].
+    #[tracing::instrument(skip_all, fields(sku = %sku))]
+    pub async fn update_product(
+        &self,
+        ctx: &CallContext,
+        sku: &Sku,
+        patch: ProductPatch,
+    ) -> Result<Product, CatalogueError> {
+        if let Some(why) = deny(ctx, STAFF) {
+            return Err(CatalogueError::Forbidden(why));
+        }
+        self.inner
+            .store
+            .update_product(sku, &patch, false, self.inner.clock.now())
+            .await
+    }
+
+    /// Soft delete: the product stays, `active = false`; it can no longer be reserved.
+    ///
+    /// # Errors
+    /// [`CatalogueError::Forbidden`] unless staff; [`CatalogueError::NotFound`].
+    #[tracing::instrument(skip_all, fields(sku = %sku))]
+    pub async fn deactivate_product(
+        &self,
+        ctx: &CallContext,
+        sku: &Sku,
+    ) -> Result<Product, CatalogueError> {
+        if let Some(why) = deny(ctx, STAFF) {
+            return Err(CatalogueError::Forbidden(why));
+        }
+        self.inner
+            .store
+            .update_product(sku, &ProductPatch::default(), true, self.inner.clock.now())
+            .await
+    }
+
+    // ---- warehouses -----------------------------------------------------------------
+
+    /// # Errors
+    /// [`WarehouseError::Forbidden`] unless staff; [`WarehouseError::Duplicate`].
+    #[tracing::instrument(skip_all, fields(code = %w.code))]
+    pub async fn create_warehouse(
+        &self,
+        ctx: &CallContext,
+        w: NewWarehouse,
+    ) -> Result<Warehouse, WarehouseError> {
+        if let Some(why) = deny(ctx, STAFF) {
+            return Err(WarehouseError::Forbidden(why));
+        }
+        self.inner
+            .store
+            .create_warehouse(&w, self.inner.clock.now())
+            .await
+    }
+
+    /// Warehouses by code.
+    ///
+    /// # Errors
+    /// Store failures.
+    #[tracing::instrument(skip_all)]
+    pub async fn warehouses(
+        &self,
+        _ctx: &CallContext,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Warehouse>, ReadError> {
+        let after = match cursor {
+            None => None,
+            Some(c) => Some(
+                decode_cursor(c)
+                    .and_then(|s| WarehouseCode::parse(&s).ok())
+                    .ok_or_else(bad_cursor)?,
+            ),
+        };
+        let mut items = self
+            .inner
+            .store
+            .warehouses(after.as_ref(), limit + 1)
+            .await?;
+        Ok(page(&mut items, limit, |w| encode_cursor(w.code.as_str())))
+    }
+
+    // ---- stock -------------------------------------------------------------------------
+
+    /// # Errors
+    /// [`StockError::Forbidden`] unless staff; unknown sku or warehouse.
+    #[tracing::instrument(skip_all, fields(sku = %r.sku, warehouse = %r.warehouse))]
+    pub async fn receive(&self, ctx: &CallContext, r: Receipt) -> Result<Movement, StockError> {
+        if let Some(why) = deny(ctx, STAFF) {
+            return Err(StockError::Forbidden(why));
+        }
+        self.inner.store.receive(&r, &self.meta(ctx)).await
+    }
+
+    /// # Errors
+    /// [`StockError::Forbidden`] unless staff; unknown sku or warehouse;
+    /// [`StockError::WouldUnderflow`].
+    #[tracing::instrument(skip_all, fields(sku = %a.sku, warehouse = %a.warehouse))]
+    pub async fn adjust(&self, ctx: &CallContext, a: Adjustment) -> Result<Movement, StockError> {
+        if let Some(why) = deny(ctx, STAFF) {
+            return Err(StockError::Forbidden(why));
+        }
+        self.inner.store.adjust(&a, &self.meta(ctx)).await
+    }
+
+    /// Stock of a sku, per warehouse. Any authenticated caller.
+    ///
+    /// # Errors
+    /// [`ReadError::NotFound`] for an unknown sku.
+    #[tracing::instrument(skip_all, fields(sku = %sku))]
+    pub async fn stock(&self, ctx: &CallContext, sku: &Sku) -> Result<StockSummary, ReadError> {
+        // The product itself decides visibility (inactive ones only for staff).
+        self.product(ctx, sku).await?;
+        self.inner
+            .store
+            .stock(sku)
+            .await?
+            .ok_or_else(|| ReadError::NotFound(format!("no product with sku {sku}")))
+    }
+
+    /// The audit trail of a sku, newest first. Staff only.
+    ///
+    /// # Errors
+    /// [`ReadError::Forbidden`]; [`ReadError::NotFound`] for an unknown sku.
+    #[tracing::instrument(skip_all, fields(sku = %sku))]
+    pub async fn movements(
+        &self,
+        ctx: &CallContext,
+        sku: &Sku,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Movement>, ReadError> {
+        if let Some(why) = deny(ctx, AUDITORS) {
+            return Err(ReadError::Forbidden(why));
+        }
+        let before = match cursor {
+            None => None,
+            Some(c) => Some(
+                decode_cursor(c)
+                    .and_then(|s| Uuid::parse_str(&s).ok())
+                    .ok_or_else(bad_cursor)?,
+            ),
+        };
+        if self.inner.store.product(sku).await?.is_none() {
+            return Err(ReadError::NotFound(format!("no product with sku {sku}")));
+        }
+        let mut items = self.inner.store.movements(sku, before, limit + 1).await?;
+        Ok(page(&mut items, limit, |m| {
+            encode_cursor(&m.id.to_string())
+        }))
+    }
+
+    // ---- reservations ------------------------------------------------------------------
+
+    /// Reserve every line or none; idempotent on the reservation id.
+    ///
+    /// # Errors
+    /// [`ReserveError::Forbidden`] unless service; see [`InventoryStore::reserve`].
+    #[tracing::instrument(skip_all, fields(reservation_id = %r.id, order_id = r.order_id.as_str()))]
+    pub async fn reserve(
+        &self,
+        ctx: &CallContext,
+        r: NewReservation,
+    ) -> Result<ReserveOutcome, ReserveError> {
+        if let Some(why) = deny(ctx, RESERVERS) {
+            return Err(ReserveError::Forbidden(why));
+        }
+        NewReservation::check_lines(&r.lines).map_err(|e| ReserveError::InvalidLines(e.0))?;
+        let meta = self.meta(ctx);
+        let ttl = r.ttl.unwrap_or(self.inner.default_ttl);
+        let expires_at = meta.at + ttl.as_chrono();
+        self.inner.store.reserve(&r, expires_at, &meta).await
+    }
+
+    /// # Errors
+    /// [`ReadError::Forbidden`] unless service or staff; [`ReadError::NotFound`].
+    #[tracing::instrument(skip_all, fields(reservation_id = %id))]
+    pub async fn reservation(
+        &self,
+        ctx: &CallContext,
+        id: ReservationId,
+    ) -> Result<Reservation, ReadError> {
+        if let Some(why) = deny(ctx, RESERVATION_READERS) {
+            return Err(ReadError::Forbidden(why));
+        }
+        self.inner
+            .store
+            .reservation(id)
+            .await?
+            .ok_or_else(|| ReadError::NotFound(format!("no reservation {id}")))
+    }
+
+    /// Held → confirmed (the TTL no longer applies). Fails once expired.
+    ///
+    /// # Errors
+    /// See [`Transition::check`].
+    pub async fn confirm(
+        &self,
+        ctx: &CallContext,
+        id: ReservationId,
+    ) -> Result<Reservation, ReservationError> {
+        self.transition(ctx, id, Transition::Confirm).await
+    }
+
+    /// The stock leaves: on hand and reserved both drop.
+    ///
+    /// # Errors
+    /// See [`Transition::check`].
+    pub async fn commit(
+        &self,
+        ctx: &CallContext,
+        id: ReservationId,
+    ) -> Result<Reservation, ReservationError> {
+        self.transition(ctx, id, Transition::Commit).await
+    }
+
+    /// The reserved units become available again.
+    ///
+    /// # Errors
+    /// See [`Transition::check`].
+    pub async fn release(
+        &self,
+        ctx: &CallContext,
+        id: ReservationId,
+    ) -> Result<Reservation, ReservationError> {
+        self.transition(ctx, id, Transition::Release(ReleaseReason::Requested))
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(reservation_id = %id, transition = ?t))]
+    async fn transition(
+        &self,
+        ctx: &CallContext,
+        id: ReservationId,
+        t: Transition,
+    ) -> Result<Reservation, ReservationError> {
+        if let Some(why) = deny(ctx, RESERVERS) {
+            return Err(ReservationError::Forbidden(why));
+        }
+        self.inner.store.transition(id, t, &self.meta(ctx)).await
+    }
+
+    /// Release up to `limit` held reservations whose TTL ran out; how many were released.
+    ///
+    /// # Errors
+    /// Store failures while listing (a reservation that changed meanwhile is skipped).
+    #[tracing::instrument(skip_all)]
+    pub async fn sweep_expired(&self, limit: u32) -> anyhow::Result<usize> {
+        let ctx = CallContext::service("inventory-sweeper", format!("sweep-{}", Uuid::now_v7()));
+        let now = self.inner.clock.now();
+        let ids = self.inner.store.expired(now, limit).await?;
+        let mut released = 0;
+        for id in ids {
+            let meta = ChangeMeta {
+                actor: ctx.principal.subject.clone(),
+                correlation_id: ctx.correlation_id.clone(),
+                at: now,
+            };
+            match self
+                .inner
+                .store
+                .transition(id, Transition::Release(ReleaseReason::Expired), &meta)
+                .await
+            {
+                Ok(_) => released += 1,
+                Err(ReservationError::Unexpected(e)) => {
+                    tracing::warn!(reservation_id = %id, error = %format!("{e:#}"), "failed to release an expired reservation");
+                }
+                Err(other) => {
+                    tracing::debug!(reservation_id = %id, reason = %other, "reservation changed before it could expire")
+                }
+            }
+        }
+        Ok(released)
+    }
+}
+
+fn bad_cursor() -> ReadError {
+    ReadError::BadCursor
+}
+
+fn parse_cursor_sku(c: &str) -> Result<Sku, ReadError> {
+    decode_cursor(c)
+        .and_then(|s| Sku::parse(&s).ok())
+        .ok_or_else(bad_cursor)
+}
+
+/// Cut a `limit + 1` fetch down to a page with a cursor after its last item.
+fn page<T>(items: &mut Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> Page<T> {
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    let next_cursor = if more { items.last().map(key) } else { None };
+    Page {
+        items: std::mem::take(items),
+        next_cursor,
+    }
+}

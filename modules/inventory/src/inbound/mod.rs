@@ -1,0 +1,3 @@
+//! What drives the inventory module: HTTP requests.
+
+pub mod http;

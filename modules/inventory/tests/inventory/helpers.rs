@@ -1,0 +1,265 @@
+//! What every inventory test needs: a module on a fresh database (a new SQLite
+//! file, or a new MongoDB database name), a clock the test moves, a recorder
+//! of published events, and callers with each role.
+
+use std::sync::{Arc, Mutex};
+
+use agora_inventory::domain::models::{
+    LineRequest, NewProduct, NewReservation, NewWarehouse, OrderRef, ProductName, Quantity,
+    Receipt, ReservationId, Sku, Threshold, WarehouseCode,
+};
+use agora_inventory::{InventoryApi, InventoryModule, ManualClock, Settings};
+use agora_kernel::{
+    CallContext, Currency, EventBus, EventEnvelope, EventHandler, InMemoryBus, Money, Principal,
+    Role,
+};
+use async_trait::async_trait;
+use tempfile::TempDir;
+use uuid::Uuid;
+
+/// Records every event the outbox relay publishes.
+#[derive(Default)]
+pub struct Recorder {
+    seen: Mutex<Vec<EventEnvelope>>,
+}
+
+#[async_trait]
+impl EventHandler for Recorder {
+    fn name(&self) -> &str {
+        "test-recorder"
+    }
+    fn handles(&self, _event_type: &str) -> bool {
+        true
+    }
+    async fn handle(&self, event: &EventEnvelope) -> anyhow::Result<()> {
+        self.seen.lock().unwrap().push(event.clone());
+        Ok(())
+    }
+}
+
+impl Recorder {
+    pub fn events(&self) -> Vec<EventEnvelope> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn of_type(&self, t: &str) -> Vec<EventEnvelope> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.event_type == t)
+            .collect()
+    }
+}
+
+/// A module on its own fresh database.
+pub struct Harness {
+    pub module: InventoryModule,
+    pub api: InventoryApi,
+    pub clock: Arc<ManualClock>,
+    pub events: Arc<Recorder>,
+    url: String,
+    _dir: Option<TempDir>,
+}
+
+impl Harness {
+    async fn build(url: &str, dir: Option<TempDir>) -> Self {
+        let bus = Arc::new(InMemoryBus::new());
+        let events = Arc::new(Recorder::default());
+        bus.subscribe(events.clone());
+        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+        let module =
+            InventoryModule::build_with_clock(&Settings::with_url(url), url, bus, clock.clone())
+                .await
+                .expect("the inventory module builds");
+        Self {
+            api: module.api(),
+            module,
+            clock,
+            events,
+            url: url.to_owned(),
+            _dir: dir,
+        }
+    }
+
+    /// A second instance of the module on the same database, as a second
+    /// process would be (its own pool, its own in-process queues).
+    pub async fn twin(&self) -> InventoryApi {
+        let bus = Arc::new(InMemoryBus::new());
+        let settings = Settings::with_url(&self.url);
+        let module =
+            InventoryModule::build_with_clock(&settings, &self.url, bus, self.clock.clone())
+                .await
+                .expect("a second inventory module builds");
+        module.api()
+    }
+
+    /// A module on a new SQLite file.
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = format!("sqlite://{}/inventory.db", dir.path().display());
+        Self::build(&url, Some(dir)).await
+    }
+
+    /// A module on a new database of the MongoDB server named by
+    /// `AGORA_TEST_MONGODB_URL`; `None` (skip) when unset outside CI.
+    pub async fn mongo() -> Option<Self> {
+        let url = mongo_url()?;
+        Some(Self::build(&url, None).await)
+    }
+
+    /// Publish everything in the outbox.
+    pub async fn publish_all(&self) {
+        let relay = self.module.outbox_relay();
+        while relay.run_once().await.expect("the outbox relay runs") > 0 {}
+    }
+}
+
+/// `AGORA_TEST_MONGODB_URL` with a fresh database name; `None` when unset
+/// (panics in CI, where a skip must never be silent).
+pub fn mongo_url() -> Option<String> {
+    match std::env::var("AGORA_TEST_MONGODB_URL") {
+        Ok(base) if !base.is_empty() => Some(with_database(
+            &base,
+            &format!("inv_{}", Uuid::now_v7().simple()),
+        )),
+        _ => {
+            if std::env::var_os("CI").is_some() {
+                panic!(
+                    "AGORA_TEST_MONGODB_URL is not set: CI must provide a MongoDB-wire server for the inventory tests"
+                );
+            }
+            eprintln!("AGORA_TEST_MONGODB_URL is not set: skipping the MongoDB inventory tests");
+            None
+        }
+    }
+}
+
+/// Replace (or add) the database path of a `mongodb://host[:port][/db][?opts]` URL.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{db}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+pub fn ctx(subject: &str, roles: &[Role]) -> CallContext {
+    CallContext::new(
+        Principal::new(subject, roles.iter().copied()),
+        format!("corr-{}", Uuid::now_v7()),
+    )
+}
+
+pub fn staff() -> CallContext {
+    ctx("stella", &[Role::Staff])
+}
+
+pub fn customer() -> CallContext {
+    ctx("carl", &[Role::Customer])
+}
+
+pub fn service() -> CallContext {
+    ctx("service:order", &[Role::Service])
+}
+
+pub fn admin() -> CallContext {
+    ctx("ada", &[Role::Admin])
+}
+
+pub fn sku(s: &str) -> Sku {
+    Sku::parse(s).unwrap()
+}
+
+pub fn wh(s: &str) -> WarehouseCode {
+    WarehouseCode::parse(s).unwrap()
+}
+
+pub fn eur(minor: i64) -> Money {
+    Money::new(minor, Currency::parse("EUR").unwrap())
+}
+
+pub fn new_product(s: &str, threshold: i64) -> NewProduct {
+    NewProduct {
+        sku: sku(s),
+        name: ProductName::parse(&format!("Product {s}")).unwrap(),
+        description: None,
+        price: eur(1999),
+        low_stock_threshold: Threshold::new(threshold).unwrap(),
+    }
+}
+
+/// Create products (threshold 0: no low-stock events unless a test wants them) and warehouses.
+pub async fn catalogue(api: &InventoryApi, skus: &[&str], warehouses: &[&str]) {
+    for s in skus {
+        api.create_product(&staff(), new_product(s, 0))
+            .await
+            .unwrap();
+    }
+    for w in warehouses {
+        api.create_warehouse(
+            &staff(),
+            NewWarehouse {
+                code: wh(w),
+                name: ProductName::parse(&format!("Warehouse {w}")).unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+}
+
+pub async fn receive(api: &InventoryApi, s: &str, w: &str, n: i64) {
+    api.receive(
+        &staff(),
+        Receipt {
+            sku: sku(s),
+            warehouse: wh(w),
+            quantity: Quantity::new(n).unwrap(),
+            reference: None,
+        },
+    )
+    .await
+    .unwrap();
+}
+
+pub fn reservation(lines: &[(&str, i64)]) -> NewReservation {
+    NewReservation {
+        id: ReservationId(Uuid::now_v7()),
+        order_id: OrderRef::parse(&Uuid::now_v7().to_string()).unwrap(),
+        lines: lines
+            .iter()
+            .map(|(s, n)| LineRequest {
+                sku: sku(s),
+                quantity: Quantity::new(*n).unwrap(),
+            })
+            .collect(),
+        ttl: None,
+    }
+}
+
+/// (on_hand, reserved, available) of a sku over every warehouse.
+pub async fn totals(api: &InventoryApi, s: &str) -> (i64, i64, i64) {
+    let st = api.stock(&staff(), &sku(s)).await.unwrap();
+    (st.on_hand(), st.reserved(), st.available())
+}
+
+#[test]
+fn a_database_name_replaces_the_one_in_the_url() {
+    assert_eq!(
+        with_database("mongodb://h:1/x?directConnection=true", "y"),
+        "mongodb://h:1/y?directConnection=true"
+    );
+    assert_eq!(with_database("mongodb://h:1", "y"), "mongodb://h:1/y");
+    assert_eq!(
+        with_database("mongodb://h:1/?a=b", "y"),
+        "mongodb://h:1/y?a=b"
+    );
+}
