@@ -18,6 +18,8 @@ pub mod outbox;
 pub mod pagination;
 pub mod principal;
 pub mod problem;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use context::{CallContext, RequestId};
 pub use events::{EventBus, EventEnvelope, EventHandler, InMemoryBus};

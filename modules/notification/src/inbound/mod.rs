@@ -1,0 +1,4 @@
+//! What drives the notification module: HTTP requests and integration events.
+
+pub mod events;
+pub mod http;

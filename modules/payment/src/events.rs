@@ -1,0 +1,124 @@
+//! The integration events the payment module publishes through its outbox:
+//! `payment.succeeded.v1`, `payment.failed.v1` and `payment.refunded.v1`.
+//!
+//! Consumers own their own deserialisation types; these are the publisher's.
+
+use agora_kernel::EventEnvelope;
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::models::{Payment, Refund};
+
+pub const PAYMENT_SUCCEEDED: &str = "payment.succeeded.v1";
+pub const PAYMENT_FAILED: &str = "payment.failed.v1";
+pub const PAYMENT_REFUNDED: &str = "payment.refunded.v1";
+
+/// `payment.succeeded.v1`: the order's money was captured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentSucceeded {
+    pub payment_id: Uuid,
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub provider: String,
+    pub provider_ref: Option<String>,
+}
+
+/// `payment.failed.v1`: the provider declined the charge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentFailed {
+    pub payment_id: Uuid,
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    /// The provider's decline code, e.g. `card_declined`, `insufficient_funds`.
+    pub failure_code: String,
+}
+
+/// `payment.refunded.v1`: (part of) a payment was given back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    pub payment_id: Uuid,
+    pub refund_id: Uuid,
+    pub order_id: Uuid,
+    pub customer_id: String,
+    /// The payment's amount (as in the payment's JSON).
+    pub amount_minor: i64,
+    /// All succeeded refunds of the payment so far, this one included.
+    pub refunded_minor: i64,
+    /// This refund's amount.
+    pub refund_amount_minor: i64,
+    pub currency: String,
+    /// `partially_refunded` or `refunded`.
+    pub payment_status: String,
+    pub reason: Option<String>,
+}
+
+fn envelope(
+    event_type: &str,
+    correlation_id: &str,
+    payload: &impl Serialize,
+) -> anyhow::Result<EventEnvelope> {
+    EventEnvelope::new(event_type, crate::NAME, correlation_id, payload)
+        .with_context(|| format!("failed to build a {event_type} event"))
+}
+
+/// The event a finished charge publishes.
+///
+/// # Errors
+/// Serialisation failures.
+pub fn charge_finished(p: &Payment, correlation_id: &str) -> anyhow::Result<EventEnvelope> {
+    match &p.failure_code {
+        None => envelope(
+            PAYMENT_SUCCEEDED,
+            correlation_id,
+            &PaymentSucceeded {
+                payment_id: p.id.as_uuid(),
+                order_id: p.order_id.as_uuid(),
+                customer_id: p.customer_id.as_str().to_owned(),
+                amount_minor: p.amount.minor(),
+                currency: p.currency().code().to_owned(),
+                provider: p.provider.clone(),
+                provider_ref: p.provider_ref.clone(),
+            },
+        ),
+        Some(code) => envelope(
+            PAYMENT_FAILED,
+            correlation_id,
+            &PaymentFailed {
+                payment_id: p.id.as_uuid(),
+                order_id: p.order_id.as_uuid(),
+                customer_id: p.customer_id.as_str().to_owned(),
+                amount_minor: p.amount.minor(),
+                currency: p.currency().code().to_owned(),
+                failure_code: code.clone(),
+            },
+        ),
+    }
+}
+
+/// The event a succeeded refund publishes.
+///
+/// # Errors
+/// Serialisation failures.
+pub fn refunded(p: &Payment, r: &Refund, correlation_id: &str) -> anyhow::Result<EventEnvelope> {
+    envelope(
+        PAYMENT_REFUNDED,
+        correlation_id,
+        &PaymentRefunded {
+            payment_id: p.id.as_uuid(),
+            refund_id: r.id.as_uuid(),
+            order_id: p.order_id.as_uuid(),
+            customer_id: p.customer_id.as_str().to_owned(),
+            amount_minor: p.amount.minor(),
+            refunded_minor: p.refunded_minor,
+            refund_amount_minor: r.amount.minor(),
+            currency: p.currency().code().to_owned(),
+            payment_status: p.status.as_str().to_owned(),
+            reason: r.reason.clone(),
+        },
+    )
+}

@@ -1,0 +1,3 @@
+//! What drives the payment module: its HTTP endpoints.
+
+pub mod http;
