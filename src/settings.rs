@@ -190,7 +190,9 @@ impl Settings {
         if self.idempotency.ttl_secs == 0 {
             return Err(invalid("idempotency.ttl_secs", "must be at least 1"));
         }
-        self.inventory.validate().map_err(|(key, why)| invalid(key, why))?;
+        self.inventory
+            .validate()
+            .map_err(|(key, why)| invalid(key, why))?;
         self.validate_auth()?;
         self.validate_databases()?;
         Ok(())

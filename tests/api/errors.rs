@@ -103,11 +103,27 @@ async fn every_body_mistake_is_a_problem_with_its_own_status() {
     // Malformed JSON → 400.
     assert_problem(post("{\"sku\": ", "application/json").await.unwrap(), 400).await;
     // Wrong content type → 415.
-    assert_problem(post("sku=A", "application/x-www-form-urlencoded").await.unwrap(), 415).await;
+    assert_problem(
+        post("sku=A", "application/x-www-form-urlencoded")
+            .await
+            .unwrap(),
+        415,
+    )
+    .await;
     // Well-formed but invalid → 422 listing each bad field, and nothing is created.
-    let res = post(r#"{"sku": "bad sku!", "name": "", "price_minor": -5, "currency": "eur"}"#, "application/json").await.unwrap();
+    let res = post(
+        r#"{"sku": "bad sku!", "name": "", "price_minor": -5, "currency": "eur"}"#,
+        "application/json",
+    )
+    .await
+    .unwrap();
     let body = assert_problem(res, 422).await;
-    let fields: Vec<&str> = body["errors"].as_object().unwrap().keys().map(String::as_str).collect();
+    let fields: Vec<&str> = body["errors"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     for f in ["sku", "name", "price_minor", "currency"] {
         assert!(fields.contains(&f), "{f} not listed in {fields:?}");
     }
@@ -115,7 +131,10 @@ async fn every_body_mistake_is_a_problem_with_its_own_status() {
     let list: serde_json::Value = res.json().await.unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), 0);
     // Too large → 413.
-    let big = format!(r#"{{"sku": "A", "name": "{}", "price_minor": 1, "currency": "EUR"}}"#, "x".repeat(4096));
+    let big = format!(
+        r#"{{"sku": "A", "name": "{}", "price_minor": 1, "currency": "EUR"}}"#,
+        "x".repeat(4096)
+    );
     let res = app
         .client
         .post(app.url("/api/v1/products"))
@@ -127,7 +146,12 @@ async fn every_body_mistake_is_a_problem_with_its_own_status() {
         .unwrap();
     assert_problem(res, 413).await;
     // And a good one still works, with the module label on its metric.
-    let res = post(r#"{"sku": "MUG-1", "name": "Mug", "price_minor": 850, "currency": "EUR"}"#, "application/json").await.unwrap();
+    let res = post(
+        r#"{"sku": "MUG-1", "name": "Mug", "price_minor": 850, "currency": "EUR"}"#,
+        "application/json",
+    )
+    .await
+    .unwrap();
     assert_eq!(res.status(), 201);
     let m = app.metrics().await;
     assert!(m.contains("agora_http_requests_total{module=\"inventory\",route=\"/api/v1/products\",method=\"POST\",status=\"201\"}"), "{m}");
