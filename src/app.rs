@@ -18,6 +18,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::adapters;
 use crate::api::{self, Modules};
 use crate::gateway::auth::{self, Authenticator};
 use crate::gateway::errors;
@@ -52,9 +53,6 @@ async fn build_modules(
     for m in crate::settings::MODULES {
         tracing::info!(module = m, database = %redact_url(&url(m)), "connecting module store");
     }
-    let order = agora_order::OrderModule::build(&settings.order, &url("order"), bus.clone())
-        .await
-        .context("order module")?;
     let inventory = agora_inventory::InventoryModule::build(
         &settings.inventory,
         &url("inventory"),
@@ -73,6 +71,16 @@ async fn build_modules(
     )
     .await
     .context("notification module")?;
+    // The order module reaches inventory and payment only through its own ports.
+    let stock = Arc::new(adapters::InProcessInventory(inventory.api()));
+    let ports = agora_order::OrderPorts {
+        catalogue: stock.clone(),
+        stock,
+        payments: Arc::new(adapters::InProcessPayments(payment.api())),
+    };
+    let order = agora_order::OrderModule::build(&settings.order, &url("order"), bus.clone(), ports)
+        .await
+        .context("order module")?;
     Ok(vec![
         Arc::new(order),
         Arc::new(inventory),

@@ -7,6 +7,7 @@
 //! - [`telemetry`]: logs, traces, the metrics recorder.
 //! - [`openapi`]: the merged OpenAPI document.
 
+pub mod adapters;
 pub mod api;
 pub mod app;
 pub mod cli;

@@ -12,5 +12,6 @@ mod health;
 mod helpers;
 mod observability;
 mod openapi;
+mod orders;
 mod rate_limit;
 mod stores;

@@ -1,52 +1,145 @@
-//! The order module: owns orders and orchestrates placing one across inventory and payment (the order saga).
+//! The order module: owns orders and orchestrates placing one across
+//! inventory and payment (the order saga).
 //!
-//! Its public face is [`OrderModule`] (routes, OpenAPI fragment, background
-//! tasks, readiness) and [`openapi`]. It owns its database and talks to other
-//! modules only through ports and integration events.
+//! Its public face is [`OrderModule`] (routes, OpenAPI fragment, the recovery
+//! worker and outbox relay, readiness), [`openapi`], its [`Settings`], and the
+//! ports it needs from other modules ([`domain::ports::Catalogue`],
+//! [`domain::ports::StockReservations`], [`domain::ports::Payments`]), which the
+//! host implements over the other modules' `api` handles. The order module
+//! never depends on another module's crate.
+
+pub mod domain;
+mod inbound;
+mod outbound;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use agora_kernel::db::SqlModuleBase;
+use agora_kernel::db::{SqlDatabase, SqlModuleBase};
 use agora_kernel::{BackgroundTask, EventBus, Module, ModuleInfo};
 use async_trait::async_trait;
+use serde::Deserialize;
+use utoipa::OpenApi;
 
-/// The module's settings: the `[order]` section, `AGORA__ORDER__*` variables.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct Settings {
-    /// Empty = the embedded SQLite default (`sqlite://<data_dir>/order.db`); the
-    /// host resolves it and passes the URL to [`OrderModule::build`].
-    pub database_url: secrecy::SecretString,
-}
+pub use domain::models::{Order, OrderId, OrderStatus};
+pub use domain::ports::{Catalogue, Payments, StockReservations};
+pub use domain::service::{OrderEventPayload, OrderService, SagaConfig};
 
 /// The module's name: metric label, outbox source, event prefix.
 pub const NAME: &str = "order";
 
 /// Path prefixes under `/api/v1` this module serves.
-pub const ROUTES: &[&str] = &[];
+pub const ROUTES: &[&str] = &["/orders"];
+
+fn default_deadline() -> u64 {
+    900
+}
+fn default_retry_base_ms() -> u64 {
+    1000
+}
+fn default_retry_max_secs() -> u64 {
+    60
+}
+fn default_recovery_every_ms() -> u64 {
+    1000
+}
+
+/// The `[order]` section, `AGORA__ORDER__*` variables.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// Empty = `sqlite://<data_dir>/order.db`; or `postgres://…`.
+    pub database_url: secrecy::SecretString,
+    /// An order not paid by then becomes `payment_failed` (stock released).
+    #[serde(default = "default_deadline")]
+    pub payment_deadline_secs: u64,
+    /// First back-off of a payment retry; doubles up to `retry_max_secs`.
+    #[serde(default = "default_retry_base_ms")]
+    pub retry_base_ms: u64,
+    #[serde(default = "default_retry_max_secs")]
+    pub retry_max_secs: u64,
+    /// How often the recovery worker looks for orders to resume.
+    #[serde(default = "default_recovery_every_ms")]
+    pub recovery_every_ms: u64,
+}
+
+impl Settings {
+    fn saga(&self) -> SagaConfig {
+        let deadline = Duration::from_secs(self.payment_deadline_secs);
+        SagaConfig {
+            payment_deadline: deadline,
+            // Longer than the deadline, so a reservation outlives every retry.
+            reservation_ttl: deadline + Duration::from_secs(300),
+            lease: Duration::from_secs(30),
+            retry_base: Duration::from_millis(self.retry_base_ms.max(1)),
+            retry_max: Duration::from_secs(self.retry_max_secs.max(1)),
+        }
+    }
+}
+
+/// What the order module needs from the rest of the system.
+#[derive(Clone)]
+pub struct OrderPorts {
+    pub catalogue: Arc<dyn Catalogue>,
+    pub stock: Arc<dyn StockReservations>,
+    pub payments: Arc<dyn Payments>,
+}
 
 /// The order module, wired to its own database.
 pub struct OrderModule {
     base: SqlModuleBase,
+    service: Arc<OrderService>,
+    recovery_every: Duration,
 }
 
 impl OrderModule {
-    /// Connect the module's database (creating its tables) and its outbox relay.
+    /// Connect the module's database (creating its tables), its outbox relay and
+    /// the saga over `ports`.
     ///
     /// # Errors
     /// The database is unreachable or cannot be migrated.
     pub async fn build(
-        _settings: &Settings,
+        settings: &Settings,
         database_url: &str,
         bus: Arc<dyn EventBus>,
+        ports: OrderPorts,
     ) -> anyhow::Result<Self> {
         let base = SqlModuleBase::connect(NAME, database_url, bus).await?;
-        Ok(Self { base })
+        // Both migrators skip the kernel's migration (version 1) in the same table.
+        let mut sqlite = sqlx::migrate!("../../migrations/order/sqlite");
+        sqlite.set_ignore_missing(true);
+        let mut postgres = sqlx::migrate!("../../migrations/order/postgres");
+        postgres.set_ignore_missing(true);
+        base.db.migrate(&sqlite, &postgres).await?;
+        let store: Arc<dyn domain::ports::OrderStore> = match &base.db {
+            SqlDatabase::Sqlite(pool) => Arc::new(outbound::sql::sqlite::Store::new(pool.clone())),
+            SqlDatabase::Postgres(pool) => {
+                Arc::new(outbound::sql::postgres::Store::new(pool.clone()))
+            }
+        };
+        let service = OrderService::new(
+            store,
+            ports.catalogue,
+            ports.stock,
+            ports.payments,
+            settings.saga(),
+        )
+        .with_relay(base.relay.waker());
+        Ok(Self {
+            base,
+            service: Arc::new(service),
+            recovery_every: Duration::from_millis(settings.recovery_every_ms.max(10)),
+        })
+    }
+
+    /// The saga service (for in-process callers and tests).
+    pub fn service(&self) -> Arc<OrderService> {
+        self.service.clone()
     }
 }
 
 /// The module's OpenAPI fragment.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    utoipa::openapi::OpenApiBuilder::new().build()
+    inbound::http::OrderApiDoc::openapi()
 }
 
 #[async_trait]
@@ -59,14 +152,23 @@ impl Module for OrderModule {
         }
     }
 
-    fn configure(&self, _cfg: &mut actix_web::web::ServiceConfig) {}
+    fn configure(&self, cfg: &mut actix_web::web::ServiceConfig) {
+        inbound::http::configure(cfg, self.service.clone(), self.base.db.idempotency());
+    }
 
     fn openapi(&self) -> utoipa::openapi::OpenApi {
         openapi()
     }
 
     fn background_tasks(&self) -> Vec<BackgroundTask> {
-        vec![self.base.relay_task()]
+        let service = self.service.clone();
+        let every = self.recovery_every;
+        vec![
+            self.base.relay_task(),
+            BackgroundTask::new("order-recovery", move |token| {
+                inbound::worker::run(service, every, token)
+            }),
+        ]
     }
 
     async fn ready(&self) -> anyhow::Result<()> {
@@ -77,3 +179,5 @@ impl Module for OrderModule {
         self.base.db.close().await;
     }
 }
+#[cfg(test)]
+mod tests;

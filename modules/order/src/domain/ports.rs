@@ -1,0 +1,241 @@
+//! The ports the order module owns: its store, and what it needs from the
+//! catalogue, stock and payments. The host wires the last three to the other
+//! modules' `api` handles in the monolith, and to HTTP clients once they are
+//! extracted; the order module never names another module's crate.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use agora_kernel::{CallContext, EventEnvelope, Money};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::models::{Order, OrderFilter, OrderId, OrderStatus, ShippingAddress, Sku, Transition};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The order's version moved on: someone else changed it first.
+    #[error("the order was changed concurrently")]
+    Conflict,
+    #[error("no such order")]
+    NotFound,
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+/// What one state change writes, atomically with its history row and events.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    /// A new status and the transition that records it; `None` keeps the status.
+    pub status: Option<(OrderStatus, Transition)>,
+    pub payment_id: Option<String>,
+    pub failure_reason: Option<String>,
+    pub attempts: Option<u32>,
+    /// `Some(None)` clears the retry time.
+    pub next_attempt_at: Option<Option<DateTime<Utc>>>,
+    pub shipping_address: Option<ShippingAddress>,
+    pub events: Vec<EventEnvelope>,
+}
+
+/// Where orders live.
+#[async_trait]
+pub trait OrderStore: Send + Sync {
+    /// Store a new order with its first history row and events, leased to the
+    /// caller until `lease_until`.
+    ///
+    /// # Errors
+    /// Store failures.
+    async fn insert(
+        &self,
+        order: &Order,
+        transition: &Transition,
+        events: &[EventEnvelope],
+        lease_until: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// # Errors
+    /// Store failures.
+    async fn get(&self, id: OrderId) -> Result<Option<Order>, StoreError>;
+
+    /// Newest first; `before` is the id of the last order of the previous page.
+    ///
+    /// # Errors
+    /// Store failures.
+    async fn list(
+        &self,
+        filter: &OrderFilter,
+        before: Option<OrderId>,
+        limit: u32,
+    ) -> Result<Vec<Order>, StoreError>;
+
+    /// Apply `change` if the order is still at `expected_version`; bumps the version.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the version moved, [`StoreError::NotFound`].
+    async fn apply(
+        &self,
+        id: OrderId,
+        expected_version: i64,
+        change: &Change,
+    ) -> Result<Order, StoreError>;
+
+    /// # Errors
+    /// Store failures.
+    async fn history(&self, id: OrderId) -> Result<Vec<Transition>, StoreError>;
+
+    /// Take the order's lease when it is free (or expired); `false` when held.
+    ///
+    /// # Errors
+    /// Store failures.
+    async fn try_lease(
+        &self,
+        id: OrderId,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// # Errors
+    /// Store failures.
+    async fn release_lease(&self, id: OrderId) -> Result<(), StoreError>;
+
+    /// Lease up to `limit` in-flight orders whose next step is due, for the
+    /// recovery worker.
+    ///
+    /// # Errors
+    /// Store failures.
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<OrderId>, StoreError>;
+
+    /// How many orders are in each status (for gauges).
+    ///
+    /// # Errors
+    /// Store failures.
+    async fn count_by_status(&self) -> Result<BTreeMap<String, i64>, StoreError>;
+}
+
+/// Why a call to another module did not give an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// Try again later (breaker open, time-out, provider fault).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// It will never succeed as asked.
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+/// A catalogue price for a sku.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quote {
+    pub price: Money,
+    pub active: bool,
+}
+
+/// Prices at order time.
+#[async_trait]
+pub trait Catalogue: Send + Sync {
+    /// Quotes for the skus that exist (unknown skus are absent from the map).
+    ///
+    /// # Errors
+    /// [`PortError`].
+    async fn quote(
+        &self,
+        ctx: &CallContext,
+        skus: &[Sku],
+    ) -> Result<BTreeMap<String, Quote>, PortError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    Reserved,
+    /// All or nothing: nothing was reserved; these skus are short.
+    Insufficient(Vec<String>),
+}
+
+/// Stock reservations, keyed by a reservation id the order derives from its id.
+#[async_trait]
+pub trait StockReservations: Send + Sync {
+    /// Reserve every line or none; idempotent on `reservation_id`.
+    ///
+    /// # Errors
+    /// [`PortError`].
+    async fn reserve(
+        &self,
+        ctx: &CallContext,
+        reservation_id: &str,
+        order_id: OrderId,
+        lines: &[(Sku, u32)],
+        ttl: Duration,
+    ) -> Result<ReserveOutcome, PortError>;
+
+    /// The order is paid: the reservation stops expiring.
+    ///
+    /// # Errors
+    /// [`PortError::Refused`] when the reservation expired or was released.
+    async fn confirm(&self, ctx: &CallContext, reservation_id: &str) -> Result<(), PortError>;
+
+    /// Stock leaves on shipment.
+    ///
+    /// # Errors
+    /// [`PortError`].
+    async fn commit(&self, ctx: &CallContext, reservation_id: &str) -> Result<(), PortError>;
+
+    /// Give the stock back; a no-op for an unknown or already released reservation.
+    ///
+    /// # Errors
+    /// [`PortError`].
+    async fn release(&self, ctx: &CallContext, reservation_id: &str) -> Result<(), PortError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeRequest {
+    pub order_id: OrderId,
+    pub customer_id: String,
+    pub amount: Money,
+    pub payment_method: String,
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChargeOutcome {
+    Succeeded {
+        payment_id: String,
+    },
+    /// Final: the card was declined.
+    Declined {
+        payment_id: String,
+        code: String,
+    },
+}
+
+/// Charges and refunds.
+#[async_trait]
+pub trait Payments: Send + Sync {
+    /// Charge once per idempotency key, whatever is retried.
+    ///
+    /// # Errors
+    /// [`PortError::Unavailable`] when the outcome is not known yet.
+    async fn charge(
+        &self,
+        ctx: &CallContext,
+        request: &ChargeRequest,
+    ) -> Result<ChargeOutcome, PortError>;
+
+    /// Refund `amount` of the payment.
+    ///
+    /// # Errors
+    /// [`PortError`].
+    async fn refund(
+        &self,
+        ctx: &CallContext,
+        payment_id: &str,
+        amount: Money,
+        idempotency_key: &str,
+    ) -> Result<(), PortError>;
+}

@@ -1,0 +1,932 @@
+//! The order service and the order saga.
+//!
+//! Placing an order: `pending` → reserve stock → `awaiting_payment` → charge →
+//! `confirmed`; short of stock → `rejected`; declined → `payment_failed` with the
+//! stock released; provider unavailable → stays `awaiting_payment`, retried with
+//! exponential back-off until the payment deadline, then `payment_failed`.
+//!
+//! Every step is idempotent (the reservation id and the charge key derive from
+//! the order id), every state change is a compare-and-swap on `version` written
+//! with its history row and events in one transaction, and a per-order lease
+//! keeps the request, the recovery worker and a cancel from stepping on each
+//! other. No transaction is held across a call to another module.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agora_kernel::{CallContext, EventEnvelope, FieldErrors, Principal, Role};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use super::models::{
+    Order, OrderFilter, OrderId, OrderRequest, OrderStatus, ShippingAddress, Sku, Transition,
+    price_lines,
+};
+use super::ports::{
+    Catalogue, Change, ChargeOutcome, ChargeRequest, OrderStore, Payments, PortError,
+    ReserveOutcome, StockReservations, StoreError,
+};
+
+/// Saga tuning.
+#[derive(Debug, Clone)]
+pub struct SagaConfig {
+    /// After this an unpaid order becomes `payment_failed`.
+    pub payment_deadline: Duration,
+    /// Reservations are asked for this long (longer than the payment deadline).
+    pub reservation_ttl: Duration,
+    /// How long one step may hold an order.
+    pub lease: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+}
+
+impl Default for SagaConfig {
+    fn default() -> Self {
+        Self {
+            payment_deadline: Duration::from_secs(900),
+            reservation_ttl: Duration::from_secs(1200),
+            lease: Duration::from_secs(30),
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Errors of reading and changing orders.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    /// Not there, or not the caller's (the same answer, on purpose).
+    #[error("no such order")]
+    NotFound,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("an order that is {from} cannot become {to}")]
+    IllegalTransition { from: OrderStatus, to: OrderStatus },
+    /// `If-Match` named an older version.
+    #[error("the order is at version {current}, not {expected}")]
+    VersionMismatch { expected: i64, current: i64 },
+    /// Another step holds the order; retry shortly.
+    #[error("the order is being processed; retry shortly")]
+    Busy,
+    #[error("the request is invalid")]
+    Validation(BTreeMap<String, Vec<String>>),
+    /// A module this needs is unavailable; nothing changed.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for OrderError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => OrderError::NotFound,
+            StoreError::Conflict => OrderError::Busy,
+            StoreError::Unexpected(e) => OrderError::Unexpected(e),
+        }
+    }
+}
+
+/// The payload of every `order.*.v1` event (see docs/events.md).
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderEventPayload {
+    pub order_id: OrderId,
+    pub customer_id: String,
+    pub customer_email: Option<String>,
+    pub status: OrderStatus,
+    pub items: Vec<super::models::OrderLine>,
+    pub total_minor: i64,
+    pub currency: String,
+    pub payment_id: Option<String>,
+    pub reason: Option<String>,
+}
+
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+pub struct OrderService {
+    store: Arc<dyn OrderStore>,
+    catalogue: Arc<dyn Catalogue>,
+    stock: Arc<dyn StockReservations>,
+    payments: Arc<dyn Payments>,
+    config: SagaConfig,
+    clock: Clock,
+    relay: Option<Arc<Notify>>,
+}
+
+const SYSTEM: &str = "system";
+
+fn event(
+    order: &Order,
+    event_type: &str,
+    correlation_id: &str,
+    reason: Option<&str>,
+) -> Result<EventEnvelope, OrderError> {
+    let payload = OrderEventPayload {
+        order_id: order.id,
+        customer_id: order.customer_id.clone(),
+        customer_email: order.customer_email.clone(),
+        status: order.status,
+        items: order.items.clone(),
+        total_minor: order.total.minor(),
+        currency: order.total.currency().to_string(),
+        payment_id: order.payment_id.clone(),
+        reason: reason.map(str::to_owned),
+    };
+    EventEnvelope::new(event_type, crate::NAME, correlation_id, &payload).map_err(|e| {
+        OrderError::Unexpected(anyhow::anyhow!("failed to serialise an order event: {e}"))
+    })
+}
+
+/// The event a status change publishes, if any.
+fn event_type_of(status: OrderStatus) -> Option<&'static str> {
+    match status {
+        OrderStatus::Pending => Some("order.placed.v1"),
+        OrderStatus::AwaitingPayment => None,
+        OrderStatus::Confirmed => Some("order.confirmed.v1"),
+        OrderStatus::Rejected => Some("order.rejected.v1"),
+        OrderStatus::PaymentFailed => Some("order.payment_failed.v1"),
+        OrderStatus::Cancelled => Some("order.cancelled.v1"),
+        OrderStatus::Shipped => Some("order.shipped.v1"),
+        OrderStatus::Delivered => Some("order.delivered.v1"),
+    }
+}
+
+fn backoff(attempts: u32, base: Duration, max: Duration) -> Duration {
+    agora_kernel::outbox::backoff(attempts, base, max)
+}
+
+impl OrderService {
+    pub fn new(
+        store: Arc<dyn OrderStore>,
+        catalogue: Arc<dyn Catalogue>,
+        stock: Arc<dyn StockReservations>,
+        payments: Arc<dyn Payments>,
+        config: SagaConfig,
+    ) -> Self {
+        Self {
+            store,
+            catalogue,
+            stock,
+            payments,
+            config,
+            clock: Arc::new(Utc::now),
+            relay: None,
+        }
+    }
+
+    /// Use another clock (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Wake this outbox relay after commits that wrote events.
+    pub fn with_relay(mut self, relay: Arc<Notify>) -> Self {
+        self.relay = Some(relay);
+        self
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
+    }
+
+    fn lease_until(&self) -> DateTime<Utc> {
+        self.now() + chrono::Duration::from_std(self.config.lease).unwrap_or_default()
+    }
+
+    fn may_see(principal: &Principal, order: &Order) -> bool {
+        principal.is_staff() || principal.subject == order.customer_id
+    }
+
+    /// Place an order and run its first saga step inside the request.
+    #[tracing::instrument(skip_all, fields(customer = %ctx.principal.subject))]
+    pub async fn place(
+        &self,
+        ctx: &CallContext,
+        request: OrderRequest,
+    ) -> Result<Order, OrderError> {
+        ctx.principal
+            .require_any(&[Role::Customer])
+            .map_err(|p| OrderError::Forbidden(p.detail))?;
+        let skus: Vec<Sku> = request
+            .lines
+            .iter()
+            .map(|l| l.sku.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let quotes = self
+            .catalogue
+            .quote(ctx, &skus)
+            .await
+            .map_err(|e| match e {
+                PortError::Unavailable(m) | PortError::Refused(m) => {
+                    OrderError::Unavailable(format!("the catalogue is unavailable: {m}"))
+                }
+                PortError::Unexpected(e) => OrderError::Unexpected(e),
+            })?;
+        let mut errors = FieldErrors::default();
+        let mut priced = Vec::with_capacity(request.lines.len());
+        let currency = request
+            .lines
+            .iter()
+            .find_map(|l| quotes.get(l.sku.as_str()).map(|q| q.price.currency()));
+        for (i, line) in request.lines.iter().enumerate() {
+            match quotes.get(line.sku.as_str()) {
+                None => errors.add(
+                    &format!("items[{i}].sku"),
+                    format!("unknown sku `{}`", line.sku.as_str()),
+                ),
+                Some(q) if !q.active => errors.add(
+                    &format!("items[{i}].sku"),
+                    format!("sku `{}` is not for sale", line.sku.as_str()),
+                ),
+                Some(q) if Some(q.price.currency()) != currency => errors.add(
+                    &format!("items[{i}].sku"),
+                    format!(
+                        "sku `{}` is priced in {}, the order in {}",
+                        line.sku.as_str(),
+                        q.price.currency(),
+                        currency.map(|c| c.to_string()).unwrap_or_default()
+                    ),
+                ),
+                Some(q) => priced.push((line.clone(), q.price)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(OrderError::Validation(errors.into_map()));
+        }
+        let (items, total) = price_lines(&priced).map_err(|m| {
+            let mut e = FieldErrors::default();
+            e.add("items", m);
+            OrderError::Validation(e.into_map())
+        })?;
+        let now = self.now();
+        let mut order = Order {
+            id: OrderId::new(),
+            customer_id: ctx.principal.subject.clone(),
+            customer_email: ctx.principal.email.clone(),
+            status: OrderStatus::Pending,
+            items,
+            total,
+            shipping_address: request.shipping_address,
+            payment_method: request.payment_method,
+            payment_id: None,
+            failure_reason: None,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+            attempts: 0,
+            next_attempt_at: Some(now),
+            payment_deadline: now
+                + chrono::Duration::from_std(self.config.payment_deadline).unwrap_or_default(),
+        };
+        let transition = Transition {
+            from: None,
+            to: OrderStatus::Pending,
+            at: now,
+            actor: ctx.principal.subject.clone(),
+            reason: None,
+            correlation_id: ctx.correlation_id.clone(),
+        };
+        let placed = event(&order, "order.placed.v1", &ctx.correlation_id, None)?;
+        self.store
+            .insert(&order, &transition, &[placed], self.lease_until())
+            .await?;
+        self.wake_relay();
+        order = self.advance(order, &ctx.correlation_id).await;
+        if let Err(e) = self.store.release_lease(order.id).await {
+            tracing::warn!(order_id = %order.id, error = %e, "failed to release an order lease; it expires by itself");
+        }
+        Ok(order)
+    }
+
+    fn wake_relay(&self) {
+        if let Some(r) = &self.relay {
+            r.notify_one();
+        }
+    }
+
+    /// Apply a status change (with its event) by compare-and-swap.
+    async fn transition(
+        &self,
+        order: &Order,
+        to: OrderStatus,
+        actor: &str,
+        reason: Option<&str>,
+        correlation_id: &str,
+        mut change: Change,
+    ) -> Result<Order, OrderError> {
+        if !order.status.can_become(to) {
+            return Err(OrderError::IllegalTransition {
+                from: order.status,
+                to,
+            });
+        }
+        let now = self.now();
+        let mut next = order.clone();
+        next.status = to;
+        if let Some(p) = &change.payment_id {
+            next.payment_id = Some(p.clone());
+        }
+        if let Some(r) = &change.failure_reason {
+            next.failure_reason = Some(r.clone());
+        }
+        if let Some(t) = event_type_of(to) {
+            change.events.push(event(&next, t, correlation_id, reason)?);
+        }
+        change.status = Some((
+            to,
+            Transition {
+                from: Some(order.status),
+                to,
+                at: now,
+                actor: actor.to_owned(),
+                reason: reason.map(str::to_owned),
+                correlation_id: correlation_id.to_owned(),
+            },
+        ));
+        if to.is_final() || to == OrderStatus::Confirmed {
+            change.next_attempt_at = Some(None);
+        }
+        let saved = self.store.apply(order.id, order.version, &change).await?;
+        if !change.events.is_empty() {
+            self.wake_relay();
+        }
+        if to.is_final() || to == OrderStatus::Confirmed {
+            metrics::counter!("agora_saga_outcomes_total", "status" => to.as_str()).increment(1);
+        }
+        tracing::info!(order_id = %order.id, from = %order.status, to = %to, "order transition");
+        Ok(saved)
+    }
+
+    async fn schedule_retry(&self, order: &Order, why: &str) -> Order {
+        let attempts = order.attempts + 1;
+        let delay = backoff(attempts, self.config.retry_base, self.config.retry_max);
+        let at = self.now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        tracing::warn!(order_id = %order.id, attempts, retry_in_ms = delay.as_millis() as u64, reason = why, "saga step will be retried");
+        let change = Change {
+            attempts: Some(attempts),
+            next_attempt_at: Some(Some(at)),
+            ..Change::default()
+        };
+        match self.store.apply(order.id, order.version, &change).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(order_id = %order.id, error = %e, "failed to record a retry; the recovery worker picks it up");
+                order.clone()
+            }
+        }
+    }
+
+    async fn release_stock(&self, order: &Order, correlation_id: &str) -> Result<(), PortError> {
+        let ctx = CallContext::service(crate::NAME, correlation_id);
+        self.stock.release(&ctx, &order.reservation_id()).await
+    }
+
+    /// Run saga steps until the order waits (retry scheduled) or settles.
+    /// The caller holds the order's lease.
+    pub async fn advance(&self, mut order: Order, correlation_id: &str) -> Order {
+        for _ in 0..8 {
+            let started = Instant::now();
+            let step = order.status;
+            let result = match order.status {
+                OrderStatus::Pending => self.step_reserve(&order, correlation_id).await,
+                OrderStatus::AwaitingPayment => self.step_charge(&order, correlation_id).await,
+                _ => return order,
+            };
+            metrics::histogram!("agora_saga_step_duration_seconds", "step" => step.as_str())
+                .record(started.elapsed().as_secs_f64());
+            match result {
+                Ok(Next::Continue(next)) => order = next,
+                Ok(Next::Settled(settled)) => return settled,
+                Err(Step::Retry(next)) => return *next,
+                Err(Step::Failed(e)) => {
+                    tracing::error!(order_id = %order.id, error = %e, "saga step failed; the recovery worker retries it");
+                    return match self.store.get(order.id).await {
+                        Ok(Some(o)) => o,
+                        _ => order,
+                    };
+                }
+            }
+        }
+        order
+    }
+
+    async fn step_reserve(&self, order: &Order, corr: &str) -> Result<Next, Step> {
+        let ctx = CallContext::service(crate::NAME, corr);
+        let lines: Vec<(Sku, u32)> = order
+            .items
+            .iter()
+            .map(|l| (l.sku.clone(), l.quantity))
+            .collect();
+        match self
+            .stock
+            .reserve(
+                &ctx,
+                &order.reservation_id(),
+                order.id,
+                &lines,
+                self.config.reservation_ttl,
+            )
+            .await
+        {
+            Ok(ReserveOutcome::Reserved) => {
+                let change = Change {
+                    attempts: Some(0),
+                    next_attempt_at: Some(Some(self.now())),
+                    ..Change::default()
+                };
+                Ok(Next::Continue(
+                    self.transition(
+                        order,
+                        OrderStatus::AwaitingPayment,
+                        SYSTEM,
+                        None,
+                        corr,
+                        change,
+                    )
+                    .await?,
+                ))
+            }
+            Ok(ReserveOutcome::Insufficient(skus)) => {
+                let reason = format!("out of stock: {}", skus.join(", "));
+                let change = Change {
+                    failure_reason: Some(reason.clone()),
+                    ..Change::default()
+                };
+                Ok(Next::Settled(
+                    self.transition(
+                        order,
+                        OrderStatus::Rejected,
+                        SYSTEM,
+                        Some(&reason),
+                        corr,
+                        change,
+                    )
+                    .await?,
+                ))
+            }
+            Err(PortError::Refused(m)) => {
+                let reason = format!("stock could not be reserved: {m}");
+                let change = Change {
+                    failure_reason: Some(reason.clone()),
+                    ..Change::default()
+                };
+                Ok(Next::Settled(
+                    self.transition(
+                        order,
+                        OrderStatus::Rejected,
+                        SYSTEM,
+                        Some(&reason),
+                        corr,
+                        change,
+                    )
+                    .await?,
+                ))
+            }
+            Err(e) if self.now() >= order.payment_deadline => {
+                let reason = format!("stock could not be reserved before the deadline: {e}");
+                let change = Change {
+                    failure_reason: Some(reason.clone()),
+                    ..Change::default()
+                };
+                Ok(Next::Settled(
+                    self.transition(
+                        order,
+                        OrderStatus::Rejected,
+                        SYSTEM,
+                        Some(&reason),
+                        corr,
+                        change,
+                    )
+                    .await?,
+                ))
+            }
+            Err(e) => Err(Step::retry(
+                self.schedule_retry(order, &e.to_string()).await,
+            )),
+        }
+    }
+
+    async fn fail_payment(
+        &self,
+        order: &Order,
+        corr: &str,
+        payment_id: Option<String>,
+        reason: String,
+    ) -> Result<Next, Step> {
+        if let Err(e) = self.release_stock(order, corr).await {
+            // Stock must not stay reserved for a failed order: retry the whole step.
+            return Err(Step::retry(
+                self.schedule_retry(order, &format!("releasing stock failed: {e}"))
+                    .await,
+            ));
+        }
+        let change = Change {
+            payment_id,
+            failure_reason: Some(reason.clone()),
+            ..Change::default()
+        };
+        Ok(Next::Settled(
+            self.transition(
+                order,
+                OrderStatus::PaymentFailed,
+                SYSTEM,
+                Some(&reason),
+                corr,
+                change,
+            )
+            .await?,
+        ))
+    }
+
+    async fn step_charge(&self, order: &Order, corr: &str) -> Result<Next, Step> {
+        if self.now() >= order.payment_deadline && order.payment_id.is_none() {
+            return self
+                .fail_payment(order, corr, None, "the payment deadline passed".into())
+                .await;
+        }
+        let ctx = CallContext::service(crate::NAME, corr);
+        let request = ChargeRequest {
+            order_id: order.id,
+            customer_id: order.customer_id.clone(),
+            amount: order.total,
+            payment_method: order.payment_method.clone(),
+            idempotency_key: order.charge_key(),
+        };
+        match self.payments.charge(&ctx, &request).await {
+            Ok(ChargeOutcome::Succeeded { payment_id }) => {
+                // Paid: the reservation must stop expiring before the order is confirmed.
+                match self.stock.confirm(&ctx, &order.reservation_id()).await {
+                    Ok(()) => {
+                        let change = Change {
+                            payment_id: Some(payment_id),
+                            ..Change::default()
+                        };
+                        Ok(Next::Continue(
+                            self.transition(
+                                order,
+                                OrderStatus::Confirmed,
+                                SYSTEM,
+                                None,
+                                corr,
+                                change,
+                            )
+                            .await?,
+                        ))
+                    }
+                    Err(PortError::Refused(m)) => {
+                        // The stock is gone (reservation expired): give the money back.
+                        let refund = self
+                            .payments
+                            .refund(&ctx, &payment_id, order.total, &order.refund_key())
+                            .await;
+                        if let Err(e) = refund {
+                            return Err(Step::retry(
+                                self.schedule_retry(order, &format!("refund failed: {e}"))
+                                    .await,
+                            ));
+                        }
+                        self.fail_payment(
+                            order,
+                            corr,
+                            Some(payment_id),
+                            format!("the stock reservation ended: {m}"),
+                        )
+                        .await
+                    }
+                    Err(e) => Err(Step::retry(
+                        self.schedule_retry(order, &format!("confirming stock failed: {e}"))
+                            .await,
+                    )),
+                }
+            }
+            Ok(ChargeOutcome::Declined { payment_id, code }) => {
+                self.fail_payment(
+                    order,
+                    corr,
+                    Some(payment_id),
+                    format!("payment declined: {code}"),
+                )
+                .await
+            }
+            Err(PortError::Refused(m)) => {
+                self.fail_payment(order, corr, None, format!("payment refused: {m}"))
+                    .await
+            }
+            Err(e) if self.now() >= order.payment_deadline => {
+                self.fail_payment(
+                    order,
+                    corr,
+                    None,
+                    format!("the payment deadline passed ({e})"),
+                )
+                .await
+            }
+            Err(e) => Err(Step::retry(
+                self.schedule_retry(order, &e.to_string()).await,
+            )),
+        }
+    }
+
+    /// Resume an order the recovery worker leased.
+    pub async fn resume(&self, id: OrderId) {
+        let order = match self.store.get(id).await {
+            Ok(Some(o)) => o,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(order_id = %id, error = %e, "failed to load an order to resume");
+                return;
+            }
+        };
+        if order.status.in_flight() {
+            let corr = format!("recovery-{id}");
+            self.advance(order, &corr).await;
+        }
+        if let Err(e) = self.store.release_lease(id).await {
+            tracing::warn!(order_id = %id, error = %e, "failed to release an order lease");
+        }
+    }
+
+    /// One pass of the recovery worker; returns how many orders it resumed.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn recover_due(&self, limit: u32) -> Result<usize, OrderError> {
+        let ids = self
+            .store
+            .claim_due(self.now(), self.lease_until(), limit)
+            .await?;
+        for id in &ids {
+            self.resume(*id).await;
+        }
+        if let Ok(counts) = self.store.count_by_status().await {
+            let awaiting = counts.get("awaiting_payment").copied().unwrap_or(0);
+            metrics::gauge!("agora_orders_awaiting_payment").set(awaiting as f64);
+        }
+        Ok(ids.len())
+    }
+
+    /// Read one order: the owner, staff or admin; anyone else gets `NotFound`.
+    pub async fn get(&self, ctx: &CallContext, id: OrderId) -> Result<Order, OrderError> {
+        let order = self.store.get(id).await?.ok_or(OrderError::NotFound)?;
+        if Self::may_see(&ctx.principal, &order) {
+            Ok(order)
+        } else {
+            Err(OrderError::NotFound)
+        }
+    }
+
+    /// List orders: customers see their own, staff everyone's.
+    pub async fn list(
+        &self,
+        ctx: &CallContext,
+        mut filter: OrderFilter,
+        before: Option<OrderId>,
+        limit: u32,
+    ) -> Result<Vec<Order>, OrderError> {
+        if !ctx.principal.is_staff() {
+            ctx.principal
+                .require_any(&[Role::Customer, Role::Service])
+                .map_err(|p| OrderError::Forbidden(p.detail))?;
+            if !ctx.principal.has_any(&[Role::Service]) {
+                filter.customer_id = Some(ctx.principal.subject.clone());
+            }
+        }
+        Ok(self.store.list(&filter, before, limit).await?)
+    }
+
+    pub async fn history(
+        &self,
+        ctx: &CallContext,
+        id: OrderId,
+    ) -> Result<Vec<Transition>, OrderError> {
+        self.get(ctx, id).await?;
+        Ok(self.store.history(id).await?)
+    }
+
+    /// Hold the order's lease for `f`, waiting briefly while a saga step holds it.
+    async fn with_lease<T, F, Fut>(&self, id: OrderId, f: F) -> Result<T, OrderError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, OrderError>>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if self
+                .store
+                .try_lease(id, self.now(), self.lease_until())
+                .await?
+            {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(OrderError::Busy);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let result = f().await;
+        if let Err(e) = self.store.release_lease(id).await {
+            tracing::warn!(order_id = %id, error = %e, "failed to release an order lease");
+        }
+        result
+    }
+
+    /// Cancel before shipping (owner or staff): stock released, payment refunded
+    /// in full. Cancelling a cancelled order returns it unchanged.
+    #[tracing::instrument(skip_all, fields(order_id = %id))]
+    pub async fn cancel(
+        &self,
+        ctx: &CallContext,
+        id: OrderId,
+        reason: Option<String>,
+    ) -> Result<Order, OrderError> {
+        let order = self.get(ctx, id).await?;
+        if order.status == OrderStatus::Cancelled {
+            return Ok(order);
+        }
+        if !order.status.can_become(OrderStatus::Cancelled) {
+            return Err(OrderError::IllegalTransition {
+                from: order.status,
+                to: OrderStatus::Cancelled,
+            });
+        }
+        self.with_lease(id, || async {
+            let order = self.store.get(id).await?.ok_or(OrderError::NotFound)?;
+            if order.status == OrderStatus::Cancelled {
+                return Ok(order);
+            }
+            if !order.status.can_become(OrderStatus::Cancelled) {
+                return Err(OrderError::IllegalTransition {
+                    from: order.status,
+                    to: OrderStatus::Cancelled,
+                });
+            }
+            let svc = CallContext::service(crate::NAME, &ctx.correlation_id);
+            // Compensate first (both calls are idempotent); a failure leaves the
+            // order as it was, so the client can simply retry.
+            self.stock
+                .release(&svc, &order.reservation_id())
+                .await
+                .map_err(|e| match e {
+                    PortError::Unexpected(e) => OrderError::Unexpected(e),
+                    other => {
+                        OrderError::Unavailable(format!("stock could not be released: {other}"))
+                    }
+                })?;
+            if let Some(payment_id) = &order.payment_id {
+                self.payments
+                    .refund(&svc, payment_id, order.total, &order.refund_key())
+                    .await
+                    .map_err(|e| match e {
+                        PortError::Unexpected(e) => OrderError::Unexpected(e),
+                        other => OrderError::Unavailable(format!(
+                            "the payment could not be refunded: {other}"
+                        )),
+                    })?;
+            }
+            let reason = reason
+                .clone()
+                .unwrap_or_else(|| format!("cancelled by {}", ctx.principal.subject));
+            let change = Change {
+                failure_reason: None,
+                ..Change::default()
+            };
+            self.transition(
+                &order,
+                OrderStatus::Cancelled,
+                &ctx.principal.subject,
+                Some(&reason),
+                &ctx.correlation_id,
+                change,
+            )
+            .await
+        })
+        .await
+    }
+
+    /// Staff move a confirmed order to `shipped` (the reservation is committed)
+    /// and a shipped one to `delivered`.
+    pub async fn advance_fulfilment(
+        &self,
+        ctx: &CallContext,
+        id: OrderId,
+        to: OrderStatus,
+    ) -> Result<Order, OrderError> {
+        ctx.principal
+            .require_any(&[Role::Staff])
+            .map_err(|p| OrderError::Forbidden(p.detail))?;
+        self.store.get(id).await?.ok_or(OrderError::NotFound)?;
+        self.with_lease(id, || async {
+            let order = self.store.get(id).await?.ok_or(OrderError::NotFound)?;
+            if order.status == to {
+                return Ok(order);
+            }
+            if !order.status.can_become(to) {
+                return Err(OrderError::IllegalTransition {
+                    from: order.status,
+                    to,
+                });
+            }
+            if to == OrderStatus::Shipped {
+                let svc = CallContext::service(crate::NAME, &ctx.correlation_id);
+                self.stock
+                    .commit(&svc, &order.reservation_id())
+                    .await
+                    .map_err(|e| match e {
+                        PortError::Unexpected(e) => OrderError::Unexpected(e),
+                        other => OrderError::Unavailable(format!(
+                            "the stock reservation could not be committed: {other}"
+                        )),
+                    })?;
+            }
+            self.transition(
+                &order,
+                to,
+                &ctx.principal.subject,
+                None,
+                &ctx.correlation_id,
+                Change::default(),
+            )
+            .await
+        })
+        .await
+    }
+
+    /// The owner changes the shipping address before shipping, at `expected_version`.
+    pub async fn update_address(
+        &self,
+        ctx: &CallContext,
+        id: OrderId,
+        expected_version: i64,
+        address: ShippingAddress,
+    ) -> Result<Order, OrderError> {
+        let order = self.get(ctx, id).await?;
+        if order.customer_id != ctx.principal.subject && !ctx.principal.is_staff() {
+            return Err(OrderError::NotFound);
+        }
+        if order.version != expected_version {
+            return Err(OrderError::VersionMismatch {
+                expected: expected_version,
+                current: order.version,
+            });
+        }
+        if !matches!(
+            order.status,
+            OrderStatus::Pending | OrderStatus::AwaitingPayment | OrderStatus::Confirmed
+        ) {
+            return Err(OrderError::IllegalTransition {
+                from: order.status,
+                to: order.status,
+            });
+        }
+        let change = Change {
+            shipping_address: Some(address),
+            ..Change::default()
+        };
+        match self.store.apply(id, expected_version, &change).await {
+            Ok(o) => Ok(o),
+            Err(StoreError::Conflict) => {
+                let current = self
+                    .store
+                    .get(id)
+                    .await?
+                    .map(|o| o.version)
+                    .unwrap_or(expected_version);
+                Err(OrderError::VersionMismatch {
+                    expected: expected_version,
+                    current,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A step that moved the order: on to the next step, or settled for now.
+enum Next {
+    Continue(Order),
+    Settled(Order),
+}
+
+/// How a saga step ended when it did not move the order on.
+enum Step {
+    /// Waiting for a retry at `next_attempt_at`.
+    Retry(Box<Order>),
+    Failed(OrderError),
+}
+
+impl Step {
+    fn retry(order: Order) -> Self {
+        Step::Retry(Box::new(order))
+    }
+}
+
+impl From<OrderError> for Step {
+    fn from(e: OrderError) -> Self {
+        Step::Failed(e)
+    }
+}

@@ -1,0 +1,488 @@
+//! The order API under `/api/v1/orders`: HTTP bodies, their parsing into domain
+//! requests, the handlers and their OpenAPI annotations.
+
+use std::sync::Arc;
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use agora_kernel::idempotency::{Idempotency, IdempotencyConfig, IdempotencyStore};
+use agora_kernel::pagination::{Page, parse_limit};
+use agora_kernel::{CallContext, FieldErrors, Problem};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::domain::models::{
+    Order, OrderFilter, OrderId, OrderLine, OrderRequest, OrderStatus, Quantity, RequestedLine,
+    ShippingAddress, Sku, Transition,
+};
+use crate::domain::service::{OrderError, OrderService};
+
+/// `POST /orders`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"items": [{"sku": "TSHIRT-M", "quantity": 2}], "shipping_address": {"name": "Alice", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"}, "payment_method": "tok_visa"}))]
+pub struct PlaceOrderBody {
+    /// 1–100 lines.
+    pub items: Vec<ItemBody>,
+    pub shipping_address: ShippingAddress,
+    /// Handed to the payment provider unchanged (`tok_visa`, `pm_...`).
+    pub payment_method: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ItemBody {
+    pub sku: String,
+    /// 1–1,000.
+    pub quantity: i64,
+}
+
+impl PlaceOrderBody {
+    /// Parse into a domain request, listing every bad field.
+    pub fn try_into_domain(self) -> Result<OrderRequest, Problem> {
+        let mut errors = FieldErrors::default();
+        if self.items.is_empty() || self.items.len() > OrderRequest::MAX_LINES {
+            errors.add(
+                "items",
+                format!("must hold 1–{} lines", OrderRequest::MAX_LINES),
+            );
+        }
+        let mut lines = Vec::with_capacity(self.items.len());
+        for (i, item) in self.items.iter().enumerate() {
+            let sku = errors.check(&format!("items[{i}].sku"), Sku::parse(&item.sku));
+            let quantity = errors.check(
+                &format!("items[{i}].quantity"),
+                Quantity::parse(item.quantity),
+            );
+            if let (Some(sku), Some(quantity)) = (sku, quantity) {
+                if lines.iter().any(|l: &RequestedLine| l.sku == sku) {
+                    errors.add(
+                        &format!("items[{i}].sku"),
+                        "appears twice; put the quantity on one line",
+                    );
+                } else {
+                    lines.push(RequestedLine { sku, quantity });
+                }
+            }
+        }
+        let address = ShippingAddress::parse(self.shipping_address, &mut errors);
+        let pm = self.payment_method.trim();
+        if pm.is_empty() || pm.len() > 255 {
+            errors.add("payment_method", "must be 1–255 characters");
+        }
+        errors.into_result()?;
+        let shipping_address =
+            address.ok_or_else(|| Problem::invalid_field("shipping_address", "is invalid"))?;
+        Ok(OrderRequest {
+            lines,
+            shipping_address,
+            payment_method: pm.to_owned(),
+        })
+    }
+}
+
+/// An order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderBody {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: OrderId,
+    pub customer_id: String,
+    pub status: OrderStatus,
+    pub items: Vec<OrderLine>,
+    pub total_minor: i64,
+    /// ISO 4217.
+    pub currency: String,
+    pub shipping_address: ShippingAddress,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// For `If-Match` on `PATCH`.
+    pub version: i64,
+}
+
+impl From<Order> for OrderBody {
+    fn from(o: Order) -> Self {
+        Self {
+            id: o.id,
+            customer_id: o.customer_id,
+            status: o.status,
+            items: o.items,
+            total_minor: o.total.minor(),
+            currency: o.total.currency().to_string(),
+            shipping_address: o.shipping_address,
+            payment_id: o.payment_id,
+            failure_reason: o.failure_reason,
+            created_at: o.created_at,
+            updated_at: o.updated_at,
+            version: o.version,
+        }
+    }
+}
+
+/// `PATCH /orders/{id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateOrderBody {
+    pub shipping_address: ShippingAddress,
+}
+
+/// `POST /orders/{id}/cancel` (the body is optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct CancelBody {
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// One of the order statuses.
+    pub status: Option<String>,
+    /// RFC 3339.
+    pub created_after: Option<String>,
+    /// RFC 3339.
+    pub created_before: Option<String>,
+    /// 1–100, default 20.
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderPage {
+    pub items: Vec<OrderBody>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryPage {
+    pub items: Vec<Transition>,
+    pub next_cursor: Option<String>,
+}
+
+impl From<OrderError> for Problem {
+    fn from(e: OrderError) -> Self {
+        match e {
+            OrderError::NotFound => Problem::not_found("no such order"),
+            OrderError::Forbidden(m) => Problem::forbidden(m),
+            e @ OrderError::IllegalTransition { .. } => Problem::conflict(e.to_string()),
+            e @ OrderError::VersionMismatch { .. } => Problem::precondition_failed(e.to_string()),
+            e @ OrderError::Busy => Problem::conflict(e.to_string()).with_retry_after(1),
+            OrderError::Validation(errors) => Problem::validation(errors),
+            OrderError::Unavailable(m) => Problem::unavailable(m, 5),
+            OrderError::Unexpected(e) => {
+                tracing::error!(error = %format!("{e:#}"), "order request failed");
+                Problem::internal()
+            }
+        }
+    }
+}
+
+fn order_id(raw: &str) -> Result<OrderId, Problem> {
+    OrderId::parse(raw).map_err(|_| Problem::not_found("no such order"))
+}
+
+fn with_etag(mut res: HttpResponse, order: &OrderBody) -> HttpResponse {
+    if let Ok(v) = header::HeaderValue::from_str(&format!("\"{}\"", order.version)) {
+        res.headers_mut().insert(header::ETAG, v);
+    }
+    res
+}
+
+/// Place an order. Prices come from the catalogue; the customer and e-mail
+/// from the token. A healthy order answers already `confirmed`.
+#[utoipa::path(post, path = "/orders", tag = "orders", security(("bearer" = [])),
+    params(("Idempotency-Key" = String, Header, description = "required; replays the first answer")),
+    request_body = PlaceOrderBody,
+    responses(
+        (status = 201, body = OrderBody),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "malformed JSON or no Idempotency-Key"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "same key still in flight"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn place(
+    svc: web::Data<OrderService>,
+    ctx: CallContext,
+    body: web::Json<PlaceOrderBody>,
+) -> Result<HttpResponse, Problem> {
+    let request = body.into_inner().try_into_domain()?;
+    let order = OrderBody::from(svc.place(&ctx, request).await?);
+    let res = HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/api/v1/orders/{}", order.id)))
+        .json(&order);
+    Ok(with_etag(res, &order))
+}
+
+/// List orders, newest first: customers see their own, staff everyone's.
+#[utoipa::path(get, path = "/orders", tag = "orders", security(("bearer" = [])), params(ListQuery),
+    responses(
+        (status = 200, body = OrderPage),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list(
+    svc: web::Data<OrderService>,
+    ctx: CallContext,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, Problem> {
+    let q = query.into_inner();
+    let mut errors = FieldErrors::default();
+    let limit = match parse_limit(q.limit.as_deref()) {
+        Ok(l) => l,
+        Err(_) => {
+            errors.add("limit", "must be an integer between 1 and 100");
+            20
+        }
+    };
+    let status = q.status.as_deref().and_then(|s| {
+        let parsed = OrderStatus::parse(s);
+        if parsed.is_none() {
+            errors.add(
+                "status",
+                "must be one of the order statuses, e.g. confirmed",
+            );
+        }
+        parsed
+    });
+    let mut time = |field: &str, raw: Option<&str>| {
+        raw.and_then(|s| match DateTime::parse_from_rfc3339(s) {
+            Ok(t) => Some(t.with_timezone(&Utc)),
+            Err(_) => {
+                errors.add(
+                    field,
+                    "must be an RFC 3339 timestamp such as 2026-01-31T12:00:00Z",
+                );
+                None
+            }
+        })
+    };
+    let created_after = time("created_after", q.created_after.as_deref());
+    let created_before = time("created_before", q.created_before.as_deref());
+    let before = q.cursor.as_deref().and_then(|c| {
+        let parsed = OrderId::parse(c).ok();
+        if parsed.is_none() {
+            errors.add("cursor", "is not a cursor this API returned");
+        }
+        parsed
+    });
+    errors.into_result()?;
+    let filter = OrderFilter {
+        customer_id: None,
+        status,
+        created_after,
+        created_before,
+    };
+    let orders = svc.list(&ctx, filter, before, limit + 1).await?;
+    let more = orders.len() > limit as usize;
+    let items: Vec<OrderBody> = orders
+        .into_iter()
+        .take(limit as usize)
+        .map(OrderBody::from)
+        .collect();
+    let next_cursor = if more {
+        items.last().map(|o| o.id.to_string())
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(Page { items, next_cursor }))
+}
+
+/// One order: the owner, staff or admin (anyone else gets 404).
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", security(("bearer" = [])),
+    responses(
+        (status = 200, body = OrderBody),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get(
+    svc: web::Data<OrderService>,
+    ctx: CallContext,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let order = OrderBody::from(svc.get(&ctx, order_id(&id)?).await?);
+    Ok(with_etag(HttpResponse::Ok().json(&order), &order))
+}
+
+/// Change the shipping address before shipping; `If-Match` carries the version.
+#[utoipa::path(patch, path = "/orders/{id}", tag = "orders", security(("bearer" = [])),
+    params(("If-Match" = String, Header, description = "the order's version, e.g. \"3\"")),
+    request_body = UpdateOrderBody,
+    responses(
+        (status = 200, body = OrderBody),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "already shipped"),
+        (status = 412, body = Problem, content_type = "application/problem+json", description = "version mismatch"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 428, body = Problem, content_type = "application/problem+json", description = "no If-Match"),
+    ))]
+pub async fn update(
+    svc: web::Data<OrderService>,
+    ctx: CallContext,
+    req: HttpRequest,
+    id: web::Path<String>,
+    body: web::Json<UpdateOrderBody>,
+) -> Result<HttpResponse, Problem> {
+    let id = order_id(&id)?;
+    let if_match = req
+        .headers()
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.trim()
+                .trim_start_matches("W/")
+                .trim_matches('"')
+                .to_owned()
+        });
+    let Some(raw) = if_match else {
+        return Err(Problem::for_status(
+            actix_web::http::StatusCode::PRECONDITION_REQUIRED,
+            "send If-Match with the order's version",
+        ));
+    };
+    let Ok(version) = raw.parse::<i64>() else {
+        return Err(Problem::precondition_failed(
+            "If-Match must carry the order's version",
+        ));
+    };
+    let mut errors = FieldErrors::default();
+    let address = ShippingAddress::parse(body.into_inner().shipping_address, &mut errors);
+    errors.into_result()?;
+    let address =
+        address.ok_or_else(|| Problem::invalid_field("shipping_address", "is invalid"))?;
+    let order = OrderBody::from(svc.update_address(&ctx, id, version, address).await?);
+    Ok(with_etag(HttpResponse::Ok().json(&order), &order))
+}
+
+/// Cancel before shipping: stock released, payment refunded. Idempotent.
+#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
+    request_body(content = Option<CancelBody>),
+    responses(
+        (status = 200, body = OrderBody),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn cancel(
+    svc: web::Data<OrderService>,
+    ctx: CallContext,
+    id: web::Path<String>,
+    body: Option<web::Json<CancelBody>>,
+) -> Result<HttpResponse, Problem> {
+    let reason = body
+        .and_then(|b| b.into_inner().reason)
+        .map(|r| r.chars().take(500).collect());
+    let order = OrderBody::from(svc.cancel(&ctx, order_id(&id)?, reason).await?);
+    Ok(HttpResponse::Ok().json(order))
+}
+
+/// Ship a confirmed order (staff): the stock reservation is committed.
+#[utoipa::path(post, path = "/orders/{id}/ship", tag = "orders", security(("bearer" = [])),
+    responses(
+        (status = 200, body = OrderBody),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn ship(
+    svc: web::Data<OrderService>,
+    ctx: CallContext,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let order = OrderBody::from(
+        svc.advance_fulfilment(&ctx, order_id(&id)?, OrderStatus::Shipped)
+            .await?,
+    );
+    Ok(HttpResponse::Ok().json(order))
+}
+
+/// Mark a shipped order delivered (staff).
+#[utoipa::path(post, path = "/orders/{id}/deliver", tag = "orders", security(("bearer" = [])),
+    responses(
+        (status = 200, body = OrderBody),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn deliver(
+    svc: web::Data<OrderService>,
+    ctx: CallContext,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let order = OrderBody::from(
+        svc.advance_fulfilment(&ctx, order_id(&id)?, OrderStatus::Delivered)
+            .await?,
+    );
+    Ok(HttpResponse::Ok().json(order))
+}
+
+/// Every transition of an order, oldest first.
+#[utoipa::path(get, path = "/orders/{id}/history", tag = "orders", security(("bearer" = [])),
+    responses(
+        (status = 200, body = HistoryPage),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn history(
+    svc: web::Data<OrderService>,
+    ctx: CallContext,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let items = svc.history(&ctx, order_id(&id)?).await?;
+    Ok(HttpResponse::Ok().json(HistoryPage {
+        items,
+        next_cursor: None,
+    }))
+}
+
+/// Register the routes (the host mounts them under `/api/v1`).
+pub fn configure(
+    cfg: &mut web::ServiceConfig,
+    service: Arc<OrderService>,
+    idempotency: Arc<dyn IdempotencyStore>,
+) {
+    let svc = web::Data::from(service);
+    cfg.service(
+        web::resource("/orders")
+            .app_data(svc.clone())
+            .route(web::get().to(list))
+            .route(
+                web::post()
+                    .to(place)
+                    .wrap(Idempotency::new(idempotency, IdempotencyConfig::default())),
+            ),
+    )
+    .service(
+        web::resource("/orders/{id}")
+            .app_data(svc.clone())
+            .route(web::get().to(get))
+            .route(web::patch().to(update)),
+    )
+    .service(
+        web::resource("/orders/{id}/cancel")
+            .app_data(svc.clone())
+            .route(web::post().to(cancel)),
+    )
+    .service(
+        web::resource("/orders/{id}/ship")
+            .app_data(svc.clone())
+            .route(web::post().to(ship)),
+    )
+    .service(
+        web::resource("/orders/{id}/deliver")
+            .app_data(svc.clone())
+            .route(web::post().to(deliver)),
+    )
+    .service(
+        web::resource("/orders/{id}/history")
+            .app_data(svc)
+            .route(web::get().to(history)),
+    );
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(place, list, get, update, cancel, ship, deliver, history),
+    components(schemas(PlaceOrderBody, ItemBody, OrderBody, OrderLine, OrderStatus, ShippingAddress, UpdateOrderBody, CancelBody, OrderPage, HistoryPage, Transition)),
+    tags((name = "orders", description = "Place, track and cancel orders (the order saga)"))
+)]
+pub struct OrderApiDoc;

@@ -1,0 +1,3 @@
+//! What the order module drives: its own database.
+
+pub mod sql;

@@ -1,0 +1,357 @@
+//! The order store on SQLite and PostgreSQL: one SQL text for both (numbered
+//! parameters, epoch-millisecond times), generated twice by a macro. The only
+//! differences are how a write transaction starts (`BEGIN IMMEDIATE` on
+//! SQLite, whose single writer then serialises it) and the row lock PostgreSQL
+//! takes when reading the row it is about to change.
+
+use std::collections::BTreeMap;
+
+use agora_kernel::db::{epoch_ms, from_epoch_ms};
+use agora_kernel::{Currency, EventEnvelope, Money};
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::models::{Order, OrderFilter, OrderId, OrderStatus, Transition};
+use crate::domain::ports::{Change, OrderStore, StoreError};
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    id: String,
+    customer_id: String,
+    customer_email: Option<String>,
+    status: String,
+    items: String,
+    total_minor: i64,
+    currency: String,
+    shipping_address: String,
+    payment_method: String,
+    payment_id: Option<String>,
+    failure_reason: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    version: i64,
+    attempts: i64,
+    next_attempt_at: Option<i64>,
+    payment_deadline: i64,
+}
+
+const COLUMNS: &str = "id, customer_id, customer_email, status, items, total_minor, currency, shipping_address, \
+    payment_method, payment_id, failure_reason, created_at, updated_at, version, attempts, next_attempt_at, payment_deadline";
+
+impl OrderRow {
+    fn into_order(self) -> anyhow::Result<Order> {
+        Ok(Order {
+            id: OrderId::parse(&self.id).context("a stored order id is not a UUID")?,
+            customer_id: self.customer_id,
+            customer_email: self.customer_email,
+            status: OrderStatus::parse(&self.status)
+                .with_context(|| format!("unknown stored status {}", self.status))?,
+            items: serde_json::from_str(&self.items)
+                .context("stored order items are unreadable")?,
+            total: Money::new(
+                self.total_minor,
+                Currency::parse(&self.currency).context("stored currency")?,
+            ),
+            shipping_address: serde_json::from_str(&self.shipping_address)
+                .context("stored address is unreadable")?,
+            payment_method: self.payment_method,
+            payment_id: self.payment_id,
+            failure_reason: self.failure_reason,
+            created_at: from_epoch_ms(self.created_at),
+            updated_at: from_epoch_ms(self.updated_at),
+            version: self.version,
+            attempts: self.attempts.max(0) as u32,
+            next_attempt_at: self.next_attempt_at.map(from_epoch_ms),
+            payment_deadline: from_epoch_ms(self.payment_deadline),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct HistoryRow {
+    from_status: Option<String>,
+    to_status: String,
+    at: i64,
+    actor: String,
+    reason: Option<String>,
+    correlation_id: String,
+}
+
+fn parse_status(s: &str) -> Result<OrderStatus, StoreError> {
+    OrderStatus::parse(s)
+        .ok_or_else(|| StoreError::Unexpected(anyhow::anyhow!("unknown stored status {s}")))
+}
+
+/// Apply `change` to `order` in memory (the store then writes the result).
+fn changed(order: &Order, change: &Change, now: DateTime<Utc>) -> Order {
+    let mut next = order.clone();
+    if let Some((status, _)) = &change.status {
+        next.status = *status;
+    }
+    if let Some(p) = &change.payment_id {
+        next.payment_id = Some(p.clone());
+    }
+    if let Some(r) = &change.failure_reason {
+        next.failure_reason = Some(r.clone());
+    }
+    if let Some(a) = change.attempts {
+        next.attempts = a;
+    }
+    if let Some(n) = change.next_attempt_at {
+        next.next_attempt_at = n;
+    }
+    if let Some(addr) = &change.shipping_address {
+        next.shipping_address = addr.clone();
+    }
+    next.version = order.version + 1;
+    next.updated_at = now;
+    next
+}
+
+macro_rules! sql_order_store {
+    ($module:ident, $db:ty, $pool:ty, begin = |$p:ident| $begin:expr, lock = $lock:literal, lock_skip = $lock_skip:literal, enqueue = $enqueue:path) => {
+        pub mod $module {
+            use super::*;
+
+            /// The order store on this backend.
+            #[derive(Clone)]
+            pub struct Store {
+                pool: $pool,
+            }
+
+            impl Store {
+                pub fn new(pool: $pool) -> Self {
+                    Self { pool }
+                }
+            }
+
+            async fn insert_history(
+                tx: &mut <$db as sqlx::Database>::Connection,
+                id: OrderId,
+                t: &Transition,
+            ) -> anyhow::Result<()> {
+                sqlx::query(
+                    "INSERT INTO order_history (order_id, from_status, to_status, at, actor, reason, correlation_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(id.to_string())
+                .bind(t.from.map(|s| s.as_str()))
+                .bind(t.to.as_str())
+                .bind(epoch_ms(t.at))
+                .bind(&t.actor)
+                .bind(&t.reason)
+                .bind(&t.correlation_id)
+                .execute(&mut *tx)
+                .await
+                .context("failed to write order history")?;
+                Ok(())
+            }
+
+            async fn enqueue_all(tx: &mut <$db as sqlx::Database>::Connection, events: &[EventEnvelope]) -> anyhow::Result<()> {
+                for e in events {
+                    $enqueue(&mut *tx, e).await?;
+                }
+                Ok(())
+            }
+
+            #[async_trait]
+            impl OrderStore for Store {
+                async fn insert(&self, o: &Order, t: &Transition, events: &[EventEnvelope], lease_until: DateTime<Utc>) -> Result<(), StoreError> {
+                    let $p = &self.pool;
+                    let mut tx = $begin.await.context("failed to start a transaction")?;
+                    sqlx::query(&format!(
+                        "INSERT INTO orders ({COLUMNS}, lease_until) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+                    ))
+                    .bind(o.id.to_string())
+                    .bind(&o.customer_id)
+                    .bind(&o.customer_email)
+                    .bind(o.status.as_str())
+                    .bind(serde_json::to_string(&o.items).context("items")?)
+                    .bind(o.total.minor())
+                    .bind(o.total.currency().to_string())
+                    .bind(serde_json::to_string(&o.shipping_address).context("address")?)
+                    .bind(&o.payment_method)
+                    .bind(&o.payment_id)
+                    .bind(&o.failure_reason)
+                    .bind(epoch_ms(o.created_at))
+                    .bind(epoch_ms(o.updated_at))
+                    .bind(o.version)
+                    .bind(i64::from(o.attempts))
+                    .bind(o.next_attempt_at.map(epoch_ms))
+                    .bind(epoch_ms(o.payment_deadline))
+                    .bind(epoch_ms(lease_until))
+                    .execute(&mut *tx)
+                    .await
+                    .context("failed to insert an order")?;
+                    insert_history(&mut tx, o.id, t).await?;
+                    enqueue_all(&mut tx, events).await?;
+                    tx.commit().await.context("failed to commit a new order")?;
+                    Ok(())
+                }
+
+                async fn get(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+                    let row: Option<OrderRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1"))
+                        .bind(id.to_string())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .context("failed to read an order")?;
+                    Ok(row.map(OrderRow::into_order).transpose()?)
+                }
+
+                async fn list(&self, f: &OrderFilter, before: Option<OrderId>, limit: u32) -> Result<Vec<Order>, StoreError> {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(format!("SELECT {COLUMNS} FROM orders WHERE 1 = 1"));
+                    if let Some(c) = &f.customer_id {
+                        q.push(" AND customer_id = ").push_bind(c.clone());
+                    }
+                    if let Some(s) = f.status {
+                        q.push(" AND status = ").push_bind(s.as_str());
+                    }
+                    if let Some(t) = f.created_after {
+                        q.push(" AND created_at > ").push_bind(epoch_ms(t));
+                    }
+                    if let Some(t) = f.created_before {
+                        q.push(" AND created_at < ").push_bind(epoch_ms(t));
+                    }
+                    if let Some(b) = before {
+                        q.push(" AND id < ").push_bind(b.to_string());
+                    }
+                    q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit));
+                    let rows: Vec<OrderRow> = q.build_query_as().fetch_all(&self.pool).await.context("failed to list orders")?;
+                    rows.into_iter().map(|r| r.into_order().map_err(StoreError::from)).collect()
+                }
+
+                async fn apply(&self, id: OrderId, expected_version: i64, change: &Change) -> Result<Order, StoreError> {
+                    let $p = &self.pool;
+                    let mut tx = $begin.await.context("failed to start a transaction")?;
+                    let row: Option<OrderRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1 {}", $lock))
+                        .bind(id.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .context("failed to read an order")?;
+                    let current = row.ok_or(StoreError::NotFound)?.into_order()?;
+                    if current.version != expected_version {
+                        return Err(StoreError::Conflict);
+                    }
+                    let next = changed(&current, change, Utc::now());
+                    let done = sqlx::query(
+                        "UPDATE orders SET status = $1, payment_id = $2, failure_reason = $3, attempts = $4, \
+                         next_attempt_at = $5, shipping_address = $6, version = $7, updated_at = $8 \
+                         WHERE id = $9 AND version = $10",
+                    )
+                    .bind(next.status.as_str())
+                    .bind(&next.payment_id)
+                    .bind(&next.failure_reason)
+                    .bind(i64::from(next.attempts))
+                    .bind(next.next_attempt_at.map(epoch_ms))
+                    .bind(serde_json::to_string(&next.shipping_address).context("address")?)
+                    .bind(next.version)
+                    .bind(epoch_ms(next.updated_at))
+                    .bind(id.to_string())
+                    .bind(expected_version)
+                    .execute(&mut *tx)
+                    .await
+                    .context("failed to update an order")?;
+                    if done.rows_affected() != 1 {
+                        return Err(StoreError::Conflict);
+                    }
+                    if let Some((_, t)) = &change.status {
+                        insert_history(&mut tx, id, t).await?;
+                    }
+                    enqueue_all(&mut tx, &change.events).await?;
+                    tx.commit().await.context("failed to commit an order change")?;
+                    Ok(next)
+                }
+
+                async fn history(&self, id: OrderId) -> Result<Vec<Transition>, StoreError> {
+                    let rows: Vec<HistoryRow> = sqlx::query_as(
+                        "SELECT from_status, to_status, at, actor, reason, correlation_id FROM order_history \
+                         WHERE order_id = $1 ORDER BY seq",
+                    )
+                    .bind(id.to_string())
+                    .fetch_all(&self.pool)
+                    .await
+                    .context("failed to read order history")?;
+                    rows.into_iter()
+                        .map(|r| {
+                            Ok(Transition {
+                                from: r.from_status.as_deref().map(parse_status).transpose()?,
+                                to: parse_status(&r.to_status)?,
+                                at: from_epoch_ms(r.at),
+                                actor: r.actor,
+                                reason: r.reason,
+                                correlation_id: r.correlation_id,
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn try_lease(&self, id: OrderId, now: DateTime<Utc>, until: DateTime<Utc>) -> Result<bool, StoreError> {
+                    let done = sqlx::query("UPDATE orders SET lease_until = $1 WHERE id = $2 AND lease_until < $3")
+                        .bind(epoch_ms(until))
+                        .bind(id.to_string())
+                        .bind(epoch_ms(now))
+                        .execute(&self.pool)
+                        .await
+                        .context("failed to lease an order")?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn release_lease(&self, id: OrderId) -> Result<(), StoreError> {
+                    sqlx::query("UPDATE orders SET lease_until = 0 WHERE id = $1")
+                        .bind(id.to_string())
+                        .execute(&self.pool)
+                        .await
+                        .context("failed to release an order lease")?;
+                    Ok(())
+                }
+
+                async fn claim_due(&self, now: DateTime<Utc>, until: DateTime<Utc>, limit: u32) -> Result<Vec<OrderId>, StoreError> {
+                    let ids: Vec<(String,)> = sqlx::query_as(&format!(
+                        "UPDATE orders SET lease_until = $1 WHERE lease_until < $2 AND id IN (\
+                         SELECT id FROM orders WHERE status IN ('pending', 'awaiting_payment') \
+                         AND next_attempt_at <= $2 AND lease_until < $2 ORDER BY next_attempt_at LIMIT $3 {}) RETURNING id",
+                        $lock_skip
+                    ))
+                    .bind(epoch_ms(until))
+                    .bind(epoch_ms(now))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .context("failed to claim due orders")?;
+                    ids.into_iter()
+                        .map(|(id,)| OrderId::parse(&id).map_err(|e| StoreError::Unexpected(anyhow::anyhow!(e))))
+                        .collect()
+                }
+
+                async fn count_by_status(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+                    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT status, COUNT(*) FROM orders GROUP BY status")
+                        .fetch_all(&self.pool)
+                        .await
+                        .context("failed to count orders")?;
+                    Ok(rows.into_iter().collect())
+                }
+            }
+        }
+    };
+}
+
+sql_order_store!(
+    sqlite,
+    sqlx::Sqlite,
+    sqlx::SqlitePool,
+    begin = |pool| pool.begin_with("BEGIN IMMEDIATE"),
+    lock = "",
+    lock_skip = "",
+    enqueue = agora_kernel::outbox::sqlite::enqueue
+);
+sql_order_store!(
+    postgres,
+    sqlx::Postgres,
+    sqlx::PgPool,
+    begin = |pool| pool.begin(),
+    lock = "FOR UPDATE",
+    lock_skip = "FOR UPDATE SKIP LOCKED",
+    enqueue = agora_kernel::outbox::postgres::enqueue
+);

@@ -1,0 +1,251 @@
+//! One contract, every backend: the same test functions run against SQLite and
+//! PostgreSQL.
+
+use std::sync::Arc;
+
+use agora_kernel::EventEnvelope;
+use chrono::{Duration as Span, Utc};
+
+use super::fakes::eur;
+use crate::domain::models::{
+    Order, OrderFilter, OrderId, OrderLine, OrderStatus, ShippingAddress, Sku, Transition,
+};
+use crate::domain::ports::{Change, OrderStore, StoreError};
+
+fn order(customer: &str) -> Order {
+    let now = Utc::now();
+    Order {
+        id: OrderId::new(),
+        customer_id: customer.into(),
+        customer_email: Some(format!("{customer}@example.com")),
+        status: OrderStatus::Pending,
+        items: vec![OrderLine {
+            sku: Sku::parse("MUG").unwrap(),
+            quantity: 2,
+            unit_price_minor: 850,
+            line_total_minor: 1700,
+        }],
+        total: eur(1700),
+        shipping_address: ShippingAddress {
+            name: "Alice".into(),
+            line1: "1 Main St".into(),
+            line2: None,
+            city: "Berlin".into(),
+            postal_code: "10115".into(),
+            country: "DE".into(),
+        },
+        payment_method: "tok_visa".into(),
+        payment_id: None,
+        failure_reason: None,
+        created_at: now,
+        updated_at: now,
+        version: 1,
+        attempts: 0,
+        next_attempt_at: Some(now),
+        payment_deadline: now + Span::minutes(15),
+    }
+}
+
+fn created(o: &Order) -> Transition {
+    Transition {
+        from: None,
+        to: OrderStatus::Pending,
+        at: o.created_at,
+        actor: o.customer_id.clone(),
+        reason: None,
+        correlation_id: "req-1".into(),
+    }
+}
+
+async fn outbox_types(db: &agora_kernel::db::SqlDatabase) -> u64 {
+    db.outbox().backlog().await.unwrap()
+}
+
+async fn an_order_round_trips_with_its_history_and_event(
+    store: Arc<dyn OrderStore>,
+    db: &agora_kernel::db::SqlDatabase,
+) {
+    let o = order("alice");
+    let e = EventEnvelope::new(
+        "order.placed.v1",
+        "order",
+        "req-1",
+        &serde_json::json!({"order_id": o.id}),
+    )
+    .unwrap();
+    store
+        .insert(&o, &created(&o), &[e], Utc::now())
+        .await
+        .unwrap();
+    let back = store.get(o.id).await.unwrap().unwrap();
+    assert_eq!(back.items, o.items);
+    assert_eq!(back.total, o.total);
+    assert_eq!(back.shipping_address, o.shipping_address);
+    assert_eq!(
+        back.created_at.timestamp_millis(),
+        o.created_at.timestamp_millis()
+    );
+    assert_eq!(
+        store.history(o.id).await.unwrap(),
+        vec![Transition {
+            at: back.created_at,
+            ..created(&o)
+        }]
+    );
+    assert_eq!(outbox_types(db).await, 1);
+    assert!(store.get(OrderId::new()).await.unwrap().is_none());
+}
+
+async fn a_change_is_a_compare_and_swap_on_version(
+    store: Arc<dyn OrderStore>,
+    db: &agora_kernel::db::SqlDatabase,
+) {
+    let o = order("alice");
+    store
+        .insert(&o, &created(&o), &[], Utc::now())
+        .await
+        .unwrap();
+    let t = Transition {
+        from: Some(OrderStatus::Pending),
+        to: OrderStatus::AwaitingPayment,
+        at: Utc::now(),
+        actor: "system".into(),
+        reason: None,
+        correlation_id: "req-2".into(),
+    };
+    let e = EventEnvelope::new("order.test.v1", "order", "req-2", &1).unwrap();
+    let change = Change {
+        status: Some((OrderStatus::AwaitingPayment, t.clone())),
+        events: vec![e],
+        ..Change::default()
+    };
+    let next = store.apply(o.id, 1, &change).await.unwrap();
+    assert_eq!(
+        (next.status, next.version),
+        (OrderStatus::AwaitingPayment, 2)
+    );
+    // The same change at the old version conflicts and writes nothing.
+    assert!(matches!(
+        store.apply(o.id, 1, &change).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(matches!(
+        store.apply(OrderId::new(), 1, &change).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.history(o.id).await.unwrap().len(), 2);
+    assert_eq!(outbox_types(db).await, 1);
+    assert_eq!(store.get(o.id).await.unwrap().unwrap().version, 2);
+}
+
+async fn listing_is_newest_first_filtered_and_paged_by_id(store: Arc<dyn OrderStore>) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let o = order(if i % 2 == 0 { "alice" } else { "bob" });
+        store
+            .insert(&o, &created(&o), &[], Utc::now())
+            .await
+            .unwrap();
+        ids.push(o.id);
+    }
+    let alice = OrderFilter {
+        customer_id: Some("alice".into()),
+        ..OrderFilter::default()
+    };
+    let page1 = store.list(&alice, None, 2).await.unwrap();
+    assert_eq!(
+        page1.iter().map(|o| o.id).collect::<Vec<_>>(),
+        vec![ids[4], ids[2]]
+    );
+    // A newer order inserted between pages does not shift the next page.
+    let late = order("alice");
+    store
+        .insert(&late, &created(&late), &[], Utc::now())
+        .await
+        .unwrap();
+    let page2 = store.list(&alice, Some(page1[1].id), 2).await.unwrap();
+    assert_eq!(page2.iter().map(|o| o.id).collect::<Vec<_>>(), vec![ids[0]]);
+    let all = store
+        .list(&OrderFilter::default(), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 6);
+    let none = OrderFilter {
+        status: Some(OrderStatus::Confirmed),
+        ..OrderFilter::default()
+    };
+    assert!(store.list(&none, None, 100).await.unwrap().is_empty());
+    let future = OrderFilter {
+        created_after: Some(Utc::now() + Span::hours(1)),
+        ..OrderFilter::default()
+    };
+    assert!(store.list(&future, None, 100).await.unwrap().is_empty());
+    let past = OrderFilter {
+        created_before: Some(Utc::now() + Span::hours(1)),
+        ..OrderFilter::default()
+    };
+    assert_eq!(store.list(&past, None, 100).await.unwrap().len(), 6);
+}
+
+async fn leases_exclude_each_other_and_the_recovery_worker(store: Arc<dyn OrderStore>) {
+    let o = order("alice");
+    let now = Utc::now();
+    store
+        .insert(&o, &created(&o), &[], now + Span::seconds(30))
+        .await
+        .unwrap();
+    // Held by the placing request: nobody else gets it, not even the worker.
+    assert!(
+        !store
+            .try_lease(o.id, now, now + Span::seconds(30))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_due(now, now + Span::seconds(30), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.release_lease(o.id).await.unwrap();
+    assert_eq!(
+        store
+            .claim_due(now + Span::seconds(1), now + Span::seconds(30), 10)
+            .await
+            .unwrap(),
+        vec![o.id]
+    );
+    assert!(
+        store
+            .claim_due(now + Span::seconds(1), now + Span::seconds(30), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // An expired lease (a crashed holder) can be taken.
+    assert!(
+        store
+            .try_lease(o.id, now + Span::seconds(31), now + Span::seconds(60))
+            .await
+            .unwrap()
+    );
+    let counts = store.count_by_status().await.unwrap();
+    assert_eq!(counts.get("pending"), Some(&1));
+}
+
+macro_rules! contract {
+    ($($name:ident),* ; $($db_name:ident),*) => {
+        mod on_sqlite {
+            $(#[tokio::test] async fn $name() { let (s, _db, _dir) = super::super::sqlite_store().await; super::$name(s).await; })*
+            $(#[tokio::test] async fn $db_name() { let (s, db, _dir) = super::super::sqlite_store().await; super::$db_name(s, &db).await; })*
+        }
+        mod on_postgres {
+            $(#[tokio::test] async fn $name() { let Some((s, _db)) = super::super::postgres_store().await else { return }; super::$name(s).await; })*
+            $(#[tokio::test] async fn $db_name() { let Some((s, db)) = super::super::postgres_store().await else { return }; super::$db_name(s, &db).await; })*
+        }
+    };
+}
+
+contract!(listing_is_newest_first_filtered_and_paged_by_id, leases_exclude_each_other_and_the_recovery_worker;
+    an_order_round_trips_with_its_history_and_event, a_change_is_a_compare_and_swap_on_version);

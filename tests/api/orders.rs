@@ -1,0 +1,753 @@
+//! The order saga end to end: the whole binary over HTTP, with inventory and
+//! payment behind the order module's ports, on SQLite and on the production
+//! stores (PostgreSQL + the MongoDB-wire server).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use agora::Settings;
+use agora_kernel::Role;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_problem, spawn_app_with};
+
+fn generous(s: &mut Settings) {
+    s.rate_limit.per_second = 100_000;
+    s.rate_limit.burst = 100_000;
+}
+
+pub struct Shop {
+    pub app: TestApp,
+    pub staff: String,
+}
+
+impl Shop {
+    pub async fn open(configure: impl FnOnce(&mut Settings)) -> Shop {
+        let app = spawn_app_with(|s| {
+            generous(s);
+            configure(s);
+        })
+        .await;
+        let staff = app.token("sam", &[Role::Staff]);
+        let shop = Shop { app, staff };
+        shop.post(
+            &shop.staff,
+            "/api/v1/warehouses",
+            json!({"code": "BER", "name": "Berlin"}),
+            201,
+        )
+        .await;
+        shop
+    }
+
+    pub async fn post(&self, token: &str, path: &str, body: Value, status: u16) -> Value {
+        let res = self
+            .app
+            .client
+            .post(self.app.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let got = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        assert_eq!(got, status, "{path}: {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        let res = self.app.get_as(path, token).await;
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn stock_item(&self, sku: &str, price_minor: i64, quantity: i64) {
+        let body = json!({"sku": sku, "name": sku, "price_minor": price_minor, "currency": "EUR"});
+        self.post(&self.staff, "/api/v1/products", body, 201).await;
+        let receipt = json!({"sku": sku, "warehouse": "BER", "quantity": quantity});
+        self.post(&self.staff, "/api/v1/stock/receipts", receipt, 201)
+            .await;
+    }
+
+    pub async fn available(&self, sku: &str) -> i64 {
+        let (status, stock) = self.get(&self.staff, &format!("/api/v1/stock/{sku}")).await;
+        assert_eq!(status, 200, "{stock}");
+        stock["available"].as_i64().unwrap()
+    }
+
+    pub fn customer(&self, sub: &str) -> String {
+        self.app.token(sub, &[Role::Customer])
+    }
+
+    pub async fn place(
+        &self,
+        token: &str,
+        items: Value,
+        payment_method: &str,
+    ) -> reqwest::Response {
+        self.place_with_key(
+            token,
+            items,
+            payment_method,
+            &uuid::Uuid::new_v4().to_string(),
+        )
+        .await
+    }
+
+    pub async fn place_with_key(
+        &self,
+        token: &str,
+        items: Value,
+        payment_method: &str,
+        key: &str,
+    ) -> reqwest::Response {
+        let body = json!({
+            "items": items,
+            "shipping_address": {"name": "Alice", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"},
+            "payment_method": payment_method,
+        });
+        self.app
+            .client
+            .post(self.app.url("/api/v1/orders"))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Poll an order until `done` holds (the recovery worker runs every 50 ms in tests).
+    pub async fn wait_for(&self, token: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..200 {
+            let (_, order) = self.get(token, &format!("/api/v1/orders/{id}")).await;
+            if done(&order) {
+                return order;
+            }
+            last = order;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("order {id} never reached the expected state: {last}");
+    }
+}
+
+fn fast_saga(s: &mut Settings) {
+    s.order.retry_base_ms = 50;
+    s.order.retry_max_secs = 1;
+    s.order.recovery_every_ms = 50;
+}
+
+async fn happy_path_to_delivered(shop: &Shop) {
+    shop.stock_item("TSHIRT", 1999, 10).await;
+    shop.stock_item("MUG", 850, 5).await;
+    let alice = shop.customer("alice");
+    let res = shop
+        .place(
+            &alice,
+            json!([{"sku": "TSHIRT", "quantity": 2}, {"sku": "MUG", "quantity": 1}]),
+            "tok_visa",
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    let order: Value = res.json().await.unwrap();
+    assert_eq!(order["status"], "confirmed");
+    assert_eq!(order["customer_id"], "alice");
+    assert_eq!(order["total_minor"], 2 * 1999 + 850);
+    assert_eq!(order["currency"], "EUR");
+    assert_eq!(order["items"][0]["unit_price_minor"], 1999);
+    assert_eq!(order["items"][0]["line_total_minor"], 3998);
+    let id = order["id"].as_str().unwrap().to_owned();
+    assert_eq!(location, format!("/api/v1/orders/{id}"));
+    assert_eq!(shop.available("TSHIRT").await, 8);
+
+    // The payment exists and is the order's.
+    let payment_id = order["payment_id"].as_str().unwrap();
+    let (status, payment) = shop
+        .get(&alice, &format!("/api/v1/payments/{payment_id}"))
+        .await;
+    assert_eq!(status, 200, "{payment}");
+    assert_eq!(payment["status"], "succeeded");
+    assert_eq!(payment["amount_minor"], order["total_minor"]);
+
+    shop.post(&alice, &format!("/api/v1/orders/{id}/ship"), json!({}), 403)
+        .await;
+    let shipped = shop
+        .post(
+            &shop.staff,
+            &format!("/api/v1/orders/{id}/ship"),
+            json!({}),
+            200,
+        )
+        .await;
+    assert_eq!(shipped["status"], "shipped");
+    shop.post(
+        &alice,
+        &format!("/api/v1/orders/{id}/cancel"),
+        json!({}),
+        409,
+    )
+    .await;
+    let delivered = shop
+        .post(
+            &shop.staff,
+            &format!("/api/v1/orders/{id}/deliver"),
+            json!({}),
+            200,
+        )
+        .await;
+    assert_eq!(delivered["status"], "delivered");
+
+    let (_, history) = shop
+        .get(&alice, &format!("/api/v1/orders/{id}/history"))
+        .await;
+    let steps: Vec<&str> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["to"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "pending",
+            "awaiting_payment",
+            "confirmed",
+            "shipped",
+            "delivered"
+        ]
+    );
+    assert!(history["items"][0]["from"].is_null());
+    assert_eq!(history["items"][3]["actor"], "sam");
+    // Shipping committed the stock: on hand drops, nothing stays reserved.
+    let (_, stock) = shop.get(&shop.staff, "/api/v1/stock/TSHIRT").await;
+    assert_eq!(
+        (stock["on_hand"].as_i64(), stock["reserved"].as_i64()),
+        (Some(8), Some(0))
+    );
+}
+
+#[tokio::test]
+async fn an_order_goes_from_placed_to_delivered() {
+    let shop = Shop::open(|_| {}).await;
+    happy_path_to_delivered(&shop).await;
+}
+
+#[tokio::test]
+async fn an_order_goes_from_placed_to_delivered_on_the_production_stores() {
+    let Some(order_db) = crate::helpers::fresh_postgres_database().await else {
+        return;
+    };
+    let Some(payment_db) = crate::helpers::fresh_postgres_database().await else {
+        return;
+    };
+    let Some(notification_db) = crate::helpers::fresh_postgres_database().await else {
+        return;
+    };
+    let Some(mongo) = mongo_url() else { return };
+    let shop = Shop::open(|s| {
+        s.order.database_url = order_db.into();
+        s.payment.database_url = payment_db.into();
+        s.notification.database_url = notification_db.into();
+        s.inventory.database_url = mongo.into();
+    })
+    .await;
+    let admin = shop.app.token("root", &[Role::Admin]);
+    let (_, modules) = shop.get(&admin, "/api/v1/system/modules").await;
+    let stores: Vec<&str> = modules["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["store"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stores,
+        ["order", "inventory", "payment", "notification"].map(|m| if m == "inventory" {
+            "mongodb"
+        } else {
+            "postgres"
+        })
+    );
+    happy_path_to_delivered(&shop).await;
+}
+
+/// `AGORA_TEST_MONGODB_URL` with a fresh database; `None` (skip) outside CI.
+fn mongo_url() -> Option<String> {
+    match std::env::var("AGORA_TEST_MONGODB_URL") {
+        Ok(url) => {
+            let db = format!("agora_e2e_{}", uuid::Uuid::new_v4().simple());
+            let (base, query) = url
+                .split_once('?')
+                .map_or((url.as_str(), ""), |(b, q)| (b, q));
+            let host = base
+                .trim_start_matches("mongodb://")
+                .split('/')
+                .next()
+                .unwrap_or("");
+            Some(format!("mongodb://{host}/{db}?{query}"))
+        }
+        Err(_) => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "AGORA_TEST_MONGODB_URL is required in CI"
+            );
+            eprintln!("SKIPPED: AGORA_TEST_MONGODB_URL is not set");
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_declined_card_fails_the_order_and_gives_the_stock_back() {
+    let shop = Shop::open(|_| {}).await;
+    shop.stock_item("MUG", 850, 5).await;
+    let res = shop
+        .place(
+            &shop.customer("alice"),
+            json!([{"sku": "MUG", "quantity": 3}]),
+            "tok_chargeDeclined",
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let order: Value = res.json().await.unwrap();
+    assert_eq!(order["status"], "payment_failed");
+    assert!(
+        order["failure_reason"]
+            .as_str()
+            .unwrap()
+            .contains("declined"),
+        "{order}"
+    );
+    assert_eq!(shop.available("MUG").await, 5);
+}
+
+#[tokio::test]
+async fn an_order_short_of_stock_is_rejected() {
+    let shop = Shop::open(|_| {}).await;
+    shop.stock_item("MUG", 850, 1).await;
+    let res = shop
+        .place(
+            &shop.customer("alice"),
+            json!([{"sku": "MUG", "quantity": 2}]),
+            "tok_visa",
+        )
+        .await;
+    let order: Value = res.json().await.unwrap();
+    assert_eq!(order["status"], "rejected");
+    assert!(order["payment_id"].is_null());
+    assert_eq!(shop.available("MUG").await, 1);
+}
+
+#[tokio::test]
+async fn bad_orders_are_422_with_field_errors_and_a_missing_key_is_400() {
+    let shop = Shop::open(|_| {}).await;
+    shop.stock_item("MUG", 850, 1).await;
+    let alice = shop.customer("alice");
+    let res = shop
+        .place(
+            &alice,
+            json!([{"sku": "NOPE", "quantity": 1}, {"sku": "MUG", "quantity": 0}]),
+            "tok_visa",
+        )
+        .await;
+    let body = assert_problem(res, 422).await;
+    assert!(
+        body["errors"]["items[0].sku"].is_array() || body["errors"]["items[1].quantity"].is_array(),
+        "{body}"
+    );
+    let res = shop.place(&alice, json!([]), "tok_visa").await;
+    let body = assert_problem(res, 422).await;
+    assert!(body["errors"]["items"].is_array(), "{body}");
+    let res = shop
+        .app
+        .client
+        .post(shop.app.url("/api/v1/orders"))
+        .bearer_auth(&alice)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 400).await;
+    // Only customers place orders.
+    let res = shop
+        .place(
+            &shop.staff,
+            json!([{"sku": "MUG", "quantity": 1}]),
+            "tok_visa",
+        )
+        .await;
+    assert_problem(res, 403).await;
+    assert_eq!(shop.available("MUG").await, 1);
+}
+
+#[tokio::test]
+async fn cancelling_a_confirmed_order_refunds_it_and_releases_the_stock() {
+    let shop = Shop::open(|_| {}).await;
+    shop.stock_item("MUG", 850, 5).await;
+    let alice = shop.customer("alice");
+    let order: Value = shop
+        .place(&alice, json!([{"sku": "MUG", "quantity": 2}]), "tok_visa")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = order["id"].as_str().unwrap();
+    assert_eq!(shop.available("MUG").await, 3);
+    let cancelled = shop
+        .post(
+            &alice,
+            &format!("/api/v1/orders/{id}/cancel"),
+            json!({"reason": "changed my mind"}),
+            200,
+        )
+        .await;
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(shop.available("MUG").await, 5);
+    let (_, payment) = shop
+        .get(
+            &shop.staff,
+            &format!("/api/v1/payments/{}", order["payment_id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(payment["status"], "refunded", "{payment}");
+    assert_eq!(payment["refunded_minor"], order["total_minor"]);
+    // Twice is a no-op.
+    let again = shop
+        .post(
+            &alice,
+            &format!("/api/v1/orders/{id}/cancel"),
+            json!({}),
+            200,
+        )
+        .await;
+    assert_eq!(again["version"], cancelled["version"]);
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_replays_the_order_and_another_body_is_refused() {
+    let shop = Shop::open(|_| {}).await;
+    shop.stock_item("MUG", 850, 5).await;
+    let alice = shop.customer("alice");
+    let first = shop
+        .place_with_key(
+            &alice,
+            json!([{"sku": "MUG", "quantity": 1}]),
+            "tok_visa",
+            "key-1",
+        )
+        .await;
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let replay = shop
+        .place_with_key(
+            &alice,
+            json!([{"sku": "MUG", "quantity": 1}]),
+            "tok_visa",
+            "key-1",
+        )
+        .await;
+    assert_eq!(replay.status(), 201);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let replay: Value = replay.json().await.unwrap();
+    assert_eq!(replay["id"], first["id"]);
+    let other = shop
+        .place_with_key(
+            &alice,
+            json!([{"sku": "MUG", "quantity": 2}]),
+            "tok_visa",
+            "key-1",
+        )
+        .await;
+    assert_problem(other, 422).await;
+    assert_eq!(shop.available("MUG").await, 4, "charged and reserved once");
+    let (_, list) = shop.get(&alice, "/api/v1/orders").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn another_customer_cannot_read_cancel_or_list_an_order() {
+    let shop = Shop::open(|_| {}).await;
+    shop.stock_item("MUG", 850, 5).await;
+    let alice = shop.customer("alice");
+    let bob = shop.customer("bob");
+    let order: Value = shop
+        .place(&alice, json!([{"sku": "MUG", "quantity": 1}]), "tok_visa")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = order["id"].as_str().unwrap();
+    for path in [
+        format!("/api/v1/orders/{id}"),
+        format!("/api/v1/orders/{id}/history"),
+    ] {
+        let res = shop.app.get_as(&path, &bob).await;
+        assert_problem(res, 404).await;
+    }
+    let res = shop
+        .app
+        .client
+        .post(shop.app.url(&format!("/api/v1/orders/{id}/cancel")))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 404).await;
+    let (_, list) = shop.get(&bob, "/api/v1/orders").await;
+    assert_eq!(list["items"], json!([]));
+    let (_, mine) = shop.get(&alice, "/api/v1/orders").await;
+    assert_eq!(mine["items"][0]["id"], order["id"]);
+    let (_, all) = shop
+        .get(&shop.staff, "/api/v1/orders?status=confirmed")
+        .await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 1);
+    // And bob cannot see alice's payment either.
+    let res = shop
+        .app
+        .get_as(
+            &format!("/api/v1/payments/{}", order["payment_id"].as_str().unwrap()),
+            &bob,
+        )
+        .await;
+    assert_problem(res, 404).await;
+}
+
+#[tokio::test]
+async fn the_address_changes_with_if_match_and_a_stale_version_is_412() {
+    let shop = Shop::open(|_| {}).await;
+    shop.stock_item("MUG", 850, 5).await;
+    let alice = shop.customer("alice");
+    let order: Value = shop
+        .place(&alice, json!([{"sku": "MUG", "quantity": 1}]), "tok_visa")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = order["id"].as_str().unwrap();
+    let version = order["version"].as_i64().unwrap();
+    let body = json!({"shipping_address": {"name": "Alice", "line1": "2 Side St", "city": "Hamburg", "postal_code": "20095", "country": "DE"}});
+    let patch = |if_match: Option<String>| {
+        let mut req = shop
+            .app
+            .client
+            .patch(shop.app.url(&format!("/api/v1/orders/{id}")))
+            .bearer_auth(&alice)
+            .json(&body);
+        if let Some(v) = if_match {
+            req = req.header("if-match", v);
+        }
+        req.send()
+    };
+    assert_problem(
+        patch(Some(format!("\"{}\"", version - 1))).await.unwrap(),
+        412,
+    )
+    .await;
+    assert_problem(patch(None).await.unwrap(), 428).await;
+    let res = patch(Some(format!("\"{version}\""))).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let updated: Value = res.json().await.unwrap();
+    assert_eq!(updated["shipping_address"]["city"], "Hamburg");
+    assert_eq!(updated["version"], version + 1);
+}
+
+/// A Stripe-compatible provider the test can take down and bring back.
+struct Provider {
+    url: String,
+    up: Arc<AtomicBool>,
+}
+
+fn stripe_stub() -> Provider {
+    let up = Arc::new(AtomicBool::new(false));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let flag = up.clone();
+    let server = actix_web::HttpServer::new(move || {
+        let flag = flag.clone();
+        actix_web::App::new().default_service(actix_web::web::to(move |req: actix_web::HttpRequest| {
+            let flag = flag.clone();
+            async move {
+                if !flag.load(Ordering::SeqCst) {
+                    return actix_web::HttpResponse::ServiceUnavailable().json(json!({"error": {"type": "api_error"}}));
+                }
+                let id = format!("pi_{}", uuid::Uuid::new_v4().simple());
+                if req.path().starts_with("/v1/refunds") {
+                    return actix_web::HttpResponse::Ok().json(json!({"id": format!("re_{id}"), "object": "refund", "status": "succeeded"}));
+                }
+                actix_web::HttpResponse::Ok().json(json!({"id": id, "object": "payment_intent", "status": "succeeded"}))
+            }
+        }))
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+    Provider { url, up }
+}
+
+fn with_provider(s: &mut Settings, provider: &Provider) {
+    s.payment.provider = agora_payment::ProviderKind::Http;
+    s.payment.provider_url = provider.url.clone();
+    s.payment.provider_secret_key = "sk_test_agora".to_owned().into();
+    s.payment.breaker.failure_threshold = 2;
+    s.payment.breaker.recovery_timeout_secs = 1;
+}
+
+#[tokio::test]
+async fn with_the_provider_down_an_order_waits_and_is_confirmed_once_it_is_back() {
+    let provider = stripe_stub();
+    let shop = Shop::open(|s| {
+        fast_saga(s);
+        with_provider(s, &provider);
+    })
+    .await;
+    shop.stock_item("MUG", 850, 5).await;
+    let alice = shop.customer("alice");
+    let order: Value = shop
+        .place(
+            &alice,
+            json!([{"sku": "MUG", "quantity": 1}]),
+            "pm_card_visa",
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(order["status"], "awaiting_payment", "{order}");
+    let id = order["id"].as_str().unwrap().to_owned();
+    // The breaker opens on repeated faults (the metric says so).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let m = shop.app.metrics().await;
+    assert!(
+        m.contains("agora_circuit_breaker_state{breaker=\"payment_provider\"}"),
+        "{m}"
+    );
+    provider.up.store(true, Ordering::SeqCst);
+    let confirmed = shop
+        .wait_for(&alice, &id, |o| o["status"] == "confirmed")
+        .await;
+    assert_eq!(shop.available("MUG").await, 4);
+    // Charged exactly once.
+    let (_, payments) = shop
+        .get(&shop.staff, &format!("/api/v1/payments?order_id={id}"))
+        .await;
+    assert_eq!(payments["items"].as_array().unwrap().len(), 1, "{payments}");
+    assert_eq!(payments["items"][0]["id"], confirmed["payment_id"]);
+}
+
+#[tokio::test]
+async fn past_the_payment_deadline_an_unpaid_order_fails_and_its_stock_comes_back() {
+    let provider = stripe_stub();
+    let shop = Shop::open(|s| {
+        fast_saga(s);
+        s.order.payment_deadline_secs = 1;
+        with_provider(s, &provider);
+    })
+    .await;
+    shop.stock_item("MUG", 850, 5).await;
+    let alice = shop.customer("alice");
+    let order: Value = shop
+        .place(
+            &alice,
+            json!([{"sku": "MUG", "quantity": 2}]),
+            "pm_card_visa",
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(order["status"], "awaiting_payment");
+    assert_eq!(shop.available("MUG").await, 3);
+    let failed = shop
+        .wait_for(&alice, order["id"].as_str().unwrap(), |o| {
+            o["status"] == "payment_failed"
+        })
+        .await;
+    assert!(
+        failed["failure_reason"]
+            .as_str()
+            .unwrap()
+            .contains("deadline"),
+        "{failed}"
+    );
+    assert_eq!(shop.available("MUG").await, 5);
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_orders_for_fifty_units_never_oversell() {
+    let shop = Arc::new(Shop::open(|_| {}).await);
+    shop.stock_item("LIMITED", 1000, 50).await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let shop = shop.clone();
+        tasks.push(tokio::spawn(async move {
+            let token = shop.customer(&format!("c{i}"));
+            let res = shop
+                .place(
+                    &token,
+                    json!([{"sku": "LIMITED", "quantity": 1}]),
+                    "tok_visa",
+                )
+                .await;
+            assert_eq!(res.status(), 201);
+            let order: Value = res.json().await.unwrap();
+            order["status"].as_str().unwrap().to_owned()
+        }));
+    }
+    let mut confirmed = 0;
+    let mut rejected = 0;
+    for t in tasks {
+        match t.await.unwrap().as_str() {
+            "confirmed" => confirmed += 1,
+            "rejected" => rejected += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!((confirmed, rejected), (50, 150));
+    let (_, stock) = shop.get(&shop.staff, "/api/v1/stock/LIMITED").await;
+    assert_eq!(
+        (stock["available"].as_i64(), stock["reserved"].as_i64()),
+        (Some(0), Some(50))
+    );
+}
+
+#[tokio::test]
+async fn a_confirmed_order_notifies_its_customer() {
+    let shop = Shop::open(|_| {}).await;
+    shop.stock_item("MUG", 850, 5).await;
+    let alice = shop.customer("alice");
+    let order: Value = shop
+        .place(&alice, json!([{"sku": "MUG", "quantity": 1}]), "tok_visa")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut found = Value::Null;
+    for _ in 0..100 {
+        let (_, list) = shop.get(&alice, "/api/v1/notifications").await;
+        if let Some(n) = list["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|n| n["template"] == "order_confirmed"))
+        {
+            found = n.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        found["customer_id"], "alice",
+        "no order_confirmed notification"
+    );
+    assert_eq!(found["recipient"], "alice@example.com");
+    assert_eq!(found["channel"], "email");
+    let _ = order;
+    // Bob sees none of it.
+    let (_, list) = shop
+        .get(&shop.customer("bob"), "/api/v1/notifications")
+        .await;
+    assert_eq!(list["items"], json!([]));
+}
