@@ -43,6 +43,9 @@ fn default_retry_max_secs() -> u64 {
 fn default_recovery_every_ms() -> u64 {
     1000
 }
+fn default_lease_secs() -> u64 {
+    30
+}
 
 /// The `[order]` section, `AGORA__ORDER__*` variables.
 #[derive(Debug, Clone, Deserialize)]
@@ -60,6 +63,10 @@ pub struct Settings {
     /// How often the recovery worker looks for orders to resume.
     #[serde(default = "default_recovery_every_ms")]
     pub recovery_every_ms: u64,
+    /// How long one saga step may hold an order; after a crash the recovery
+    /// worker takes the order over once this has passed.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
 }
 
 impl Settings {
@@ -69,7 +76,7 @@ impl Settings {
             payment_deadline: deadline,
             // Longer than the deadline, so a reservation outlives every retry.
             reservation_ttl: deadline + Duration::from_secs(300),
-            lease: Duration::from_secs(30),
+            lease: Duration::from_secs(self.lease_secs.max(1)),
             retry_base: Duration::from_millis(self.retry_base_ms.max(1)),
             retry_max: Duration::from_secs(self.retry_max_secs.max(1)),
         }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use agora_kernel::{CallContext, EventEnvelope, FieldErrors, Principal, Role};
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::sync::Notify;
 
@@ -116,6 +117,9 @@ pub struct OrderService {
 }
 
 const SYSTEM: &str = "system";
+
+/// How many orders one recovery pass resumes at once.
+const RECOVERY_CONCURRENCY: usize = 16;
 
 fn event(
     order: &Order,
@@ -660,9 +664,10 @@ impl OrderService {
             .store
             .claim_due(self.now(), self.lease_until(), limit)
             .await?;
-        for id in &ids {
-            self.resume(*id).await;
-        }
+        // Resume them side by side: each may wait on a slow provider.
+        futures_util::stream::iter(ids.iter().copied())
+            .for_each_concurrent(RECOVERY_CONCURRENCY, |id| self.resume(id))
+            .await;
         if let Ok(counts) = self.store.count_by_status().await {
             let awaiting = counts.get("awaiting_payment").copied().unwrap_or(0);
             metrics::gauge!("agora_orders_awaiting_payment").set(awaiting as f64);
