@@ -7,6 +7,7 @@
 mod architecture;
 mod auth;
 mod cli;
+mod contracts;
 mod crash;
 mod errors;
 mod health;

@@ -751,3 +751,97 @@ async fn a_confirmed_order_notifies_its_customer() {
         .await;
     assert_eq!(list["items"], json!([]));
 }
+
+/// The Python with `aiosmtpd` (see `.ci/run`), or `None` outside CI.
+fn python_with_aiosmtpd() -> Option<String> {
+    let python = std::env::var("AGORA_TEST_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/venv/bin/python").to_owned());
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import aiosmtpd"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some(python);
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "CI needs a Python with aiosmtpd at {python}"
+    );
+    eprintln!("SKIPPED: no Python with aiosmtpd at {python}");
+    None
+}
+
+#[tokio::test]
+async fn an_order_placed_over_http_sends_an_email_that_a_real_smtp_server_receives() {
+    let Some(python) = python_with_aiosmtpd() else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mail.jsonl");
+    let mut server = std::process::Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/modules/notification/tests/smtp_server.py"
+        ))
+        .args(["--port", &port.to_string(), "--mode", "record", "--out"])
+        .arg(&out)
+        .arg("--watch-stdin")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert!(ready.starts_with("READY"), "{ready}");
+
+    let shop = Shop::open(|s| {
+        s.notification.smtp.url = format!("smtp://127.0.0.1:{port}").into();
+        s.notification.smtp.from = "shop@agora.test".into();
+        s.notification.poll_interval_ms = 50;
+    })
+    .await;
+    shop.stock_item("MUG", 850, 5).await;
+    let order: Value = shop
+        .place(
+            &shop.customer("alice"),
+            json!([{"sku": "MUG", "quantity": 2}]),
+            "tok_visa",
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(order["status"], "confirmed");
+    let id = order["id"].as_str().unwrap().to_owned();
+    let mut mails = Vec::new();
+    for _ in 0..200 {
+        mails = std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|r| r["event"] == "250")
+            .collect();
+        if !mails.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let mail = mails.first().expect("the SMTP server received no e-mail");
+    assert_eq!(mail["rcpt_tos"], json!(["alice@example.com"]));
+    assert_eq!(mail["mail_from"], "shop@agora.test");
+    assert!(mail["subject"].as_str().unwrap().contains(&id), "{mail}");
+    assert!(mail["text"].as_str().unwrap().contains(&id), "{mail}");
+}
