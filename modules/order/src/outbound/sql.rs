@@ -105,7 +105,8 @@ fn changed(order: &Order, change: &Change, now: DateTime<Utc>) -> Order {
         next.shipping_address = addr.clone();
     }
     next.version = order.version + 1;
-    next.updated_at = now;
+    // Stored in milliseconds: answer what a later read returns.
+    next.updated_at = from_epoch_ms(epoch_ms(now));
     next
 }
 
