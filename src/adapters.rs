@@ -12,12 +12,12 @@ use agora_inventory::domain::ports::{ReadError, ReservationError, ReserveError};
 use agora_kernel::{CallContext, Money};
 use agora_order::domain::models::{OrderId, Sku};
 use agora_order::domain::ports::{
-    Catalogue, ChargeOutcome, ChargeRequest, Payments, PortError, Quote, ReserveOutcome,
-    StockReservations,
+    Catalogue, ChargeOutcome, ChargeRequest, PaymentState, Payments, PortError, Quote,
+    ReserveOutcome, StockReservations,
 };
 use agora_payment::PaymentApi;
 use agora_payment::domain::models as pay;
-use agora_payment::domain::service::{ChargeError, RefundError};
+use agora_payment::domain::service::{ChargeError, GetPaymentError, RefundError};
 use async_trait::async_trait;
 
 /// Catalogue prices and stock reservations, from the inventory module.
@@ -151,6 +151,35 @@ pub struct InProcessPayments(pub PaymentApi);
 
 #[async_trait]
 impl Payments for InProcessPayments {
+    async fn find(
+        &self,
+        ctx: &CallContext,
+        order_id: OrderId,
+    ) -> Result<Option<(String, PaymentState)>, PortError> {
+        match self
+            .0
+            .find_by_order(ctx, pay::OrderId(order_id.as_uuid()))
+            .await
+        {
+            Ok(p) => {
+                let state = match p.status {
+                    pay::PaymentStatus::Pending => PaymentState::Pending,
+                    pay::PaymentStatus::Succeeded | pay::PaymentStatus::PartiallyRefunded => {
+                        PaymentState::Captured
+                    }
+                    pay::PaymentStatus::Failed | pay::PaymentStatus::Refunded => {
+                        PaymentState::Settled
+                    }
+                };
+                Ok(Some((p.id.to_string(), state)))
+            }
+            Err(GetPaymentError::NotFound) => Ok(None),
+            Err(GetPaymentError::Unexpected(e)) => {
+                Err(PortError::Unavailable(format!("payment: {e:#}")))
+            }
+        }
+    }
+
     async fn charge(
         &self,
         ctx: &CallContext,

@@ -193,6 +193,9 @@ impl Settings {
         self.inventory
             .validate()
             .map_err(|(key, why)| invalid(key, why))?;
+        self.order
+            .validate()
+            .map_err(|(key, why)| invalid(key, why))?;
         self.validate_auth()?;
         self.validate_databases()?;
         Ok(())

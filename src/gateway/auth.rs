@@ -31,10 +31,14 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
     pub iss: String,
-    pub aud: String,
+    /// One audience or several (identity providers send both forms); checked
+    /// by the validation, not here.
+    pub aud: serde_json::Value,
     pub exp: u64,
-    pub nbf: u64,
-    pub iat: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 enum Keys {
@@ -102,7 +106,9 @@ impl Authenticator {
         validation.validate_nbf = true;
         validation.validate_exp = true;
         validation.leeway = s.leeway_secs;
-        validation.required_spec_claims = ["exp", "nbf", "iss", "aud", "sub"]
+        // `nbf` is checked when present (validate_nbf), not required: many
+        // identity providers omit it.
+        validation.required_spec_claims = ["exp", "iss", "aud", "sub"]
             .into_iter()
             .map(String::from)
             .collect::<HashSet<_>>();
@@ -235,10 +241,10 @@ pub fn mint(
         roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
         email: email.map(str::to_owned),
         iss: s.issuer.clone(),
-        aud: s.audience.clone(),
+        aud: serde_json::Value::String(s.audience.clone()),
         exp: now + ttl.as_secs(),
-        nbf: now,
-        iat: now,
+        nbf: Some(now),
+        iat: Some(now),
     };
     let key = EncodingKey::from_secret(s.hs256_secret.expose_secret().as_bytes());
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key)

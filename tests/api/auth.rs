@@ -254,3 +254,31 @@ async fn a_token_minted_by_the_cli_helper_expires() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert!(verifier.authenticate(&token).is_err());
 }
+
+#[tokio::test]
+async fn provider_style_tokens_without_nbf_and_with_an_audience_list_are_accepted() {
+    let app = spawn_app().await;
+    let secret = dev_secret(&app);
+    let mut c = claims(&app);
+    let obj = c.as_object_mut().unwrap();
+    obj.remove("nbf");
+    obj.remove("iat");
+    obj.insert(
+        "aud".into(),
+        json!(["another-api", app.settings.auth.audience]),
+    );
+    assert_eq!(
+        app.get_as("/api/v1/me", &hs(Algorithm::HS256, &secret, &c))
+            .await
+            .status(),
+        200
+    );
+    // A list without our audience is still refused.
+    c["aud"] = json!(["another-api", "a-third-api"]);
+    assert_refused(
+        &app,
+        &hs(Algorithm::HS256, &secret, &c),
+        "aud list without ours",
+    )
+    .await;
+}

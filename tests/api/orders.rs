@@ -184,6 +184,9 @@ async fn happy_path_to_delivered(shop: &Shop) {
         )
         .await;
     assert_eq!(shipped["status"], "shipped");
+    // Shipping twice is an illegal transition.
+    let url = format!("/api/v1/orders/{id}/ship");
+    shop.post(&shop.staff, &url, json!({}), 409).await;
     shop.post(
         &alice,
         &format!("/api/v1/orders/{id}/cancel"),
@@ -371,6 +374,24 @@ async fn bad_orders_are_422_with_field_errors_and_a_missing_key_is_400() {
         .await
         .unwrap();
     assert_problem(res, 400).await;
+    // Without a token it is 401, key or not.
+    for key in [None, Some("k-anon")] {
+        let mut req = shop
+            .app
+            .client
+            .post(shop.app.url("/api/v1/orders"))
+            .json(&json!({}));
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        assert_problem(req.send().await.unwrap(), 401).await;
+    }
+    // A payment method the provider cannot take is refused up front.
+    let res = shop
+        .place(&alice, json!([{"sku": "MUG", "quantity": 1}]), "tok visa")
+        .await;
+    let body = assert_problem(res, 422).await;
+    assert!(body["errors"]["payment_method"].is_array(), "{body}");
     // Only customers place orders.
     let res = shop
         .place(
@@ -607,16 +628,23 @@ async fn with_the_provider_down_an_order_waits_and_is_confirmed_once_it_is_back(
     .await;
     shop.stock_item("MUG", 850, 5).await;
     let alice = shop.customer("alice");
-    let order: Value = shop
-        .place(
-            &alice,
-            json!([{"sku": "MUG", "quantity": 1}]),
-            "pm_card_visa",
-        )
-        .await
-        .json()
+    let body = json!({
+        "items": [{"sku": "MUG", "quantity": 1}],
+        "shipping_address": {"name": "Alice", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"},
+        "payment_method": "pm_card_visa",
+    });
+    let res = shop
+        .app
+        .client
+        .post(shop.app.url("/api/v1/orders"))
+        .bearer_auth(&alice)
+        .header("idempotency-key", "k-down")
+        .header("x-request-id", "req-provider-down")
+        .json(&body)
+        .send()
         .await
         .unwrap();
+    let order: Value = res.json().await.unwrap();
     assert_eq!(order["status"], "awaiting_payment", "{order}");
     let id = order["id"].as_str().unwrap().to_owned();
     // The breaker opens on repeated faults (the metric says so).
@@ -630,6 +658,15 @@ async fn with_the_provider_down_an_order_waits_and_is_confirmed_once_it_is_back(
     let confirmed = shop
         .wait_for(&alice, &id, |o| o["status"] == "confirmed")
         .await;
+    // The worker's transition carries the placing request's correlation id.
+    let (_, history) = shop
+        .get(&alice, &format!("/api/v1/orders/{id}/history"))
+        .await;
+    let last = history["items"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["to"].as_str(), last["correlation_id"].as_str()),
+        (Some("confirmed"), Some("req-provider-down"))
+    );
     assert_eq!(shop.available("MUG").await, 4);
     // Charged exactly once.
     let (_, payments) = shop

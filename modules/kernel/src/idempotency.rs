@@ -328,6 +328,10 @@ where
         let service = self.service.clone();
         let Idempotency { store, config } = self.inner.clone();
         Box::pin(async move {
+            // No principal: the handler answers 401; nothing is worth remembering.
+            if req.extensions().get::<Principal>().is_none() {
+                return Ok(service.call(req).await?.map_into_boxed_body());
+            }
             let key = match req.headers().get(IDEMPOTENCY_KEY).map(|v| v.to_str()) {
                 None if config.required => {
                     let p = Problem::bad_request(
@@ -348,7 +352,7 @@ where
                 .extensions()
                 .get::<Principal>()
                 .map(|p| p.subject.clone())
-                .unwrap_or_else(|| "anonymous".to_owned());
+                .unwrap_or_default();
             let method = req.method().to_string();
             let route = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
             // Hash the concrete target: the same key on /orders/2/pay after

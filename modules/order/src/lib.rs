@@ -69,7 +69,30 @@ pub struct Settings {
     pub lease_secs: u64,
 }
 
+/// The inventory module's longest reservation, which bounds the deadline.
+const MAX_DEADLINE_SECS: u64 = 7 * 24 * 3600 - 300;
+
 impl Settings {
+    /// Values deserialisation cannot check; the error names the key.
+    ///
+    /// # Errors
+    /// `(key, why)` for the first bad value.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(1..=MAX_DEADLINE_SECS).contains(&self.payment_deadline_secs) {
+            return Err((
+                "order.payment_deadline_secs",
+                format!("must be between 1 and {MAX_DEADLINE_SECS}"),
+            ));
+        }
+        if self.lease_secs == 0 {
+            return Err(("order.lease_secs", "must be at least 1".into()));
+        }
+        if self.recovery_every_ms == 0 {
+            return Err(("order.recovery_every_ms", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
     fn saga(&self) -> SagaConfig {
         let deadline = Duration::from_secs(self.payment_deadline_secs);
         SagaConfig {

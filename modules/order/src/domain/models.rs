@@ -239,6 +239,8 @@ pub struct Order {
     pub id: OrderId,
     pub customer_id: String,
     pub customer_email: Option<String>,
+    /// The request id of the request that placed it (carried by every event).
+    pub correlation_id: String,
     pub status: OrderStatus,
     pub items: Vec<OrderLine>,
     pub total: Money,

@@ -214,9 +214,30 @@ pub enum ChargeOutcome {
     },
 }
 
+/// Where an order's payment stands, as the payment module knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentState {
+    /// The outcome is not known yet (a provider call in flight or timed out).
+    Pending,
+    /// Money was taken (possibly partly refunded since).
+    Captured,
+    /// Declined, or already refunded in full: nothing to give back.
+    Settled,
+}
+
 /// Charges and refunds.
 #[async_trait]
 pub trait Payments: Send + Sync {
+    /// The order's payment, if any was ever started.
+    ///
+    /// # Errors
+    /// [`PortError`].
+    async fn find(
+        &self,
+        ctx: &CallContext,
+        order_id: OrderId,
+    ) -> Result<Option<(String, PaymentState)>, PortError>;
+
     /// Charge once per idempotency key, whatever is retried.
     ///
     /// # Errors

@@ -26,7 +26,7 @@ use super::models::{
     price_lines,
 };
 use super::ports::{
-    Catalogue, Change, ChargeOutcome, ChargeRequest, OrderStore, Payments, PortError,
+    Catalogue, Change, ChargeOutcome, ChargeRequest, OrderStore, PaymentState, Payments, PortError,
     ReserveOutcome, StockReservations, StoreError,
 };
 
@@ -267,11 +267,17 @@ impl OrderService {
             e.add("items", m);
             OrderError::Validation(e.into_map())
         })?;
+        if total.minor() <= 0 {
+            let mut e = FieldErrors::default();
+            e.add("items", "the order total must be more than zero");
+            return Err(OrderError::Validation(e.into_map()));
+        }
         let now = self.now();
         let mut order = Order {
             id: OrderId::new(),
             customer_id: ctx.principal.subject.clone(),
             customer_email: ctx.principal.email.clone(),
+            correlation_id: ctx.correlation_id.clone(),
             status: OrderStatus::Pending,
             items,
             total,
@@ -369,7 +375,14 @@ impl OrderService {
     async fn schedule_retry(&self, order: &Order, why: &str) -> Order {
         let attempts = order.attempts + 1;
         let delay = backoff(attempts, self.config.retry_base, self.config.retry_max);
-        let at = self.now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        let mut at = self.now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        if order.status.in_flight()
+            && at > order.payment_deadline
+            && self.now() < order.payment_deadline
+        {
+            // Do not sleep past the deadline: the next attempt settles the order.
+            at = order.payment_deadline;
+        }
         tracing::warn!(order_id = %order.id, attempts, retry_in_ms = delay.as_millis() as u64, reason = why, "saga step will be retried");
         let change = Change {
             attempts: Some(attempts),
@@ -492,6 +505,13 @@ impl OrderService {
                 ))
             }
             Err(e) if self.now() >= order.payment_deadline => {
+                // The reservation may have been made even though the call failed.
+                if let Err(re) = self.release_stock(order, corr).await {
+                    return Err(Step::retry(
+                        self.schedule_retry(order, &format!("releasing stock failed: {re}"))
+                            .await,
+                    ));
+                }
                 let reason = format!("stock could not be reserved before the deadline: {e}");
                 let change = Change {
                     failure_reason: Some(reason.clone()),
@@ -563,6 +583,23 @@ impl OrderService {
         };
         match self.payments.charge(&ctx, &request).await {
             Ok(ChargeOutcome::Succeeded { payment_id }) => {
+                // Record the payment at once, so a cancel or a crash from here on
+                // knows there is money to give back.
+                let saved;
+                let order = if order.payment_id.as_deref() == Some(payment_id.as_str()) {
+                    order
+                } else {
+                    let change = Change {
+                        payment_id: Some(payment_id.clone()),
+                        ..Change::default()
+                    };
+                    saved = self
+                        .store
+                        .apply(order.id, order.version, &change)
+                        .await
+                        .map_err(|e| Step::Failed(e.into()))?;
+                    &saved
+                };
                 // Paid: the reservation must stop expiring before the order is confirmed.
                 match self.stock.confirm(&ctx, &order.reservation_id()).await {
                     Ok(()) => {
@@ -622,13 +659,26 @@ impl OrderService {
                     .await
             }
             Err(e) if self.now() >= order.payment_deadline => {
-                self.fail_payment(
-                    order,
-                    corr,
-                    None,
-                    format!("the payment deadline passed ({e})"),
-                )
-                .await
+                // Never fail an order whose charge may still land: only an
+                // order with no started, or a settled, payment fails here.
+                match self.payments.find(&ctx, order.id).await {
+                    Ok(None | Some((_, PaymentState::Settled))) => {
+                        self.fail_payment(
+                            order,
+                            corr,
+                            None,
+                            format!("the payment deadline passed ({e})"),
+                        )
+                        .await
+                    }
+                    _ => Err(Step::retry(
+                        self.schedule_retry(
+                            order,
+                            &format!("past the deadline with a charge in flight: {e}"),
+                        )
+                        .await,
+                    )),
+                }
             }
             Err(e) => Err(Step::retry(
                 self.schedule_retry(order, &e.to_string()).await,
@@ -647,7 +697,11 @@ impl OrderService {
             }
         };
         if order.status.in_flight() {
-            let corr = format!("recovery-{id}");
+            let corr = if order.correlation_id.is_empty() {
+                format!("recovery-{id}")
+            } else {
+                order.correlation_id.clone()
+            };
             self.advance(order, &corr).await;
         }
         if let Err(e) = self.store.release_lease(id).await {
@@ -771,28 +825,40 @@ impl OrderService {
                 });
             }
             let svc = CallContext::service(crate::NAME, &ctx.correlation_id);
-            // Compensate first (both calls are idempotent); a failure leaves the
-            // order as it was, so the client can simply retry.
+            // Compensate first (every call is idempotent); a failure leaves the
+            // order as it was, so the client can simply retry. Money first:
+            // the provider is what most likely fails, and stock released for
+            // an order that stays confirmed could be sold twice.
+            let unavailable = |what: &str, e: PortError| match e {
+                PortError::Unexpected(e) => OrderError::Unexpected(e),
+                other => OrderError::Unavailable(format!("{what}: {other}")),
+            };
+            let payment = match &order.payment_id {
+                Some(id) => Some((id.clone(), PaymentState::Captured)),
+                None => self
+                    .payments
+                    .find(&svc, order.id)
+                    .await
+                    .map_err(|e| unavailable("the payment could not be looked up", e))?,
+            };
+            match payment {
+                Some((_, PaymentState::Pending)) => {
+                    return Err(OrderError::Unavailable(
+                        "a charge of this order is still in progress; retry shortly".into(),
+                    ));
+                }
+                Some((payment_id, PaymentState::Captured)) => {
+                    self.payments
+                        .refund(&svc, &payment_id, order.total, &order.refund_key())
+                        .await
+                        .map_err(|e| unavailable("the payment could not be refunded", e))?;
+                }
+                Some((_, PaymentState::Settled)) | None => {}
+            }
             self.stock
                 .release(&svc, &order.reservation_id())
                 .await
-                .map_err(|e| match e {
-                    PortError::Unexpected(e) => OrderError::Unexpected(e),
-                    other => {
-                        OrderError::Unavailable(format!("stock could not be released: {other}"))
-                    }
-                })?;
-            if let Some(payment_id) = &order.payment_id {
-                self.payments
-                    .refund(&svc, payment_id, order.total, &order.refund_key())
-                    .await
-                    .map_err(|e| match e {
-                        PortError::Unexpected(e) => OrderError::Unexpected(e),
-                        other => OrderError::Unavailable(format!(
-                            "the payment could not be refunded: {other}"
-                        )),
-                    })?;
-            }
+                .map_err(|e| unavailable("stock could not be released", e))?;
             let reason = reason
                 .clone()
                 .unwrap_or_else(|| format!("cancelled by {}", ctx.principal.subject));
@@ -827,9 +893,6 @@ impl OrderService {
         self.store.get(id).await?.ok_or(OrderError::NotFound)?;
         self.with_lease(id, || async {
             let order = self.store.get(id).await?.ok_or(OrderError::NotFound)?;
-            if order.status == to {
-                return Ok(order);
-            }
             if !order.status.can_become(to) {
                 return Err(OrderError::IllegalTransition {
                     from: order.status,

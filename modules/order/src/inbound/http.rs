@@ -66,8 +66,11 @@ impl PlaceOrderBody {
         }
         let address = ShippingAddress::parse(self.shipping_address, &mut errors);
         let pm = self.payment_method.trim();
-        if pm.is_empty() || pm.len() > 255 {
-            errors.add("payment_method", "must be 1–255 characters");
+        if pm.is_empty() || pm.len() > 255 || !pm.bytes().all(|b| b.is_ascii_graphic()) {
+            errors.add(
+                "payment_method",
+                "must be 1–255 visible ASCII characters, e.g. tok_visa or pm_...",
+            );
         }
         errors.into_result()?;
         let shipping_address =

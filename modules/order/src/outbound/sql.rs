@@ -34,10 +34,12 @@ struct OrderRow {
     attempts: i64,
     next_attempt_at: Option<i64>,
     payment_deadline: i64,
+    correlation_id: Option<String>,
 }
 
 const COLUMNS: &str = "id, customer_id, customer_email, status, items, total_minor, currency, shipping_address, \
-    payment_method, payment_id, failure_reason, created_at, updated_at, version, attempts, next_attempt_at, payment_deadline";
+    payment_method, payment_id, failure_reason, created_at, updated_at, version, attempts, next_attempt_at, payment_deadline, \
+    correlation_id";
 
 impl OrderRow {
     fn into_order(self) -> anyhow::Result<Order> {
@@ -45,6 +47,7 @@ impl OrderRow {
             id: OrderId::parse(&self.id).context("a stored order id is not a UUID")?,
             customer_id: self.customer_id,
             customer_email: self.customer_email,
+            correlation_id: self.correlation_id.unwrap_or_default(),
             status: OrderStatus::parse(&self.status)
                 .with_context(|| format!("unknown stored status {}", self.status))?,
             items: serde_json::from_str(&self.items)
@@ -163,7 +166,7 @@ macro_rules! sql_order_store {
                     let mut tx = $begin.await.context("failed to start a transaction")?;
                     sqlx::query(&format!(
                         "INSERT INTO orders ({COLUMNS}, lease_until) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
                     ))
                     .bind(o.id.to_string())
                     .bind(&o.customer_id)
@@ -182,6 +185,7 @@ macro_rules! sql_order_store {
                     .bind(i64::from(o.attempts))
                     .bind(o.next_attempt_at.map(epoch_ms))
                     .bind(epoch_ms(o.payment_deadline))
+                    .bind(&o.correlation_id)
                     .bind(epoch_ms(lease_until))
                     .execute(&mut *tx)
                     .await

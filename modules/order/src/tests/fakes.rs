@@ -10,8 +10,8 @@ use async_trait::async_trait;
 
 use crate::domain::models::{OrderId, Sku};
 use crate::domain::ports::{
-    Catalogue, ChargeOutcome, ChargeRequest, Payments, PortError, Quote, ReserveOutcome,
-    StockReservations,
+    Catalogue, ChargeOutcome, ChargeRequest, PaymentState, Payments, PortError, Quote,
+    ReserveOutcome, StockReservations,
 };
 
 pub fn eur(minor: i64) -> Money {
@@ -228,6 +228,26 @@ impl FakePayments {
 
 #[async_trait]
 impl Payments for FakePayments {
+    async fn find(
+        &self,
+        _: &CallContext,
+        order_id: OrderId,
+    ) -> Result<Option<(String, PaymentState)>, PortError> {
+        let id = format!("pay-{order_id}");
+        let refunded = self
+            .refunds
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(p, _, _)| *p == id);
+        let captured = self.charges.lock().unwrap().values().any(|p| *p == id);
+        Ok(match (captured, refunded) {
+            (true, false) => Some((id, PaymentState::Captured)),
+            (true, true) => Some((id, PaymentState::Settled)),
+            _ => None,
+        })
+    }
+
     async fn charge(&self, _: &CallContext, r: &ChargeRequest) -> Result<ChargeOutcome, PortError> {
         self.charge_calls.fetch_add(1, Ordering::SeqCst);
         let mode = *self.mode.lock().unwrap();

@@ -18,6 +18,7 @@ fn order(customer: &str) -> Order {
         id: OrderId::new(),
         customer_id: customer.into(),
         customer_email: Some(format!("{customer}@example.com")),
+        correlation_id: "req-0".into(),
         status: OrderStatus::Pending,
         items: vec![OrderLine {
             sku: Sku::parse("MUG").unwrap(),
