@@ -25,7 +25,6 @@ pub struct Settings {
     pub log: LogSettings,
     pub auth: AuthSettings,
     pub rate_limit: RateLimitSettings,
-    pub idempotency: IdempotencySettings,
     pub order: agora_order::Settings,
     pub inventory: agora_inventory::Settings,
     pub payment: agora_payment::Settings,
@@ -86,11 +85,6 @@ pub struct RouteQuota {
     pub route: String,
     pub per_second: u32,
     pub burst: u32,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct IdempotencySettings {
-    pub ttl_secs: u64,
 }
 
 /// A setting that stops start-up.
@@ -186,9 +180,6 @@ impl Settings {
                     "invalid setting rate_limit.routes[{i}]: needs a method, a route starting with /, and per_second and burst of at least 1"
                 )));
             }
-        }
-        if self.idempotency.ttl_secs == 0 {
-            return Err(invalid("idempotency.ttl_secs", "must be at least 1"));
         }
         self.inventory
             .validate()

@@ -271,6 +271,35 @@ impl SqlModuleBase {
         })
     }
 
+    /// Deletes idempotency keys past their 24 h (checked hourly), so the
+    /// table holds one day of keys at most.
+    pub fn idempotency_purge_task(&self) -> crate::module::BackgroundTask {
+        let store = self.db.idempotency();
+        let ttl = crate::idempotency::IdempotencyConfig::default().ttl;
+        crate::module::BackgroundTask::new(
+            format!("{}-idempotency-purge", self.name),
+            move |token| async move {
+                loop {
+                    let cutoff =
+                        chrono::Utc::now() - chrono::Duration::from_std(ttl).unwrap_or_default();
+                    match store.purge_older_than(cutoff).await {
+                        Ok(n) if n > 0 => {
+                            tracing::info!(purged = n, "expired idempotency keys deleted")
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "failed to purge idempotency keys")
+                        }
+                    }
+                    tokio::select! {
+                        () = token.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                    }
+                }
+            },
+        )
+    }
+
     /// Readiness: the database answers within two seconds.
     ///
     /// # Errors

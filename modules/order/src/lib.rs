@@ -195,6 +195,7 @@ impl Module for OrderModule {
         let every = self.recovery_every;
         vec![
             self.base.relay_task(),
+            self.base.idempotency_purge_task(),
             BackgroundTask::new("order-recovery", move |token| {
                 inbound::worker::run(service, every, token)
             }),

@@ -275,7 +275,7 @@ impl Module for PaymentModule {
     }
 
     fn background_tasks(&self) -> Vec<BackgroundTask> {
-        vec![self.base.relay_task()]
+        vec![self.base.relay_task(), self.base.idempotency_purge_task()]
     }
 
     async fn ready(&self) -> anyhow::Result<()> {

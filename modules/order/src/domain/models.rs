@@ -227,6 +227,8 @@ pub struct OrderRequest {
     pub lines: Vec<RequestedLine>,
     pub shipping_address: ShippingAddress,
     pub payment_method: String,
+    /// The request's `Idempotency-Key`: placing twice with it returns the first order.
+    pub idempotency_key: Option<String>,
 }
 
 impl OrderRequest {
@@ -241,6 +243,8 @@ pub struct Order {
     pub customer_email: Option<String>,
     /// The request id of the request that placed it (carried by every event).
     pub correlation_id: String,
+    /// The `Idempotency-Key` it was placed with, unique per customer.
+    pub idempotency_key: Option<String>,
     pub status: OrderStatus,
     pub items: Vec<OrderLine>,
     pub total: Money,

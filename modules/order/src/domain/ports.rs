@@ -19,6 +19,9 @@ pub enum StoreError {
     Conflict,
     #[error("no such order")]
     NotFound,
+    /// The customer already placed an order with this idempotency key.
+    #[error("an order with this idempotency key exists")]
+    DuplicateKey,
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }
@@ -44,7 +47,7 @@ pub trait OrderStore: Send + Sync {
     /// caller until `lease_until`.
     ///
     /// # Errors
-    /// Store failures.
+    /// [`StoreError::DuplicateKey`] when the customer used its idempotency key before.
     async fn insert(
         &self,
         order: &Order,
@@ -56,6 +59,12 @@ pub trait OrderStore: Send + Sync {
     /// # Errors
     /// Store failures.
     async fn get(&self, id: OrderId) -> Result<Option<Order>, StoreError>;
+
+    /// The customer's order placed with this idempotency key.
+    ///
+    /// # Errors
+    /// Store failures.
+    async fn find_by_key(&self, customer_id: &str, key: &str) -> Result<Option<Order>, StoreError>;
 
     /// Newest first; `before` is the id of the last order of the previous page.
     ///

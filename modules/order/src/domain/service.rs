@@ -84,7 +84,7 @@ impl From<StoreError> for OrderError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => OrderError::NotFound,
-            StoreError::Conflict => OrderError::Busy,
+            StoreError::Conflict | StoreError::DuplicateKey => OrderError::Busy,
             StoreError::Unexpected(e) => OrderError::Unexpected(e),
         }
     }
@@ -214,6 +214,13 @@ impl OrderService {
         ctx.principal
             .require_any(&[Role::Customer])
             .map_err(|p| OrderError::Forbidden(p.detail))?;
+        let before = match &request.idempotency_key {
+            Some(key) => self.store.find_by_key(&ctx.principal.subject, key).await?,
+            None => None,
+        };
+        if let Some(existing) = before {
+            return Ok(existing);
+        }
         let skus: Vec<Sku> = request
             .lines
             .iter()
@@ -278,6 +285,7 @@ impl OrderService {
             customer_id: ctx.principal.subject.clone(),
             customer_email: ctx.principal.email.clone(),
             correlation_id: ctx.correlation_id.clone(),
+            idempotency_key: request.idempotency_key.clone(),
             status: OrderStatus::Pending,
             items,
             total,
@@ -302,15 +310,30 @@ impl OrderService {
             correlation_id: ctx.correlation_id.clone(),
         };
         let placed = event(&order, "order.placed.v1", &ctx.correlation_id, None)?;
-        self.store
+        match self
+            .store
             .insert(&order, &transition, &[placed], self.lease_until())
-            .await?;
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::DuplicateKey) => return self.placed_before(ctx, &order).await,
+            Err(e) => return Err(e.into()),
+        }
         self.wake_relay();
         order = self.advance(order, &ctx.correlation_id).await;
         if let Err(e) = self.store.release_lease(order.id).await {
             tracing::warn!(order_id = %order.id, error = %e, "failed to release an order lease; it expires by itself");
         }
         Ok(order)
+    }
+
+    /// The order this customer already placed with the same idempotency key.
+    async fn placed_before(&self, ctx: &CallContext, order: &Order) -> Result<Order, OrderError> {
+        let key = order.idempotency_key.as_deref().unwrap_or_default();
+        self.store
+            .find_by_key(&ctx.principal.subject, key)
+            .await?
+            .ok_or(OrderError::Busy)
     }
 
     fn wake_relay(&self) {

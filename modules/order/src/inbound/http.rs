@@ -79,6 +79,7 @@ impl PlaceOrderBody {
             lines,
             shipping_address,
             payment_method: pm.to_owned(),
+            idempotency_key: None,
         })
     }
 }
@@ -207,9 +208,15 @@ fn with_etag(mut res: HttpResponse, order: &OrderBody) -> HttpResponse {
 pub async fn place(
     svc: web::Data<OrderService>,
     ctx: CallContext,
+    req: HttpRequest,
     body: web::Json<PlaceOrderBody>,
 ) -> Result<HttpResponse, Problem> {
-    let request = body.into_inner().try_into_domain()?;
+    let mut request = body.into_inner().try_into_domain()?;
+    request.idempotency_key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let order = OrderBody::from(svc.place(&ctx, request).await?);
     let res = HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/orders/{}", order.id)))

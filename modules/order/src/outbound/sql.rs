@@ -35,11 +35,12 @@ struct OrderRow {
     next_attempt_at: Option<i64>,
     payment_deadline: i64,
     correlation_id: Option<String>,
+    idempotency_key: Option<String>,
 }
 
 const COLUMNS: &str = "id, customer_id, customer_email, status, items, total_minor, currency, shipping_address, \
     payment_method, payment_id, failure_reason, created_at, updated_at, version, attempts, next_attempt_at, payment_deadline, \
-    correlation_id";
+    correlation_id, idempotency_key";
 
 impl OrderRow {
     fn into_order(self) -> anyhow::Result<Order> {
@@ -48,6 +49,7 @@ impl OrderRow {
             customer_id: self.customer_id,
             customer_email: self.customer_email,
             correlation_id: self.correlation_id.unwrap_or_default(),
+            idempotency_key: self.idempotency_key,
             status: OrderStatus::parse(&self.status)
                 .with_context(|| format!("unknown stored status {}", self.status))?,
             items: serde_json::from_str(&self.items)
@@ -166,7 +168,7 @@ macro_rules! sql_order_store {
                     let mut tx = $begin.await.context("failed to start a transaction")?;
                     sqlx::query(&format!(
                         "INSERT INTO orders ({COLUMNS}, lease_until) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
                     ))
                     .bind(o.id.to_string())
                     .bind(&o.customer_id)
@@ -186,10 +188,14 @@ macro_rules! sql_order_store {
                     .bind(o.next_attempt_at.map(epoch_ms))
                     .bind(epoch_ms(o.payment_deadline))
                     .bind(&o.correlation_id)
+                    .bind(&o.idempotency_key)
                     .bind(epoch_ms(lease_until))
                     .execute(&mut *tx)
                     .await
-                    .context("failed to insert an order")?;
+                    .map_err(|e| match e.as_database_error() {
+                        Some(db) if db.is_unique_violation() => StoreError::DuplicateKey,
+                        _ => StoreError::Unexpected(anyhow::Error::new(e).context("failed to insert an order")),
+                    })?;
                     insert_history(&mut tx, o.id, t).await?;
                     enqueue_all(&mut tx, events).await?;
                     tx.commit().await.context("failed to commit a new order")?;
@@ -202,6 +208,18 @@ macro_rules! sql_order_store {
                         .fetch_optional(&self.pool)
                         .await
                         .context("failed to read an order")?;
+                    Ok(row.map(OrderRow::into_order).transpose()?)
+                }
+
+                async fn find_by_key(&self, customer_id: &str, key: &str) -> Result<Option<Order>, StoreError> {
+                    let row: Option<OrderRow> = sqlx::query_as(&format!(
+                        "SELECT {COLUMNS} FROM orders WHERE customer_id = $1 AND idempotency_key = $2"
+                    ))
+                    .bind(customer_id)
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .context("failed to find an order by idempotency key")?;
                     Ok(row.map(OrderRow::into_order).transpose()?)
                 }
 

@@ -79,6 +79,7 @@ fn request(lines: &[(&str, i64)]) -> OrderRequest {
             country: "DE".into(),
         },
         payment_method: "tok_visa".into(),
+        idempotency_key: None,
     }
 }
 
@@ -373,4 +374,20 @@ async fn a_payment_that_lands_after_the_reservation_ended_is_refunded() {
     assert_eq!(o.status, OrderStatus::PaymentFailed);
     assert_eq!(w.pay.refunds.lock().unwrap().len(), 1);
     assert_eq!(w.stock.available("TSHIRT"), 10);
+}
+
+#[tokio::test]
+async fn placing_twice_with_one_idempotency_key_returns_the_first_order() {
+    let w = world(PayMode::Approve, SagaConfig::default()).await;
+    let alice = customer("alice");
+    let mut r = request(&[("TSHIRT", 1)]);
+    r.idempotency_key = Some("k-1".into());
+    let first = w.svc.place(&alice, r.clone()).await.unwrap();
+    let again = w.svc.place(&alice, r.clone()).await.unwrap();
+    assert_eq!(again.id, first.id);
+    assert_eq!(w.pay.captured(), 1);
+    assert_eq!(w.stock.available("TSHIRT"), 9);
+    // Another customer's key space is their own.
+    let bob_order = w.svc.place(&customer("bob"), r).await.unwrap();
+    assert_ne!(bob_order.id, first.id);
 }

@@ -19,6 +19,7 @@ fn order(customer: &str) -> Order {
         customer_id: customer.into(),
         customer_email: Some(format!("{customer}@example.com")),
         correlation_id: "req-0".into(),
+        idempotency_key: None,
         status: OrderStatus::Pending,
         items: vec![OrderLine {
             sku: Sku::parse("MUG").unwrap(),
@@ -248,5 +249,32 @@ macro_rules! contract {
     };
 }
 
-contract!(listing_is_newest_first_filtered_and_paged_by_id, leases_exclude_each_other_and_the_recovery_worker;
+async fn an_idempotency_key_is_unique_per_customer(store: Arc<dyn OrderStore>) {
+    let mut a = order("alice");
+    a.idempotency_key = Some("k".into());
+    store
+        .insert(&a, &created(&a), &[], Utc::now())
+        .await
+        .unwrap();
+    let mut twin = order("alice");
+    twin.idempotency_key = Some("k".into());
+    assert!(matches!(
+        store.insert(&twin, &created(&twin), &[], Utc::now()).await,
+        Err(StoreError::DuplicateKey)
+    ));
+    assert_eq!(
+        store.find_by_key("alice", "k").await.unwrap().map(|o| o.id),
+        Some(a.id)
+    );
+    let mut other = order("bob");
+    other.idempotency_key = Some("k".into());
+    store
+        .insert(&other, &created(&other), &[], Utc::now())
+        .await
+        .unwrap();
+    assert!(store.find_by_key("carol", "k").await.unwrap().is_none());
+}
+
+contract!(listing_is_newest_first_filtered_and_paged_by_id, leases_exclude_each_other_and_the_recovery_worker,
+    an_idempotency_key_is_unique_per_customer;
     an_order_round_trips_with_its_history_and_event, a_change_is_a_compare_and_swap_on_version);
