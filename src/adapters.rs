@@ -109,6 +109,10 @@ impl StockReservations for InProcessInventory {
             ttl: Some(inv::Ttl::from_secs(ttl.as_secs().max(1) as i64).map_err(refused)?),
         };
         match self.0.reserve(ctx, request).await {
+            // A replay of a reservation that has since ended holds no stock.
+            Ok(r) if r.reservation.status == inv::ReservationStatus::Released => Err(
+                PortError::Refused("the reservation was released (expired)".into()),
+            ),
             Ok(_) => Ok(ReserveOutcome::Reserved),
             Err(ReserveError::Insufficient(short)) => Ok(ReserveOutcome::Insufficient(
                 short
