@@ -119,11 +119,11 @@ pub trait OrderStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<OrderId>, StoreError>;
 
-    /// How many orders are in each status (for gauges).
+    /// How many orders are in `status` (for gauges; an index range, not a scan).
     ///
     /// # Errors
     /// Store failures.
-    async fn count_by_status(&self) -> Result<BTreeMap<String, i64>, StoreError>;
+    async fn count_in_status(&self, status: OrderStatus) -> Result<i64, StoreError>;
 }
 
 /// Why a call to another module did not give an answer.

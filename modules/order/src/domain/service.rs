@@ -745,8 +745,11 @@ impl OrderService {
         futures_util::stream::iter(ids.iter().copied())
             .for_each_concurrent(RECOVERY_CONCURRENCY, |id| self.resume(id))
             .await;
-        if let Ok(counts) = self.store.count_by_status().await {
-            let awaiting = counts.get("awaiting_payment").copied().unwrap_or(0);
+        if let Ok(awaiting) = self
+            .store
+            .count_in_status(OrderStatus::AwaitingPayment)
+            .await
+        {
             metrics::gauge!("agora_orders_awaiting_payment").set(awaiting as f64);
         }
         Ok(ids.len())

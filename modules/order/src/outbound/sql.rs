@@ -4,8 +4,6 @@
 //! SQLite, whose single writer then serialises it) and the row lock PostgreSQL
 //! takes when reading the row it is about to change.
 
-use std::collections::BTreeMap;
-
 use agora_kernel::db::{epoch_ms, from_epoch_ms};
 use agora_kernel::{Currency, EventEnvelope, Money};
 use anyhow::Context;
@@ -348,12 +346,13 @@ macro_rules! sql_order_store {
                         .collect()
                 }
 
-                async fn count_by_status(&self) -> Result<BTreeMap<String, i64>, StoreError> {
-                    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT status, COUNT(*) FROM orders GROUP BY status")
-                        .fetch_all(&self.pool)
+                async fn count_in_status(&self, status: OrderStatus) -> Result<i64, StoreError> {
+                    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders WHERE status = $1")
+                        .bind(status.as_str())
+                        .fetch_one(&self.pool)
                         .await
                         .context("failed to count orders")?;
-                    Ok(rows.into_iter().collect())
+                    Ok(n)
                 }
             }
         }
