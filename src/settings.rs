@@ -390,6 +390,14 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// serde's messages name the key as "... for key `section.key`": lead with it.
+fn keyed(message: &str) -> SettingsError {
+    match message.rsplit_once(" for key `") {
+        Some((why, key)) => invalid(key.trim_end_matches('`'), why),
+        None => SettingsError(format!("invalid settings: {message}")),
+    }
+}
+
 /// Turn a `config` error into one line naming the key, never echoing a value.
 fn describe(e: config::ConfigError) -> SettingsError {
     match e {
@@ -406,8 +414,8 @@ fn describe(e: config::ConfigError) -> SettingsError {
         config::ConfigError::NotFound(key) => {
             SettingsError(format!("missing setting {} ({key})", env_name(&key)))
         }
-        config::ConfigError::Message(m) => SettingsError(format!("invalid settings: {m}")),
-        other => SettingsError(format!("invalid settings: {other}")),
+        config::ConfigError::Message(m) => keyed(&m),
+        other => keyed(&other.to_string()),
     }
 }
 
