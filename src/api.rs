@@ -13,6 +13,10 @@ use utoipa::ToSchema;
 #[derive(Clone)]
 pub struct Modules(pub Arc<Vec<Arc<dyn Module>>>);
 
+/// The event bus, for readiness.
+#[derive(Clone)]
+pub struct Bus(pub Arc<dyn agora_kernel::EventBus>);
+
 #[derive(Serialize, ToSchema)]
 pub struct Liveness {
     /// Always `up` while the process serves requests.
@@ -25,6 +29,16 @@ pub struct Readiness {
     status: &'static str,
     /// Module name → `up`.
     modules: std::collections::BTreeMap<String, String>,
+    /// The event bus: `memory` (in process) or `jetstream`, and `up`.
+    bus: BusReadiness,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BusReadiness {
+    /// `memory` or `jetstream`.
+    kind: &'static str,
+    /// `up`
+    status: &'static str,
 }
 
 /// The process is up.
@@ -33,12 +47,12 @@ pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(Liveness { status: "up" })
 }
 
-/// Every module's store is reachable (503 naming the failing modules otherwise).
+/// Every module's store and the event bus are reachable (503 naming what fails otherwise).
 #[utoipa::path(get, path = "/health/ready", tag = "health", responses(
     (status = 200, body = Readiness),
     (status = 503, body = Problem, content_type = "application/problem+json"),
 ))]
-pub async fn ready(modules: web::Data<Modules>) -> HttpResponse {
+pub async fn ready(modules: web::Data<Modules>, bus: web::Data<Bus>) -> HttpResponse {
     let checks = modules.0.iter().map(|m| async move {
         let name = m.info().name;
         let result = tokio::time::timeout(Duration::from_secs(3), m.ready()).await;
@@ -49,16 +63,28 @@ pub async fn ready(modules: web::Data<Modules>) -> HttpResponse {
         };
         (name, outcome)
     });
-    let results = futures_util::future::join_all(checks).await;
-    let failing: Vec<String> = results
+    let bus_check = async {
+        match tokio::time::timeout(Duration::from_secs(3), bus.0.ready()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(_) => Err("timed out".to_owned()),
+        }
+    };
+    let (results, bus_result) =
+        futures_util::join!(futures_util::future::join_all(checks), bus_check);
+    let mut failing: Vec<String> = results
         .iter()
         .filter_map(|(name, r)| {
             r.as_ref().err().map(|e| {
                 tracing::warn!(module = %name, error = %e, "module not ready");
-                name.clone()
+                format!("{name} (store unreachable)")
             })
         })
         .collect();
+    if let Err(e) = &bus_result {
+        tracing::warn!(bus = bus.0.kind(), error = %e, "event bus not ready");
+        failing.push(format!("event bus ({e})"));
+    }
     if failing.is_empty() {
         let modules = results
             .into_iter()
@@ -67,12 +93,13 @@ pub async fn ready(modules: web::Data<Modules>) -> HttpResponse {
         HttpResponse::Ok().json(Readiness {
             status: "ready",
             modules,
+            bus: BusReadiness {
+                kind: bus.0.kind(),
+                status: "up",
+            },
         })
     } else {
-        let p = Problem::unavailable(
-            format!("not ready: {} (store unreachable)", failing.join(", ")),
-            5,
-        );
+        let p = Problem::unavailable(format!("not ready: {}", failing.join(", ")), 5);
         p.to_response()
     }
 }

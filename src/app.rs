@@ -89,6 +89,25 @@ async fn build_modules(
     ])
 }
 
+/// The event bus the settings name: in process, or NATS JetStream.
+async fn build_bus(settings: &Settings) -> anyhow::Result<Arc<dyn EventBus>> {
+    let Some(url) = settings.bus.url() else {
+        return Ok(Arc::new(InMemoryBus::with_policy(settings.bus.policy())));
+    };
+    let config = agora_kernel::events::jetstream::JetStreamConfig {
+        namespace: settings.bus.namespace.clone(),
+        streams: crate::settings::MODULES
+            .iter()
+            .map(|m| (*m).to_owned())
+            .collect(),
+        policy: settings.bus.policy(),
+    };
+    let bus = agora_kernel::events::jetstream::JetStreamBus::connect(url, config)
+        .await
+        .context("invalid setting AGORA__BUS__URL (bus.url)")?;
+    Ok(Arc::new(bus))
+}
+
 impl Application {
     /// Connect the modules' stores and bind both listeners.
     ///
@@ -104,12 +123,14 @@ impl Application {
         }
         let authenticator = Arc::new(Authenticator::from_settings(&settings.auth).await?);
         let limits = Arc::new(RateLimits::from_settings(&settings.rate_limit));
-        let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
-        let modules = Arc::new(build_modules(&settings, bus).await?);
+        let bus = build_bus(&settings).await?;
+        let modules = Arc::new(build_modules(&settings, bus.clone()).await?);
 
         let stop = CancellationToken::new();
         let mut tasks: Vec<BackgroundTask> =
             modules.iter().flat_map(|m| m.background_tasks()).collect();
+        // After the modules subscribed: the bus's consumers run beside them.
+        tasks.extend(bus.background_tasks());
         {
             let limits = limits.clone();
             let every = Duration::from_secs(settings.rate_limit.evict_every_secs);
@@ -145,6 +166,7 @@ impl Application {
         let authenticator = web::Data::from(authenticator);
         let limits = web::Data::from(limits);
         let modules_data = web::Data::new(Modules(modules.clone()));
+        let bus_data = web::Data::new(api::Bus(bus.clone()));
         let route_modules = web::Data::new(RouteModules(route_modules));
 
         let listener = TcpListener::bind(settings.http_addr()?).with_context(|| {
@@ -165,6 +187,7 @@ impl Application {
                 .app_data(authenticator.clone())
                 .app_data(limits.clone())
                 .app_data(modules_data.clone())
+                .app_data(bus_data.clone())
                 .app_data(route_modules.clone())
                 .wrap(from_fn(errors::problems))
                 .wrap(from_fn(observe::observe))

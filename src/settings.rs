@@ -25,6 +25,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub auth: AuthSettings,
     pub rate_limit: RateLimitSettings,
+    pub bus: BusSettings,
     pub order: agora_order::Settings,
     pub inventory: agora_inventory::Settings,
     pub payment: agora_payment::Settings,
@@ -75,6 +76,34 @@ pub struct RateLimitSettings {
     pub evict_every_secs: u64,
     #[serde(default)]
     pub routes: Vec<RouteQuota>,
+}
+
+/// `[bus]`: where integration events travel.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BusSettings {
+    /// Empty = the in-process bus; `nats://host:port` = NATS JetStream.
+    pub url: SecretString,
+    /// Prefix of every stream, subject and durable consumer agora creates.
+    pub namespace: String,
+    /// Deliveries of an event a subscriber keeps failing before it is dead-lettered.
+    pub max_deliver: u32,
+    /// Back-off before a redelivery: doubles from `retry_base_ms` up to `retry_max_ms`.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl BusSettings {
+    pub fn url(&self) -> Option<&str> {
+        Some(self.url.expose_secret().trim()).filter(|u| !u.is_empty())
+    }
+
+    pub fn policy(&self) -> agora_kernel::DeliveryPolicy {
+        agora_kernel::DeliveryPolicy {
+            max_deliver: self.max_deliver,
+            retry_base: std::time::Duration::from_millis(self.retry_base_ms),
+            retry_max: std::time::Duration::from_millis(self.retry_max_ms),
+        }
+    }
 }
 
 /// A per-route quota override.
@@ -189,6 +218,7 @@ impl Settings {
             .map_err(|(key, why)| invalid(key, why))?;
         self.validate_auth()?;
         self.validate_databases()?;
+        self.validate_bus()?;
         Ok(())
     }
 
@@ -232,6 +262,39 @@ impl Settings {
         }
         if a.jwks_refresh_secs == 0 {
             return Err(invalid("auth.jwks_refresh_secs", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn validate_bus(&self) -> Result<(), SettingsError> {
+        let b = &self.bus;
+        if let Some(url) = b.url()
+            && !url
+                .split(',')
+                .all(|u| u.trim().starts_with("nats://") || u.trim().starts_with("tls://"))
+        {
+            return Err(invalid(
+                "bus.url",
+                "must be empty (in-process bus) or nats://host:port (NATS JetStream)",
+            ));
+        }
+        if !agora_kernel::events::jetstream::valid_name(&b.namespace) {
+            return Err(invalid(
+                "bus.namespace",
+                "must be 1 to 64 letters, digits, _ or -",
+            ));
+        }
+        if b.max_deliver == 0 {
+            return Err(invalid("bus.max_deliver", "must be at least 1"));
+        }
+        if b.retry_base_ms == 0 {
+            return Err(invalid("bus.retry_base_ms", "must be at least 1"));
+        }
+        if b.retry_max_ms < b.retry_base_ms {
+            return Err(invalid(
+                "bus.retry_max_ms",
+                "must be at least bus.retry_base_ms",
+            ));
         }
         Ok(())
     }
@@ -523,6 +586,31 @@ mod tests {
             .map(|e| e.0)
             .unwrap_or_default();
         assert!(e.contains("AGORA__AUTH__ALGORITHM"), "{e}");
+    }
+
+    #[test]
+    fn the_bus_defaults_to_in_process_and_refuses_other_schemes() {
+        let s = load(&[]).map_err(|e| e.0);
+        assert_eq!(s.as_ref().ok().map(|s| s.bus.url().is_none()), Some(true));
+        assert_eq!(
+            s.as_ref().ok().map(|s| s.bus.namespace.as_str()),
+            Some("agora")
+        );
+        let e = load(&[("AGORA__BUS__URL", "http://127.0.0.1:4222")])
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
+        assert!(e.contains("AGORA__BUS__URL"), "{e}");
+        let e = load(&[("AGORA__BUS__NAMESPACE", "a.b")])
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
+        assert!(e.contains("AGORA__BUS__NAMESPACE"), "{e}");
+        let ok = load(&[("AGORA__BUS__URL", "nats://127.0.0.1:4222")]).map_err(|e| e.0);
+        assert_eq!(
+            ok.ok().and_then(|s| s.bus.url().map(str::to_owned)),
+            Some("nats://127.0.0.1:4222".to_owned())
+        );
     }
 
     #[test]

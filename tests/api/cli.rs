@@ -303,3 +303,28 @@ fn with_an_otlp_endpoint_set_spans_are_exported_over_http() {
         "no spans exported: {got:?}"
     );
 }
+
+#[test]
+fn a_malformed_or_unreachable_bus_url_stops_start_up_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    fails_naming(
+        dir.path(),
+        &[("AGORA__BUS__URL", "http://127.0.0.1:4222")],
+        &["AGORA__BUS__URL"],
+        None,
+    );
+    // Nothing listens there: agora waits 10 s for it, then gives up.
+    let port = crate::process::free_port();
+    let url = format!("nats://agora:s3cret@127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    fails_naming(
+        dir.path(),
+        &[("AGORA__BUS__URL", &url)],
+        &["AGORA__BUS__URL", "unreachable"],
+        Some("s3cret"),
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "it gave up before waiting 10 s"
+    );
+}

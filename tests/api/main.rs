@@ -6,6 +6,7 @@
 
 mod architecture;
 mod auth;
+mod bus;
 mod cli;
 mod contracts;
 mod crash;
@@ -15,5 +16,6 @@ mod helpers;
 mod observability;
 mod openapi;
 mod orders;
+mod process;
 mod rate_limit;
 mod stores;

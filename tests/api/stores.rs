@@ -19,6 +19,9 @@ impl EventHandler for Counter {
     fn name(&self) -> &str {
         "counter"
     }
+    fn sources(&self) -> &[&str] {
+        &["order", "inventory", "payment"]
+    }
     fn handles(&self, _: &str) -> bool {
         true
     }

@@ -22,7 +22,7 @@ pub mod problem;
 pub mod testing;
 
 pub use context::{CallContext, RequestId};
-pub use events::{EventBus, EventEnvelope, EventHandler, InMemoryBus};
+pub use events::{DeliveryPolicy, EventBus, EventEnvelope, EventHandler, InMemoryBus};
 pub use module::{BackgroundTask, Module, ModuleInfo};
 pub use money::{Currency, Money, MoneyError};
 pub use principal::{Principal, Role};

@@ -13,7 +13,7 @@
 //! published_at, last_error)`, times in epoch milliseconds.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::events::{EventBus, EventEnvelope};
+use crate::events::{EventBus, EventEnvelope, PublishError};
 
 /// A claimed outbox row.
 #[derive(Debug, Clone)]
@@ -32,9 +32,14 @@ pub struct OutboxMessage {
 }
 
 /// The outbox-store port the relay drives.
+///
+/// Rows are handed out *head of line*: a claim returns due rows in outbox
+/// order up to the first row that is not due (claimed by another relay, or
+/// waiting for a retry), so the events of one module are published in the
+/// order they were written even across retries and several relays.
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
-    /// Claim up to `limit` rows that are due, hiding them from other relays for
+    /// Claim up to `limit` due rows in order, hiding them from other relays for
     /// `lease` (a crashed relay's rows come back after it).
     ///
     /// # Errors
@@ -46,13 +51,15 @@ pub trait OutboxStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> anyhow::Result<Vec<OutboxMessage>>;
 
-    /// Mark a row published; it is never delivered again.
+    /// Mark rows published; they are never delivered again.
     ///
     /// # Errors
     /// Store failures.
-    async fn mark_published(&self, id: Uuid, now: DateTime<Utc>) -> anyhow::Result<()>;
+    async fn mark_published(&self, ids: &[Uuid], now: DateTime<Utc>) -> anyhow::Result<()>;
 
-    /// Record a failed delivery and when to try again.
+    /// Record a failed delivery of `id` and when to try again; `deferred` are
+    /// later rows of the same claim that were not attempted: they wait for the
+    /// same time and do not count the claim as an attempt.
     ///
     /// # Errors
     /// Store failures.
@@ -61,13 +68,27 @@ pub trait OutboxStore: Send + Sync {
         id: Uuid,
         error: &str,
         retry_at: DateTime<Utc>,
+        deferred: &[Uuid],
     ) -> anyhow::Result<()>;
 
-    /// How many rows are not yet published.
+    /// Give up on a row (dead letter): it stays in the table with its error,
+    /// is never claimed again and no longer holds later rows back.
+    ///
+    /// # Errors
+    /// Store failures.
+    async fn mark_dead(&self, id: Uuid, error: &str, now: DateTime<Utc>) -> anyhow::Result<()>;
+
+    /// How many rows wait to be published (dead ones excluded).
     ///
     /// # Errors
     /// Store failures.
     async fn backlog(&self) -> anyhow::Result<u64>;
+
+    /// Delete rows published before `cutoff`; how many.
+    ///
+    /// # Errors
+    /// Store failures.
+    async fn purge_published(&self, cutoff: DateTime<Utc>) -> anyhow::Result<u64>;
 }
 
 /// Relay tuning.
@@ -80,6 +101,8 @@ pub struct RelayConfig {
     pub lease: Duration,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Published rows are deleted once they are this old.
+    pub keep_published: Duration,
 }
 
 impl Default for RelayConfig {
@@ -90,6 +113,7 @@ impl Default for RelayConfig {
             lease: Duration::from_secs(30),
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(60),
+            keep_published: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -102,6 +126,8 @@ pub struct OutboxRelay {
     bus: Arc<dyn EventBus>,
     config: RelayConfig,
     wake: Arc<Notify>,
+    /// When the backlog gauge was last refreshed (it costs a count).
+    gauged: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 /// Back-off before attempt `attempts + 1`: base × 2^(attempts−1), capped, with
@@ -126,6 +152,7 @@ impl OutboxRelay {
             bus,
             config,
             wake: Arc::new(Notify::new()),
+            gauged: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
@@ -134,53 +161,102 @@ impl OutboxRelay {
         self.wake.clone()
     }
 
-    /// Claim and publish one batch; returns how many rows were published.
+    /// Claim and publish one batch, in order; returns how many rows were
+    /// published. The first row the bus does not take stops the batch (the
+    /// rest wait for its retry, so order holds), unless it is dead-lettered:
+    /// an event the bus can never take, or one a subscriber failed
+    /// `max_deliver` times.
     ///
     /// # Errors
     /// Store failures (a failed publish is recorded, not returned).
     pub async fn run_once(&self) -> anyhow::Result<usize> {
-        let now = Utc::now();
         let batch = self
             .store
-            .claim(self.config.batch_size, self.config.lease, now)
+            .claim(self.config.batch_size, self.config.lease, Utc::now())
             .await?;
+        let max_deliver = self.bus.delivery_policy().max_deliver;
+        let mut done: Vec<Uuid> = Vec::with_capacity(batch.len());
         let mut published = 0;
-        for message in batch {
-            let id = message.envelope.id;
-            match self.bus.publish(&message.envelope).await {
+        for (i, message) in batch.iter().enumerate() {
+            let envelope = &message.envelope;
+            let error = match self.bus.publish(envelope).await {
                 Ok(()) => {
-                    self.store.mark_published(id, Utc::now()).await?;
-                    metrics::counter!("agora_outbox_published_total", "module" => self.module)
+                    done.push(envelope.id);
+                    metrics::counter!(crate::events::PUBLISHED, "module" => self.module, "type" => envelope.event_type.clone())
                         .increment(1);
-                    published += 1;
+                    continue;
                 }
-                Err(e) => {
-                    let delay = backoff(
-                        message.attempts,
-                        self.config.backoff_base,
-                        self.config.backoff_max,
-                    );
-                    let retry_at =
-                        Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-                    let error = format!("{e:#}");
-                    tracing::warn!(module = self.module, event_id = %id, event_type = %message.envelope.event_type,
-                        attempts = message.attempts, retry_in_ms = delay.as_millis() as u64, error = %error,
-                        "outbox publish failed; will retry");
-                    metrics::counter!("agora_outbox_publish_failures_total", "module" => self.module).increment(1);
-                    self.store.mark_failed(id, &error, retry_at).await?;
+                Err(e) => e,
+            };
+            published += done.len();
+            self.store.mark_published(&done, Utc::now()).await?;
+            done.clear();
+            let text = format!("{error:#}");
+            let dead_for = match &error {
+                PublishError::Invalid(_) => Some(self.module.to_owned()),
+                PublishError::HandlerFailed { handler, .. } if message.attempts >= max_deliver => {
+                    Some(handler.clone())
                 }
+                _ => None,
+            };
+            if let Some(module) = dead_for {
+                tracing::error!(module = self.module, event_id = %envelope.id, event_type = %envelope.event_type,
+                    attempts = message.attempts, error = %text, "outbox event dead-lettered");
+                crate::events::count(crate::events::DEAD_LETTERED, &module, &envelope.event_type);
+                self.store.mark_dead(envelope.id, &text, Utc::now()).await?;
+                continue;
             }
+            let delay = backoff(
+                message.attempts,
+                self.config.backoff_base,
+                self.config.backoff_max,
+            );
+            let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+            tracing::warn!(module = self.module, event_id = %envelope.id, event_type = %envelope.event_type,
+                attempts = message.attempts, retry_in_ms = delay.as_millis() as u64, error = %text,
+                "outbox publish failed; will retry");
+            metrics::counter!("agora_outbox_publish_failures_total", "module" => self.module)
+                .increment(1);
+            let deferred: Vec<Uuid> = batch[i + 1..].iter().map(|m| m.envelope.id).collect();
+            self.store
+                .mark_failed(envelope.id, &text, retry_at, &deferred)
+                .await?;
+            break;
         }
-        if let Ok(n) = self.store.backlog().await {
-            metrics::gauge!("agora_outbox_backlog", "module" => self.module).set(n as f64);
+        published += done.len();
+        self.store.mark_published(&done, Utc::now()).await?;
+        if published > 0 {
+            metrics::counter!("agora_outbox_published_total", "module" => self.module)
+                .increment(published as u64);
         }
+        self.refresh_backlog(batch.is_empty()).await;
         Ok(published)
     }
 
+    /// Refresh the backlog gauge at most once a second (and whenever the
+    /// outbox looked empty, so the gauge reaches 0).
+    async fn refresh_backlog(&self, idle: bool) {
+        let due = match self.gauged.lock() {
+            Ok(mut last) => {
+                let due = idle || last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+                if due {
+                    *last = Some(Instant::now());
+                }
+                due
+            }
+            Err(_) => true,
+        };
+        if due && let Ok(n) = self.store.backlog().await {
+            metrics::gauge!("agora_outbox_backlog", "module" => self.module).set(n as f64);
+        }
+    }
+
     /// Run until `shutdown` is cancelled: drain what is due, then sleep until
-    /// woken or the poll interval passes.
+    /// woken or the poll interval passes. Once an hour, delete rows published
+    /// more than `keep_published` ago.
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::debug!(module = self.module, "outbox relay started");
+        let mut next_purge = Instant::now() + Duration::from_secs(60);
         loop {
             let full_batch = match self.run_once().await {
                 Ok(n) => n as u32 >= self.config.batch_size,
@@ -189,6 +265,22 @@ impl OutboxRelay {
                     false
                 }
             };
+            if Instant::now() >= next_purge {
+                next_purge = Instant::now() + Duration::from_secs(3600);
+                let cutoff = Utc::now()
+                    - chrono::Duration::from_std(self.config.keep_published).unwrap_or_default();
+                match self.store.purge_published(cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        module = self.module,
+                        purged = n,
+                        "old published outbox rows deleted"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(module = self.module, error = %format!("{e:#}"), "failed to purge the outbox")
+                    }
+                }
+            }
             if full_batch {
                 continue;
             }
@@ -202,11 +294,41 @@ impl OutboxRelay {
     }
 }
 
-/// Generates the same store for SQLite and PostgreSQL: the SQL is identical but
-/// for the row lock on claim, which only PostgreSQL needs (SQLite has a single
-/// writer).
+/// Claim rows head of line (see [`OutboxStore`]): the due rows before the
+/// first pending row that is not due.
+const CLAIM_SQL: &str = "UPDATE outbox SET available_at = $1, attempts = attempts + 1 \
+     WHERE seq IN (SELECT seq FROM outbox \
+       WHERE published_at IS NULL AND dead_at IS NULL AND available_at <= $2 \
+       AND seq < COALESCE((SELECT MIN(seq) FROM outbox \
+            WHERE published_at IS NULL AND dead_at IS NULL AND available_at > $2), 9223372036854775807) \
+       ORDER BY seq LIMIT $3) \
+     RETURNING envelope, attempts";
+
+/// PostgreSQL: claims are serialised by a transaction-level advisory lock, so
+/// a second relay sees the first one's claim (and waits behind it) instead of
+/// skipping its locked rows and publishing later ones first.
+const PG_CLAIM_LOCK: i64 = 0x6167_6f72_615f_6f62; // "agora_ob"
+
+fn to_messages(rows: Vec<(String, i64)>) -> anyhow::Result<Vec<OutboxMessage>> {
+    use anyhow::Context;
+    let mut messages = Vec::with_capacity(rows.len());
+    for (envelope, attempts) in rows {
+        let envelope: EventEnvelope = serde_json::from_str(&envelope)
+            .context("an outbox row holds an unreadable envelope")?;
+        messages.push(OutboxMessage {
+            envelope,
+            attempts: attempts.max(0) as u32,
+        });
+    }
+    // RETURNING gives no order guarantee: publish oldest first (ids are UUID v7).
+    messages.sort_by_key(|m| m.envelope.id);
+    Ok(messages)
+}
+
+/// Generates the same store for SQLite and PostgreSQL: the SQL is identical
+/// but for how a claim is kept from racing another relay's.
 macro_rules! sql_outbox {
-    ($db:ident, $pool:ty, $conn:ty, $lock:literal) => {
+    ($db:ident, $database:ty, $pool:ty, $conn:ty, claim = |$p:ident, $until:ident, $now:ident, $limit:ident| $claim:expr) => {
         pub mod $db {
             use super::*;
             use crate::db::{epoch_ms};
@@ -244,43 +366,41 @@ macro_rules! sql_outbox {
                 }
             }
 
+            fn ids_in(q: &mut sqlx::QueryBuilder<'_, $database>, ids: &[Uuid]) {
+                q.push(" id IN (");
+                let mut list = q.separated(", ");
+                for id in ids {
+                    list.push_bind(id.to_string());
+                }
+                list.push_unseparated(")");
+            }
+
             #[async_trait]
             impl OutboxStore for Store {
                 async fn claim(&self, limit: u32, lease: Duration, now: DateTime<Utc>) -> anyhow::Result<Vec<OutboxMessage>> {
-                    let now_ms = epoch_ms(now);
-                    let until = now_ms + lease.as_millis() as i64;
-                    let rows: Vec<(String, i64)> = sqlx::query_as(concat!(
-                        "UPDATE outbox SET available_at = $1, attempts = attempts + 1 \
-                         WHERE seq IN (SELECT seq FROM outbox WHERE published_at IS NULL AND available_at <= $2 \
-                         ORDER BY seq LIMIT $3 ", $lock, ") RETURNING envelope, attempts"))
-                    .bind(until)
-                    .bind(now_ms)
-                    .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
-                    .await
-                    .context("failed to claim outbox rows")?;
-                    let mut messages = Vec::with_capacity(rows.len());
-                    for (envelope, attempts) in rows {
-                        let envelope: EventEnvelope =
-                            serde_json::from_str(&envelope).context("an outbox row holds an unreadable envelope")?;
-                        messages.push(OutboxMessage { envelope, attempts: attempts.max(0) as u32 });
-                    }
-                    // RETURNING gives no order guarantee: publish oldest first.
-                    messages.sort_by_key(|m| m.envelope.id);
-                    Ok(messages)
+                    let $now = epoch_ms(now);
+                    let $until = $now + lease.as_millis() as i64;
+                    let $limit = i64::from(limit);
+                    let $p = &self.pool;
+                    let rows: Vec<(String, i64)> = $claim.context("failed to claim outbox rows")?;
+                    to_messages(rows)
                 }
 
-                async fn mark_published(&self, id: Uuid, now: DateTime<Utc>) -> anyhow::Result<()> {
-                    sqlx::query("UPDATE outbox SET published_at = $1, last_error = NULL WHERE id = $2")
-                        .bind(epoch_ms(now))
-                        .bind(id.to_string())
+                async fn mark_published(&self, ids: &[Uuid], now: DateTime<Utc>) -> anyhow::Result<()> {
+                    if ids.is_empty() {
+                        return Ok(());
+                    }
+                    let mut q = sqlx::QueryBuilder::<$database>::new("UPDATE outbox SET published_at = ");
+                    q.push_bind(epoch_ms(now)).push(", last_error = NULL WHERE");
+                    ids_in(&mut q, ids);
+                    q.build()
                         .execute(&self.pool)
                         .await
-                        .context("failed to mark an outbox row published")?;
+                        .context("failed to mark outbox rows published")?;
                     Ok(())
                 }
 
-                async fn mark_failed(&self, id: Uuid, error: &str, retry_at: DateTime<Utc>) -> anyhow::Result<()> {
+                async fn mark_failed(&self, id: Uuid, error: &str, retry_at: DateTime<Utc>, deferred: &[Uuid]) -> anyhow::Result<()> {
                     let error: String = error.chars().take(2000).collect();
                     sqlx::query("UPDATE outbox SET available_at = $1, last_error = $2 WHERE id = $3")
                         .bind(epoch_ms(retry_at))
@@ -289,27 +409,91 @@ macro_rules! sql_outbox {
                         .execute(&self.pool)
                         .await
                         .context("failed to record an outbox failure")?;
+                    if !deferred.is_empty() {
+                        let mut q = sqlx::QueryBuilder::<$database>::new("UPDATE outbox SET available_at = ");
+                        q.push_bind(epoch_ms(retry_at))
+                            .push(", attempts = attempts - 1 WHERE published_at IS NULL AND");
+                        ids_in(&mut q, deferred);
+                        q.build()
+                            .execute(&self.pool)
+                            .await
+                            .context("failed to defer outbox rows")?;
+                    }
+                    Ok(())
+                }
+
+                async fn mark_dead(&self, id: Uuid, error: &str, now: DateTime<Utc>) -> anyhow::Result<()> {
+                    let error: String = error.chars().take(2000).collect();
+                    sqlx::query("UPDATE outbox SET dead_at = $1, last_error = $2 WHERE id = $3")
+                        .bind(epoch_ms(now))
+                        .bind(error)
+                        .bind(id.to_string())
+                        .execute(&self.pool)
+                        .await
+                        .context("failed to dead-letter an outbox row")?;
                     Ok(())
                 }
 
                 async fn backlog(&self) -> anyhow::Result<u64> {
-                    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
-                        .fetch_one(&self.pool)
-                        .await
-                        .context("failed to count the outbox backlog")?;
+                    let (n,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL AND dead_at IS NULL",
+                    )
+                    .fetch_one(&self.pool)
+                    .await
+                    .context("failed to count the outbox backlog")?;
                     Ok(n.max(0) as u64)
+                }
+
+                async fn purge_published(&self, cutoff: DateTime<Utc>) -> anyhow::Result<u64> {
+                    let done = sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1")
+                        .bind(epoch_ms(cutoff))
+                        .execute(&self.pool)
+                        .await
+                        .context("failed to purge published outbox rows")?;
+                    Ok(done.rows_affected())
                 }
             }
         }
     };
 }
 
-sql_outbox!(sqlite, sqlx::SqlitePool, sqlx::SqliteConnection, "");
+sql_outbox!(
+    sqlite,
+    sqlx::Sqlite,
+    sqlx::SqlitePool,
+    sqlx::SqliteConnection,
+    // One statement, and SQLite has one writer: nothing to race.
+    claim = |pool, until, now, limit| sqlx::query_as(CLAIM_SQL)
+        .bind(until)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+);
 sql_outbox!(
     postgres,
+    sqlx::Postgres,
     sqlx::PgPool,
     sqlx::PgConnection,
-    "FOR UPDATE SKIP LOCKED"
+    claim = |pool, until, now, limit| async {
+        let mut tx = pool.begin().await?;
+        let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(PG_CLAIM_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !locked {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query_as(CLAIM_SQL)
+            .bind(until)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(rows)
+    }
+    .await
 );
 
 #[cfg(test)]

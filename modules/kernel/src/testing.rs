@@ -38,3 +38,108 @@ pub async fn fresh_postgres_url() -> Option<String> {
     let base = admin_url.rsplit_once('/').map(|(b, _)| b.to_owned())?;
     Some(format!("{base}/{name}"))
 }
+
+/// A `nats-server` with JetStream of a test's own, on a free port with its
+/// store in a temporary directory, so the test can stop and restart it
+/// (`nats-server -a 127.0.0.1 -p P -js -sd DIR`). Killed when dropped.
+pub struct NatsServer {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    /// The monitoring endpoint (`/jsz`, `/varz`).
+    pub monitor_port: u16,
+    store: tempfile::TempDir,
+    binary: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+impl NatsServer {
+    /// Start one. Outside CI a missing `nats-server` skips the test with a
+    /// message (`None`); in CI (`CI` set) it fails.
+    pub fn start() -> Option<Self> {
+        let binary = std::env::var("AGORA_TEST_NATS_SERVER").unwrap_or_else(|_| {
+            if std::path::Path::new("/usr/sbin/nats-server").exists() {
+                "/usr/sbin/nats-server".into()
+            } else {
+                "nats-server".into()
+            }
+        });
+        let found = std::process::Command::new(&binary)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            assert!(
+                std::env::var("CI").is_err(),
+                "nats-server is required in CI but `{binary}` does not run"
+            );
+            eprintln!("SKIPPED: nats-server not found (set AGORA_TEST_NATS_SERVER)");
+            return None;
+        }
+        let store = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            monitor_port: free_port(),
+            store,
+            binary,
+        };
+        server.restart();
+        Some(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill the server (SIGKILL: nothing flushed beyond what JetStream synced).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again on the same port and store directory; returns once it
+    /// accepts connections.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = std::process::Command::new(&self.binary)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-m", &self.monitor_port.to_string(), "-js", "-sd"])
+            .arg(self.store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("failed to start {}: {e}", self.binary));
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not listen on {} within 10 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A namespace of a test's own, so runs on one server never meet.
+pub fn nats_namespace(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}

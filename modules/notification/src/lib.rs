@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use agora_kernel::db::SqlModuleBase;
 use agora_kernel::{BackgroundTask, EventBus, Module, ModuleInfo};
+use anyhow::Context;
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use utoipa::OpenApi;
@@ -304,7 +305,9 @@ impl NotificationModule {
         )?);
         bus.subscribe(Arc::new(inbound::events::NotificationEvents::new(
             service.clone(),
-        )));
+        )))
+        .await
+        .context("failed to subscribe to the order and payment events")?;
         Ok(Self { base, service })
     }
 

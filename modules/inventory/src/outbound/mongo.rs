@@ -268,6 +268,9 @@ struct OutboxDoc {
     attempts: i64,
     published_at: Option<i64>,
     last_error: Option<String>,
+    /// Set when the relay gave up on the row (dead letter).
+    #[serde(default)]
+    dead_at: Option<i64>,
 }
 
 /// Why one attempt at a transaction ended.
@@ -402,6 +405,13 @@ impl MongoStore {
             .create_index(index(doc! {"published_at": 1, "available_at": 1}, None))
             .await
             .context("failed to create the outbox index")?;
+        self.outbox
+            .create_index(index(
+                doc! {"published_at": 1, "dead_at": 1, "_id": 1},
+                None,
+            ))
+            .await
+            .context("failed to create the outbox head index")?;
         Ok(())
     }
 
@@ -511,6 +521,7 @@ impl MongoStore {
             attempts: 0,
             published_at: None,
             last_error: None,
+            dead_at: None,
         };
         self.outbox.insert_one(d).session(&mut *s).await?;
         Ok(())
@@ -1209,10 +1220,20 @@ impl InventoryStore for MongoStore {
     }
 }
 
-/// The module's outbox in MongoDB: claimed one row at a time with
-/// `findAndModify`, so several relays never publish the same row at once.
+/// The module's outbox in MongoDB, claimed head of line one row at a time:
+/// the oldest pending row, only while it is due, by a `findAndModify`
+/// guarded on the `available_at` just read — so a second relay finds the
+/// head claimed and waits instead of publishing later rows first.
 pub struct MongoOutbox {
     coll: Collection<OutboxDoc>,
+}
+
+fn pending() -> Document {
+    doc! {"published_at": bson::Bson::Null, "dead_at": bson::Bson::Null}
+}
+
+fn ids(ids: &[Uuid]) -> Vec<String> {
+    ids.iter().map(Uuid::to_string).collect()
 }
 
 #[async_trait]
@@ -1227,13 +1248,24 @@ impl OutboxStore for MongoOutbox {
         let until = now_ms + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
         let mut out = Vec::new();
         for _ in 0..limit {
+            let head = self
+                .coll
+                .find_one(pending())
+                .sort(doc! {"_id": 1})
+                .await
+                .context("failed to read the outbox")?;
+            let Some(head) = head.filter(|h| h.available_at <= now_ms) else {
+                break;
+            };
+            let mut guard = pending();
+            guard.insert("_id", &head.id);
+            guard.insert("available_at", head.available_at);
             let claimed = self
                 .coll
                 .find_one_and_update(
-                    doc! {"published_at": bson::Bson::Null, "available_at": {"$lte": now_ms}},
+                    guard,
                     doc! {"$set": {"available_at": until}, "$inc": {"attempts": 1_i64}},
                 )
-                .sort(doc! {"_id": 1})
                 .return_document(ReturnDocument::After)
                 .await
                 .context("failed to claim an outbox row")?;
@@ -1248,14 +1280,17 @@ impl OutboxStore for MongoOutbox {
         Ok(out)
     }
 
-    async fn mark_published(&self, id: Uuid, now: DateTime<Utc>) -> anyhow::Result<()> {
+    async fn mark_published(&self, done: &[Uuid], now: DateTime<Utc>) -> anyhow::Result<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
         self.coll
-            .update_one(
-                doc! {"_id": id.to_string()},
+            .update_many(
+                doc! {"_id": {"$in": ids(done)}},
                 doc! {"$set": {"published_at": agora_kernel::db::epoch_ms(now), "last_error": bson::Bson::Null}},
             )
             .await
-            .context("failed to mark an outbox row published")?;
+            .context("failed to mark outbox rows published")?;
         Ok(())
     }
 
@@ -1264,22 +1299,54 @@ impl OutboxStore for MongoOutbox {
         id: Uuid,
         error: &str,
         retry_at: DateTime<Utc>,
+        deferred: &[Uuid],
     ) -> anyhow::Result<()> {
+        let error: String = error.chars().take(2000).collect();
+        let at = agora_kernel::db::epoch_ms(retry_at);
+        self.coll
+            .update_one(
+                doc! {"_id": id.to_string()},
+                doc! {"$set": {"available_at": at, "last_error": error}},
+            )
+            .await
+            .context("failed to record an outbox failure")?;
+        if !deferred.is_empty() {
+            self.coll
+                .update_many(
+                    doc! {"_id": {"$in": ids(deferred)}, "published_at": bson::Bson::Null},
+                    doc! {"$set": {"available_at": at}, "$inc": {"attempts": -1_i64}},
+                )
+                .await
+                .context("failed to defer outbox rows")?;
+        }
+        Ok(())
+    }
+
+    async fn mark_dead(&self, id: Uuid, error: &str, now: DateTime<Utc>) -> anyhow::Result<()> {
         let error: String = error.chars().take(2000).collect();
         self.coll
             .update_one(
                 doc! {"_id": id.to_string()},
-                doc! {"$set": {"available_at": agora_kernel::db::epoch_ms(retry_at), "last_error": error}},
+                doc! {"$set": {"dead_at": agora_kernel::db::epoch_ms(now), "last_error": error}},
             )
             .await
-            .context("failed to record an outbox failure")?;
+            .context("failed to dead-letter an outbox row")?;
         Ok(())
     }
 
     async fn backlog(&self) -> anyhow::Result<u64> {
         self.coll
-            .count_documents(doc! {"published_at": bson::Bson::Null})
+            .count_documents(pending())
             .await
             .context("failed to count the outbox backlog")
+    }
+
+    async fn purge_published(&self, cutoff: DateTime<Utc>) -> anyhow::Result<u64> {
+        let done = self
+            .coll
+            .delete_many(doc! {"published_at": {"$lt": agora_kernel::db::epoch_ms(cutoff)}})
+            .await
+            .context("failed to purge published outbox rows")?;
+        Ok(done.deleted_count)
     }
 }

@@ -10,8 +10,7 @@ use agora_inventory::domain::models::{
 };
 use agora_inventory::{InventoryApi, InventoryModule, ManualClock, Settings};
 use agora_kernel::{
-    CallContext, Currency, EventBus, EventEnvelope, EventHandler, InMemoryBus, Money, Principal,
-    Role,
+    CallContext, Currency, EventEnvelope, EventHandler, InMemoryBus, Money, Principal, Role,
 };
 use async_trait::async_trait;
 use tempfile::TempDir;
@@ -27,6 +26,9 @@ pub struct Recorder {
 impl EventHandler for Recorder {
     fn name(&self) -> &str {
         "test-recorder"
+    }
+    fn sources(&self) -> &[&str] {
+        &["inventory"]
     }
     fn handles(&self, _event_type: &str) -> bool {
         true

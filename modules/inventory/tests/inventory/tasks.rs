@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use agora_inventory::domain::models::{ReservationStatus, Ttl};
 use agora_inventory::events::{STOCK_RELEASED, STOCK_RESERVED};
 use agora_inventory::{InventoryModule, ManualClock, Settings};
-use agora_kernel::{EventBus, InMemoryBus, Module};
+use agora_kernel::{InMemoryBus, Module};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::*;

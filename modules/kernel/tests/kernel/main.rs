@@ -3,6 +3,7 @@
 //! problem+json answers. One binary, one module per subject.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod bus;
 mod helpers;
 mod idempotency;
 mod inbox;

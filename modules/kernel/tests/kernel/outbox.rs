@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agora_kernel::events::{EventBus, EventEnvelope, EventHandler, InMemoryBus};
+use agora_kernel::events::{EventEnvelope, EventHandler, InMemoryBus};
 use agora_kernel::inbox;
 use agora_kernel::outbox::{self, OutboxRelay, OutboxStore, RelayConfig};
 use async_trait::async_trait;
@@ -64,6 +64,10 @@ impl EventHandler for Recorder {
         self.name
     }
 
+    fn sources(&self) -> &[&str] {
+        &["order"]
+    }
+
     fn handles(&self, event_type: &str) -> bool {
         event_type.starts_with("order.")
     }
@@ -116,6 +120,10 @@ impl Shipping {
 impl EventHandler for Shipping {
     fn name(&self) -> &str {
         "shipping"
+    }
+
+    fn sources(&self) -> &[&str] {
+        &["order"]
     }
 
     fn handles(&self, event_type: &str) -> bool {

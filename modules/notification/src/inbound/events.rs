@@ -21,6 +21,9 @@ pub const CONSUMED: [&str; 7] = [
     "payment.refunded.v1",
 ];
 
+/// The publishing modules of those events.
+pub const SOURCES: [&str; 2] = ["order", "payment"];
+
 /// The bus subscriber.
 pub struct NotificationEvents {
     service: Arc<NotificationService>,
@@ -36,6 +39,10 @@ impl NotificationEvents {
 impl EventHandler for NotificationEvents {
     fn name(&self) -> &str {
         CONSUMER
+    }
+
+    fn sources(&self) -> &[&str] {
+        &SOURCES
     }
 
     fn handles(&self, event_type: &str) -> bool {
@@ -57,5 +64,9 @@ mod tests {
             assert!(Template::for_event_type(t).is_some(), "{t}");
         }
         assert_eq!(CONSUMED.len(), Template::ALL.len());
+        for t in CONSUMED {
+            let source = t.split('.').next().unwrap_or_default();
+            assert!(SOURCES.contains(&source), "{t} comes from a listed source");
+        }
     }
 }

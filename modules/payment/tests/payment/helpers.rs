@@ -39,6 +39,9 @@ impl EventHandler for Recorder {
     fn name(&self) -> &str {
         "test-recorder"
     }
+    fn sources(&self) -> &[&str] {
+        &["payment"]
+    }
     fn handles(&self, _event_type: &str) -> bool {
         true
     }

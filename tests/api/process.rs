@@ -1,0 +1,341 @@
+//! Real `agora` processes for tests that kill, restart or split them: the
+//! built binary started with a clean `AGORA__*` environment, its own ports
+//! (fixed at first start, so a restart keeps its address) and data directory,
+//! its output appended to `<dir>/<name>.log`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use agora_kernel::Role;
+use serde_json::{Value, json};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Agora {
+    pub name: String,
+    pub base: String,
+    pub admin: String,
+    child: Option<Child>,
+    env: Vec<(String, String)>,
+    dir: PathBuf,
+}
+
+impl Agora {
+    /// Start `agora serve` with test defaults (generous rate limits, quick
+    /// saga retries) overridden by `env`; returns once it listens.
+    pub fn start(name: &str, dir: &Path, env: &[(&str, String)]) -> Self {
+        let (port, admin) = (free_port(), free_port());
+        let mut all: Vec<(String, String)> = vec![
+            ("AGORA__HTTP__ADDR".into(), format!("127.0.0.1:{port}")),
+            ("AGORA__ADMIN__ADDR".into(), format!("127.0.0.1:{admin}")),
+            (
+                "AGORA__DATA_DIR".into(),
+                dir.join(name).join("data").display().to_string(),
+            ),
+            ("AGORA__HTTP__WORKERS".into(), "2".into()),
+            ("AGORA__RATE_LIMIT__PER_SECOND".into(), "100000".into()),
+            ("AGORA__RATE_LIMIT__BURST".into(), "100000".into()),
+            ("AGORA__ORDER__RECOVERY_EVERY_MS".into(), "100".into()),
+            ("AGORA__ORDER__RETRY_BASE_MS".into(), "100".into()),
+            ("AGORA__ORDER__RETRY_MAX_SECS".into(), "1".into()),
+            ("AGORA__NOTIFICATION__POLL_INTERVAL_MS".into(), "50".into()),
+            ("RUST_LOG".into(), "info,sqlx=warn".into()),
+        ];
+        for (k, v) in env {
+            all.retain(|(key, _)| key != k);
+            all.push(((*k).to_owned(), v.clone()));
+        }
+        let mut agora = Self {
+            name: name.to_owned(),
+            base: format!("http://127.0.0.1:{port}"),
+            admin: format!("http://127.0.0.1:{admin}"),
+            child: None,
+            env: all,
+            dir: dir.to_path_buf(),
+        };
+        agora.restart();
+        agora
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.log", self.name))
+    }
+
+    /// The process's output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown, nothing flushed.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it (again) on the same ports, data and settings.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_agora"));
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("AGORA__")) {
+            cmd.env_remove(k);
+        }
+        cmd.env_remove("AGORA_ENV")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .current_dir(&self.dir)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        for (stream, tx) in [
+            (
+                Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+                None,
+            ),
+            (Box::new(child.stderr.take().unwrap()), Some(tx)),
+        ] {
+            let mut log = log.try_clone().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = writeln!(log, "{line}");
+                    if let Some(tx) = &tx
+                        && line.contains("agora listening on")
+                    {
+                        let _ = tx.send(());
+                    }
+                }
+            });
+        }
+        self.child = Some(child);
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let tail: String = self
+                .log()
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!(
+                "{} did not start listening; last lines (newest first):\n{tail}",
+                self.name
+            );
+        }
+    }
+
+    /// Its Prometheus text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Agora {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The sum of a metric's samples whose labels contain every `labels` pair
+/// (`key="value"`), from Prometheus text.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.split(['{', ' ']).next() == Some(name) && labels.iter().all(|p| l.contains(p))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A client of one agora (any process that answers the whole `/api/v1`).
+#[derive(Clone)]
+pub struct Api {
+    pub client: reqwest::Client,
+    pub base: String,
+    pub staff: String,
+}
+
+pub fn token(sub: &str, roles: &[Role]) -> String {
+    let dir = std::env::temp_dir();
+    let settings = crate::helpers::test_settings(&dir);
+    agora::gateway::auth::mint(
+        &settings.auth,
+        sub,
+        roles,
+        Some(&format!("{sub}@example.com")),
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+}
+
+pub fn address() -> Value {
+    json!({"name": "C", "line1": "1 St", "city": "Berlin", "postal_code": "10115", "country": "DE"})
+}
+
+impl Api {
+    pub fn new(base: &str) -> Self {
+        Self {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            base: base.to_owned(),
+            staff: token("sam", &[Role::Staff]),
+        }
+    }
+
+    pub async fn post(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        let res = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        let res = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A warehouse, and each sku at 850 EUR with `units` in stock.
+    pub async fn seed(&self, skus: &[&str], units: i64) {
+        let (s, body) = self
+            .post(
+                &self.staff,
+                "/api/v1/warehouses",
+                json!({"code": "BER", "name": "Berlin"}),
+            )
+            .await;
+        assert!(s == 201 || s == 409, "{s} {body}");
+        for sku in skus {
+            let (s, body) = self
+                .post(
+                    &self.staff,
+                    "/api/v1/products",
+                    json!({"sku": sku, "name": sku, "price_minor": 850, "currency": "EUR"}),
+                )
+                .await;
+            assert!(s == 201 || s == 409, "{s} {body}");
+            let (s, body) = self
+                .post(
+                    &self.staff,
+                    "/api/v1/stock/receipts",
+                    json!({"sku": sku, "warehouse": "BER", "quantity": units}),
+                )
+                .await;
+            assert_eq!(s, 201, "{body}");
+        }
+    }
+
+    /// Place an order of one line as `customer`; the status and the body.
+    pub async fn order(
+        &self,
+        customer: &str,
+        sku: &str,
+        quantity: u32,
+        payment_method: &str,
+        key: &str,
+    ) -> (u16, Value) {
+        let res = self
+            .client
+            .post(format!("{}/api/v1/orders", self.base))
+            .bearer_auth(customer)
+            .header("idempotency-key", key)
+            .json(&json!({
+                "items": [{"sku": sku, "quantity": quantity}],
+                "shipping_address": address(),
+                "payment_method": payment_method,
+            }))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Every item of a collection, following cursors (as staff).
+    pub async fn all(&self, path: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        let sep = if path.contains('?') { '&' } else { '?' };
+        loop {
+            let page_path = match &cursor {
+                Some(c) => format!("{path}{sep}limit=100&cursor={c}"),
+                None => format!("{path}{sep}limit=100"),
+            };
+            let (s, page) = self.get(&self.staff, &page_path).await;
+            assert_eq!(s, 200, "{page_path}: {page}");
+            out.extend(page["items"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return out,
+            }
+        }
+    }
+
+    /// Poll every 100 ms until `done` holds for the orders, or `within` passed.
+    pub async fn orders_until(
+        &self,
+        within: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let orders = self.all("/api/v1/orders").await;
+            if done(&orders) || tokio::time::Instant::now() > deadline {
+                return orders;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+pub fn in_flight(order: &Value) -> bool {
+    matches!(
+        order["status"].as_str(),
+        Some("pending" | "awaiting_payment")
+    )
+}
+
+/// The notification template an order in this status causes, if any.
+pub fn template_of(status: &str) -> Option<&'static str> {
+    match status {
+        "confirmed" => Some("order_confirmed"),
+        "payment_failed" => Some("order_payment_failed"),
+        "rejected" => Some("order_rejected"),
+        "cancelled" => Some("order_cancelled"),
+        _ => None,
+    }
+}
