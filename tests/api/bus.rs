@@ -198,6 +198,35 @@ async fn nats_stopped_mid_load_delays_events_but_loses_and_repeats_none() {
     wait_for_backlog_zero(&agora).await;
     let (status, _) = api.get(&api.staff, "/health/ready").await;
     assert_eq!(status, 200, "ready again without a restart");
+
+    let m = agora.metrics().await;
+    let published = metric_sum(
+        &m,
+        "agora_events_published_total",
+        &[r#"module="order""#, r#"type="order.confirmed.v1""#],
+    );
+    let consumed = metric_sum(
+        &m,
+        "agora_events_consumed_total",
+        &[r#"module="notification""#, r#"type="order.confirmed.v1""#],
+    );
+    assert!(
+        published >= 60.0 && consumed >= 60.0,
+        "{published} / {consumed}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = agora.metrics().await;
+        let lag = r#"agora_bus_consumer_pending{consumer="notification@order"}"#;
+        if m.lines().any(|l| l.starts_with(lag) && l.ends_with(" 0")) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "consumer lag is not 0:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
