@@ -1,9 +1,13 @@
-//! In-process adapters: the order module's ports implemented over the
-//! inventory and payment modules' `api` handles. This is the only place where
-//! two modules meet; once a module is extracted, an HTTP client adapter
-//! implements the same port and this file loses an impl.
+//! The order module's ports over the inventory and payment modules' `api`
+//! traits. This is the only place where two modules meet, and it only
+//! translates types: it does not care whether the `api` it was given runs in
+//! this process or in another one (`InventoryService` / `RemoteInventory`,
+//! `PaymentService` / `RemotePayments`), and what to do about an outcome (a
+//! replayed reservation that ended, a partly refunded payment) is the order
+//! saga's business.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use agora_inventory::InventoryApi;
@@ -13,7 +17,7 @@ use agora_kernel::{CallContext, Money};
 use agora_order::domain::models::{OrderId, Sku};
 use agora_order::domain::ports::{
     Catalogue, ChargeOutcome, ChargeRequest, PaymentState, Payments, PortError, Quote,
-    ReserveOutcome, StockReservations,
+    RefundOutcome, ReserveOutcome, StockReservations,
 };
 use agora_payment::PaymentApi;
 use agora_payment::domain::models as pay;
@@ -21,10 +25,14 @@ use agora_payment::domain::service::{ChargeError, GetPaymentError, RefundError};
 use async_trait::async_trait;
 
 /// Catalogue prices and stock reservations, from the inventory module.
-pub struct InProcessInventory(pub InventoryApi);
+pub struct InventoryPorts(pub Arc<dyn InventoryApi>);
 
 fn refused(e: impl std::fmt::Display) -> PortError {
     PortError::Refused(e.to_string())
+}
+
+fn unavailable(module: &str, e: &anyhow::Error) -> PortError {
+    PortError::Unavailable(format!("{module}: {e:#}"))
 }
 
 fn reservation_id(id: &str) -> Result<inv::ReservationId, PortError> {
@@ -33,58 +41,52 @@ fn reservation_id(id: &str) -> Result<inv::ReservationId, PortError> {
         .map_err(refused)
 }
 
-/// Transitions that already happened count as done (every call is retried).
+/// A transition that already happened counts as done (every call is retried).
 fn transition_result(
-    r: Result<inv::Reservation, ReservationError>,
-    done_states: &[&str],
+    r: Result<agora_inventory::ReservationState, ReservationError>,
+    done: inv::ReservationStatus,
 ) -> Result<(), PortError> {
     match r {
         Ok(_) => Ok(()),
-        Err(ReservationError::InvalidTransition { from, .. }) if done_states.contains(&from) => {
-            Ok(())
-        }
-        Err(ReservationError::Unexpected(e)) => {
-            Err(PortError::Unavailable(format!("inventory: {e:#}")))
-        }
+        Err(ReservationError::InvalidTransition { from, .. }) if from == done.as_str() => Ok(()),
+        Err(ReservationError::Unexpected(e)) => Err(unavailable("inventory", &e)),
         Err(e) => Err(refused(e)),
     }
 }
 
 #[async_trait]
-impl Catalogue for InProcessInventory {
+impl Catalogue for InventoryPorts {
     async fn quote(
         &self,
         ctx: &CallContext,
         skus: &[Sku],
     ) -> Result<BTreeMap<String, Quote>, PortError> {
-        let mut quotes = BTreeMap::new();
-        for sku in skus {
-            let Ok(parsed) = inv::Sku::parse(sku.as_str()) else {
-                continue;
-            };
-            match self.0.product(ctx, &parsed).await {
-                Ok(p) => {
-                    quotes.insert(
-                        sku.as_str().to_owned(),
+        // A sku inventory would not accept is unknown to it.
+        let parsed: Vec<inv::Sku> = skus
+            .iter()
+            .filter_map(|s| inv::Sku::parse(s.as_str()).ok())
+            .collect();
+        match self.0.quote(ctx, &parsed).await {
+            Ok(quotes) => Ok(quotes
+                .into_iter()
+                .map(|q| {
+                    (
+                        q.sku.as_str().to_owned(),
                         Quote {
-                            price: p.price,
-                            active: p.active,
+                            price: q.price,
+                            active: q.active,
                         },
-                    );
-                }
-                Err(ReadError::NotFound(_)) => {}
-                Err(ReadError::Unexpected(e)) => {
-                    return Err(PortError::Unavailable(format!("inventory: {e:#}")));
-                }
-                Err(e) => return Err(refused(e)),
-            }
+                    )
+                })
+                .collect()),
+            Err(ReadError::Unexpected(e)) => Err(unavailable("inventory", &e)),
+            Err(e) => Err(refused(e)),
         }
-        Ok(quotes)
     }
 }
 
 #[async_trait]
-impl StockReservations for InProcessInventory {
+impl StockReservations for InventoryPorts {
     async fn reserve(
         &self,
         ctx: &CallContext,
@@ -109,10 +111,7 @@ impl StockReservations for InProcessInventory {
             ttl: Some(inv::Ttl::from_secs(ttl.as_secs().max(1) as i64).map_err(refused)?),
         };
         match self.0.reserve(ctx, request).await {
-            // A replay of a reservation that has since ended holds no stock.
-            Ok(r) if r.reservation.status == inv::ReservationStatus::Released => Err(
-                PortError::Refused("the reservation was released (expired)".into()),
-            ),
+            Ok(r) if r.status == inv::ReservationStatus::Released => Ok(ReserveOutcome::Ended),
             Ok(_) => Ok(ReserveOutcome::Reserved),
             Err(ReserveError::Insufficient(short)) => Ok(ReserveOutcome::Insufficient(
                 short
@@ -120,9 +119,7 @@ impl StockReservations for InProcessInventory {
                     .map(|s| s.sku.as_str().to_owned())
                     .collect(),
             )),
-            Err(ReserveError::Unexpected(e)) => {
-                Err(PortError::Unavailable(format!("inventory: {e:#}")))
-            }
+            Err(ReserveError::Unexpected(e)) => Err(unavailable("inventory", &e)),
             Err(e) => Err(refused(e)),
         }
     }
@@ -130,14 +127,14 @@ impl StockReservations for InProcessInventory {
     async fn confirm(&self, ctx: &CallContext, id: &str) -> Result<(), PortError> {
         transition_result(
             self.0.confirm(ctx, reservation_id(id)?).await,
-            &["confirmed"],
+            inv::ReservationStatus::Confirmed,
         )
     }
 
     async fn commit(&self, ctx: &CallContext, id: &str) -> Result<(), PortError> {
         transition_result(
             self.0.commit(ctx, reservation_id(id)?).await,
-            &["committed"],
+            inv::ReservationStatus::Committed,
         )
     }
 
@@ -145,16 +142,16 @@ impl StockReservations for InProcessInventory {
         match self.0.release(ctx, reservation_id(id)?).await {
             // Never reserved (a rejected order): nothing to give back.
             Err(ReservationError::NotFound(_)) => Ok(()),
-            other => transition_result(other, &["released"]),
+            other => transition_result(other, inv::ReservationStatus::Released),
         }
     }
 }
 
 /// Charges and refunds, from the payment module.
-pub struct InProcessPayments(pub PaymentApi);
+pub struct PaymentPorts(pub Arc<dyn PaymentApi>);
 
 #[async_trait]
-impl Payments for InProcessPayments {
+impl Payments for PaymentPorts {
     async fn find(
         &self,
         ctx: &CallContext,
@@ -178,9 +175,7 @@ impl Payments for InProcessPayments {
                 Ok(Some((p.id.to_string(), state)))
             }
             Err(GetPaymentError::NotFound) => Ok(None),
-            Err(GetPaymentError::Unexpected(e)) => {
-                Err(PortError::Unavailable(format!("payment: {e:#}")))
-            }
+            Err(GetPaymentError::Unexpected(e)) => Err(unavailable("payment", &e)),
         }
     }
 
@@ -196,22 +191,18 @@ impl Payments for InProcessPayments {
             pay::PaymentMethod::parse(&r.payment_method).map_err(refused)?,
         )
         .map_err(refused)?;
-        match self.0.charge(ctx, request).await {
-            Ok(c) if c.payment.status == pay::PaymentStatus::Failed => {
-                Ok(ChargeOutcome::Declined {
-                    payment_id: c.payment.id.to_string(),
-                    code: c.payment.failure_code.unwrap_or_else(|| "declined".into()),
-                })
-            }
-            Ok(c) => Ok(ChargeOutcome::Succeeded {
-                payment_id: c.payment.id.to_string(),
+        match self.0.charge(ctx, request, &r.idempotency_key).await {
+            Ok(p) if p.status == pay::PaymentStatus::Failed => Ok(ChargeOutcome::Declined {
+                payment_id: p.id.to_string(),
+                code: p.failure_code.unwrap_or_else(|| "declined".into()),
+            }),
+            Ok(p) => Ok(ChargeOutcome::Succeeded {
+                payment_id: p.id.to_string(),
             }),
             Err(e @ (ChargeError::ProviderUnavailable { .. } | ChargeError::InProgress { .. })) => {
                 Err(PortError::Unavailable(e.to_string()))
             }
-            Err(ChargeError::Unexpected(e)) => {
-                Err(PortError::Unavailable(format!("payment: {e:#}")))
-            }
+            Err(ChargeError::Unexpected(e)) => Err(unavailable("payment", &e)),
             Err(e) => Err(refused(e)),
         }
     }
@@ -222,36 +213,25 @@ impl Payments for InProcessPayments {
         payment_id: &str,
         amount: Money,
         key: &str,
-    ) -> Result<(), PortError> {
+    ) -> Result<RefundOutcome, PortError> {
         let id = pay::PaymentId::parse(payment_id).map_err(refused)?;
         let request_key = pay::RequestKey::parse(key).map_err(refused)?;
-        let mut amount = amount;
-        for _ in 0..2 {
-            let request = pay::RefundRequest::of_money(id, amount, None, request_key.clone())
-                .map_err(refused)?;
-            match self.0.refund(ctx, request).await {
-                Ok(_) => return Ok(()),
-                // Partly refunded already (by staff): refund what is left.
-                Err(RefundError::ExceedsRefundable { refundable_minor })
-                    if refundable_minor > 0 =>
-                {
-                    amount = Money::new(refundable_minor, amount.currency());
-                }
-                Err(RefundError::ExceedsRefundable { .. }) => return Ok(()),
-                Err(RefundError::NotRefundable(pay::PaymentStatus::Refunded)) => return Ok(()),
-                Err(
-                    e @ (RefundError::ProviderUnavailable { .. } | RefundError::InProgress { .. }),
-                ) => {
-                    return Err(PortError::Unavailable(e.to_string()));
-                }
-                Err(RefundError::Unexpected(e)) => {
-                    return Err(PortError::Unavailable(format!("payment: {e:#}")));
-                }
-                Err(e) => return Err(refused(e)),
+        let request =
+            pay::RefundRequest::of_money(id, amount, None, request_key).map_err(refused)?;
+        match self.0.refund(ctx, request).await {
+            Ok(_) => Ok(RefundOutcome::Refunded),
+            Err(RefundError::ExceedsRefundable { refundable_minor }) if refundable_minor > 0 => Ok(
+                RefundOutcome::OnlyLeft(Money::new(refundable_minor, amount.currency())),
+            ),
+            Err(RefundError::ExceedsRefundable { .. })
+            | Err(RefundError::NotRefundable(pay::PaymentStatus::Refunded)) => {
+                Ok(RefundOutcome::NothingLeft)
             }
+            Err(e @ (RefundError::ProviderUnavailable { .. } | RefundError::InProgress { .. })) => {
+                Err(PortError::Unavailable(e.to_string()))
+            }
+            Err(RefundError::Unexpected(e)) => Err(unavailable("payment", &e)),
+            Err(e) => Err(refused(e)),
         }
-        Err(PortError::Unavailable(
-            "the refundable amount kept changing; retry".into(),
-        ))
     }
 }

@@ -13,6 +13,76 @@ use utoipa::ToSchema;
 #[derive(Clone)]
 pub struct Modules(pub Arc<Vec<Arc<dyn Module>>>);
 
+/// Where every module runs, as this process sees it.
+pub struct Topology {
+    entries: Vec<ModuleEntry>,
+}
+
+/// One module of the system and where it runs.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModuleEntry {
+    /// `order`, `inventory`, `payment` or `notification`.
+    pub name: String,
+    /// `local` (hosted by this process) or `remote`.
+    #[schema(example = "local")]
+    pub placement: &'static str,
+    /// `sqlite`, `postgres` or `mongodb` (local modules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// Path prefixes under `/api/v1` that the module serves.
+    pub routes: Vec<String>,
+    /// The base URLs of the processes hosting it (remote modules).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct InstanceEntry {
+    pub url: String,
+}
+
+impl Topology {
+    pub fn new(local: &[Arc<dyn Module>], upstreams: &crate::upstream::Upstreams) -> Self {
+        let mut entries: Vec<ModuleEntry> = local
+            .iter()
+            .map(|m| {
+                let info: ModuleInfo = m.info();
+                ModuleEntry {
+                    name: info.name,
+                    placement: "local",
+                    store: Some(info.store),
+                    routes: info.routes,
+                    instances: Vec::new(),
+                }
+            })
+            .collect();
+        entries.extend(upstreams.pools().map(|p| {
+            ModuleEntry {
+                name: p.module.to_owned(),
+                placement: "remote",
+                store: None,
+                routes: crate::app::routes_of(p.module)
+                    .iter()
+                    .map(|r| (*r).to_owned())
+                    .collect(),
+                instances: p
+                    .instances()
+                    .iter()
+                    .map(|i| InstanceEntry { url: i.url.clone() })
+                    .collect(),
+            }
+        }));
+        let order = |name: &str| {
+            crate::settings::MODULES
+                .iter()
+                .position(|m| *m == name)
+                .unwrap_or(usize::MAX)
+        };
+        entries.sort_by_key(|e| order(&e.name));
+        Self { entries }
+    }
+}
+
 /// The event bus, for readiness.
 #[derive(Clone)]
 pub struct Bus(pub Arc<dyn agora_kernel::EventBus>);
@@ -31,6 +101,10 @@ pub struct Readiness {
     modules: std::collections::BTreeMap<String, String>,
     /// The event bus: `memory` (in process) or `jetstream`, and `up`.
     bus: BusReadiness,
+    /// Modules hosted elsewhere: instance URL → `up` or why not. Listed, not
+    /// judged: another process being down does not make this one unready.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    remote: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -52,7 +126,11 @@ pub async fn live() -> HttpResponse {
     (status = 200, body = Readiness),
     (status = 503, body = Problem, content_type = "application/problem+json"),
 ))]
-pub async fn ready(modules: web::Data<Modules>, bus: web::Data<Bus>) -> HttpResponse {
+pub async fn ready(
+    modules: web::Data<Modules>,
+    bus: web::Data<Bus>,
+    upstreams: web::Data<crate::upstream::Upstreams>,
+) -> HttpResponse {
     let checks = modules.0.iter().map(|m| async move {
         let name = m.info().name;
         let result = tokio::time::timeout(Duration::from_secs(3), m.ready()).await;
@@ -70,8 +148,30 @@ pub async fn ready(modules: web::Data<Modules>, bus: web::Data<Bus>) -> HttpResp
             Err(_) => Err("timed out".to_owned()),
         }
     };
-    let (results, bus_result) =
-        futures_util::join!(futures_util::future::join_all(checks), bus_check);
+    let remote_checks = upstreams.pools().flat_map(|p| {
+        let upstreams = upstreams.clone();
+        p.instances().iter().map(move |i| {
+            let upstreams = upstreams.clone();
+            let i = i.clone();
+            async move {
+                let state = match upstreams.reachable(&i).await {
+                    Ok(()) => "up".to_owned(),
+                    Err(why) => why,
+                };
+                (p.module.to_owned(), i.url.clone(), state)
+            }
+        })
+    });
+    let (results, bus_result, remote_results) = futures_util::join!(
+        futures_util::future::join_all(checks),
+        bus_check,
+        futures_util::future::join_all(remote_checks)
+    );
+    let mut remote: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> =
+        Default::default();
+    for (module, url, state) in remote_results {
+        remote.entry(module).or_default().insert(url, state);
+    }
     let mut failing: Vec<String> = results
         .iter()
         .filter_map(|(name, r)| {
@@ -97,6 +197,7 @@ pub async fn ready(modules: web::Data<Modules>, bus: web::Data<Bus>) -> HttpResp
                 kind: bus.0.kind(),
                 status: "up",
             },
+            remote,
         })
     } else {
         let p = Problem::unavailable(format!("not ready: {}", failing.join(", ")), 5);
@@ -128,10 +229,11 @@ pub async fn me(principal: Principal) -> HttpResponse {
 
 #[derive(Serialize, ToSchema)]
 pub struct ModuleList {
-    items: Vec<ModuleInfo>,
+    items: Vec<ModuleEntry>,
 }
 
-/// The modules this process hosts and their stores (admin).
+/// Every module and where it runs: `local` ones with their store, `remote`
+/// ones with the instances this process calls (admin).
 #[utoipa::path(get, path = "/system/modules", tag = "system", security(("bearer" = [])), responses(
     (status = 200, body = ModuleList),
     (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -139,11 +241,12 @@ pub struct ModuleList {
 ))]
 pub async fn system_modules(
     principal: Principal,
-    modules: web::Data<Modules>,
+    topology: web::Data<Topology>,
 ) -> Result<HttpResponse, Problem> {
     principal.require_any(&[Role::Admin])?;
-    let items = modules.0.iter().map(|m| m.info()).collect();
-    Ok(HttpResponse::Ok().json(ModuleList { items }))
+    Ok(HttpResponse::Ok().json(ModuleList {
+        items: topology.entries.clone(),
+    }))
 }
 
 /// Health endpoints, outside `/api/v1` and the gateway's auth.

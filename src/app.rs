@@ -25,6 +25,7 @@ use crate::gateway::errors;
 use crate::gateway::observe::{self, RouteModules};
 use crate::gateway::rate_limit::{self, RateLimits};
 use crate::settings::{Settings, redact_url};
+use crate::upstream::Upstreams;
 use crate::{openapi, telemetry};
 
 pub struct Application {
@@ -38,55 +39,96 @@ pub struct Application {
     shutdown_timeout: Duration,
 }
 
-/// Build every module from its settings, each on its own database.
+/// The `/api/v1` path prefixes a module serves.
+pub fn routes_of(module: &str) -> &'static [&'static str] {
+    match module {
+        "order" => agora_order::ROUTES,
+        "inventory" => agora_inventory::ROUTES,
+        "payment" => agora_payment::ROUTES,
+        _ => agora_notification::ROUTES,
+    }
+}
+
+/// Build the modules this process hosts, each on its own database. The order
+/// module's ports go to inventory and payment wherever they run: their
+/// services in this process, or their HTTP clients through the upstream pools.
 async fn build_modules(
     settings: &Settings,
     bus: Arc<dyn EventBus>,
+    upstreams: &Arc<Upstreams>,
 ) -> anyhow::Result<Vec<Arc<dyn Module>>> {
-    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-        format!(
-            "failed to create the data directory {}",
-            settings.data_dir.display()
-        )
-    })?;
+    let hosted = settings.hosted();
+    if !hosted.is_empty() {
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!(
+                "failed to create the data directory {}",
+                settings.data_dir.display()
+            )
+        })?;
+    }
     let url = |m: &str| settings.database_url(m);
-    for m in crate::settings::MODULES {
+    for m in &hosted {
         tracing::info!(module = m, database = %redact_url(&url(m)), "connecting module store");
     }
-    let inventory = agora_inventory::InventoryModule::build(
-        &settings.inventory,
-        &url("inventory"),
-        bus.clone(),
-    )
-    .await
-    .context("inventory module")?;
-    let payment =
-        agora_payment::PaymentModule::build(&settings.payment, &url("payment"), bus.clone())
-            .await
-            .context("payment module")?;
-    let notification = agora_notification::NotificationModule::build(
-        &settings.notification,
-        &url("notification"),
-        bus.clone(),
-    )
-    .await
-    .context("notification module")?;
-    // The order module reaches inventory and payment only through its own ports.
-    let stock = Arc::new(adapters::InProcessInventory(inventory.api()));
-    let ports = agora_order::OrderPorts {
-        catalogue: stock.clone(),
-        stock,
-        payments: Arc::new(adapters::InProcessPayments(payment.api())),
+    for pool in upstreams.pools() {
+        let urls: Vec<&str> = pool.instances().iter().map(|i| i.url.as_str()).collect();
+        tracing::info!(module = pool.module, instances = ?urls, "module hosted elsewhere");
+    }
+    let remote = |module: &'static str| {
+        upstreams
+            .transport(module)
+            .with_context(|| format!("the {module} module is neither hosted nor remote"))
     };
-    let order = agora_order::OrderModule::build(&settings.order, &url("order"), bus.clone(), ports)
+    let mut modules: Vec<Arc<dyn Module>> = Vec::new();
+    let inventory: Arc<dyn agora_inventory::InventoryApi> = if settings.hosts("inventory") {
+        let m = agora_inventory::InventoryModule::build(
+            &settings.inventory,
+            &url("inventory"),
+            bus.clone(),
+        )
         .await
-        .context("order module")?;
-    Ok(vec![
-        Arc::new(order),
-        Arc::new(inventory),
-        Arc::new(payment),
-        Arc::new(notification),
-    ])
+        .context("inventory module")?;
+        let api = Arc::new(m.api());
+        modules.push(Arc::new(m));
+        api
+    } else {
+        Arc::new(agora_inventory::RemoteInventory::new(remote("inventory")?))
+    };
+    let payment: Arc<dyn agora_payment::PaymentApi> = if settings.hosts("payment") {
+        let m =
+            agora_payment::PaymentModule::build(&settings.payment, &url("payment"), bus.clone())
+                .await
+                .context("payment module")?;
+        let api = Arc::new(m.api());
+        modules.push(Arc::new(m));
+        api
+    } else {
+        Arc::new(agora_payment::RemotePayments::new(remote("payment")?))
+    };
+    if settings.hosts("notification") {
+        let m = agora_notification::NotificationModule::build(
+            &settings.notification,
+            &url("notification"),
+            bus.clone(),
+        )
+        .await
+        .context("notification module")?;
+        modules.push(Arc::new(m));
+    }
+    if settings.hosts("order") {
+        // The order module reaches inventory and payment only through its own ports.
+        let stock = Arc::new(adapters::InventoryPorts(inventory));
+        let ports = agora_order::OrderPorts {
+            catalogue: stock.clone(),
+            stock,
+            payments: Arc::new(adapters::PaymentPorts(payment)),
+        };
+        let m = agora_order::OrderModule::build(&settings.order, &url("order"), bus.clone(), ports)
+            .await
+            .context("order module")?;
+        modules.insert(0, Arc::new(m));
+    }
+    Ok(modules)
 }
 
 /// The event bus the settings name: in process, or NATS JetStream.
@@ -124,7 +166,8 @@ impl Application {
         let authenticator = Arc::new(Authenticator::from_settings(&settings.auth).await?);
         let limits = Arc::new(RateLimits::from_settings(&settings.rate_limit));
         let bus = build_bus(&settings).await?;
-        let modules = Arc::new(build_modules(&settings, bus.clone()).await?);
+        let upstreams = Upstreams::from_settings(&settings)?;
+        let modules = Arc::new(build_modules(&settings, bus.clone(), &upstreams).await?);
 
         let stop = CancellationToken::new();
         let mut tasks: Vec<BackgroundTask> =
@@ -154,13 +197,16 @@ impl Application {
             }
         }));
 
-        let route_modules: Vec<(String, String)> = modules
+        let route_modules: Vec<(String, String)> = crate::settings::MODULES
             .iter()
             .flat_map(|m| {
-                let info = m.info();
-                info.routes.into_iter().map(move |r| (r, info.name.clone()))
+                routes_of(m)
+                    .iter()
+                    .map(|r| ((*r).to_owned(), (*m).to_owned()))
             })
             .collect();
+        let topology = web::Data::new(api::Topology::new(&modules, &upstreams));
+        let upstreams_data = web::Data::from(upstreams.clone());
         let spec = openapi::spec();
         let body_limit = settings.http.body_limit_bytes;
         let authenticator = web::Data::from(authenticator);
@@ -177,8 +223,10 @@ impl Application {
         })?;
         let port = listener.local_addr()?.port();
         let factory_modules = modules.clone();
+        let remote_modules: Vec<&'static str> = upstreams.pools().map(|p| p.module).collect();
         let mut server = HttpServer::new(move || {
             let modules = factory_modules.clone();
+            let remote_modules = remote_modules.clone();
             App::new()
                 .app_data(agora_kernel::http::json_config(body_limit))
                 .app_data(agora_kernel::http::path_config())
@@ -188,6 +236,8 @@ impl Application {
                 .app_data(limits.clone())
                 .app_data(modules_data.clone())
                 .app_data(bus_data.clone())
+                .app_data(topology.clone())
+                .app_data(upstreams_data.clone())
                 .app_data(route_modules.clone())
                 .wrap(from_fn(errors::problems))
                 .wrap(from_fn(observe::observe))
@@ -204,6 +254,19 @@ impl Application {
                         .configure(move |cfg| {
                             for m in modules.iter() {
                                 m.configure(cfg);
+                            }
+                            // Every process answers the whole surface: the
+                            // routes of modules hosted elsewhere are forwarded.
+                            for module in remote_modules.iter().copied() {
+                                for prefix in routes_of(module) {
+                                    cfg.service(web::scope(prefix).default_service(web::to(
+                                        move |req: actix_web::HttpRequest,
+                                              payload: web::Payload,
+                                              up: web::Data<Upstreams>| async move {
+                                            up.forward(module, req, payload).await
+                                        },
+                                    )));
+                                }
                             }
                         }),
                 )

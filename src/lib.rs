@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod openapi;
 pub mod settings;
 pub mod telemetry;
+pub mod upstream;
 
 pub use app::Application;
 pub use settings::Settings;

@@ -26,6 +26,13 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub rate_limit: RateLimitSettings,
     pub bus: BusSettings,
+    /// The modules this process hosts, comma-separated; empty = an edge that
+    /// hosts none and forwards every `/api/v1` request. See [`Settings::hosted`].
+    pub modules: String,
+    /// Where the modules this process does not host run.
+    pub remote: RemoteSettings,
+    /// Calls to other processes: time-outs, circuit breakers, health checks.
+    pub upstream: UpstreamSettings,
     pub order: agora_order::Settings,
     pub inventory: agora_inventory::Settings,
     pub payment: agora_payment::Settings,
@@ -67,6 +74,17 @@ pub struct AuthSettings {
     pub jwks_url: String,
     pub jwks_refresh_secs: u64,
     pub leeway_secs: u64,
+    /// With RS256/ES256/EdDSA user tokens: the key this process signs its
+    /// calls to other processes with (HS256 uses the shared secret).
+    #[serde(default = "empty_secret")]
+    pub service_private_key_pem: SecretString,
+    /// ... and the key it verifies other processes' calls with.
+    #[serde(default)]
+    pub service_public_key_pem: String,
+}
+
+fn empty_secret() -> SecretString {
+    SecretString::from(String::new())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +94,39 @@ pub struct RateLimitSettings {
     pub evict_every_secs: u64,
     #[serde(default)]
     pub routes: Vec<RouteQuota>,
+}
+
+/// `[remote.<module>]`: the instances of a module another process hosts.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RemoteModule {
+    /// Base URLs, comma-separated (`http://10.0.0.5:8080,http://10.0.0.6:8080`).
+    #[serde(default)]
+    pub urls: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RemoteSettings {
+    #[serde(default)]
+    pub order: RemoteModule,
+    #[serde(default)]
+    pub inventory: RemoteModule,
+    #[serde(default)]
+    pub payment: RemoteModule,
+    #[serde(default)]
+    pub notification: RemoteModule,
+}
+
+/// `[upstream]`: how this process calls modules in other processes.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpstreamSettings {
+    /// Time-out of one call (forwarded request: until the response head).
+    pub timeout_ms: u64,
+    /// Consecutive failed calls that open a remote module's circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker fails fast before one trial call.
+    pub breaker_open_secs: u64,
+    /// How often each instance's `/health/ready` is checked.
+    pub health_interval_ms: u64,
 }
 
 /// `[bus]`: where integration events travel.
@@ -217,6 +268,7 @@ impl Settings {
             .validate()
             .map_err(|(key, why)| invalid(key, why))?;
         self.validate_auth()?;
+        self.validate_placement()?;
         self.validate_databases()?;
         self.validate_bus()?;
         Ok(())
@@ -263,7 +315,135 @@ impl Settings {
         if a.jwks_refresh_secs == 0 {
             return Err(invalid("auth.jwks_refresh_secs", "must be at least 1"));
         }
+        // Processes that call each other sign and verify service tokens:
+        // HS256 uses the shared secret; the other algorithms need a key pair.
+        let split = crate::settings::MODULES
+            .iter()
+            .any(|m| !self.remote_urls(m).is_empty());
+        if split && a.algorithm != "HS256" {
+            if a.service_private_key_pem.expose_secret().trim().is_empty() {
+                return Err(invalid(
+                    "auth.service_private_key_pem",
+                    format!(
+                        "modules in other processes are called with service tokens; with {} they are signed with this key",
+                        a.algorithm
+                    ),
+                ));
+            }
+            if a.service_public_key_pem.trim().is_empty() {
+                return Err(invalid(
+                    "auth.service_public_key_pem",
+                    "the other processes' service tokens are verified with this key",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    fn validate_placement(&self) -> Result<(), SettingsError> {
+        let hosted = self.hosted_checked()?;
+        for module in MODULES {
+            let key = format!("remote.{module}.urls");
+            let urls = self.remote_urls(module);
+            for url in &urls {
+                let ok = (url.starts_with("http://") || url.starts_with("https://"))
+                    && url.len() > "https://".len()
+                    && !url.contains(char::is_whitespace);
+                if !ok {
+                    return Err(invalid(&key, format!("`{url}` is not an http(s) base URL")));
+                }
+            }
+            match (hosted.contains(&module), urls.is_empty()) {
+                (false, true) => {
+                    return Err(invalid(
+                        &key,
+                        format!(
+                            "the {module} module is neither hosted here ({}) nor given the URLs of the processes that host it",
+                            env_name("modules")
+                        ),
+                    ));
+                }
+                (true, false) => {
+                    return Err(invalid(
+                        &key,
+                        format!(
+                            "the {module} module is hosted by this process ({}); remote URLs are for the modules it does not host",
+                            env_name("modules")
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let some = !hosted.is_empty() && hosted.len() < MODULES.len();
+        if some && self.bus.url().is_none() {
+            return Err(invalid(
+                "bus.url",
+                "this process hosts only some of the modules, so their events must cross processes: set a NATS JetStream URL",
+            ));
+        }
+        let t = &self.upstream;
+        for (key, value) in [
+            ("upstream.timeout_ms", t.timeout_ms),
+            ("upstream.breaker_open_secs", t.breaker_open_secs),
+            ("upstream.health_interval_ms", t.health_interval_ms),
+            ("upstream.breaker_failures", u64::from(t.breaker_failures)),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    fn hosted_checked(&self) -> Result<Vec<&'static str>, SettingsError> {
+        let mut hosted = Vec::new();
+        for name in self
+            .modules
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            let Some(m) = MODULES.iter().find(|m| **m == name) else {
+                return Err(invalid(
+                    "modules",
+                    format!("unknown module `{name}` (order, inventory, payment, notification)"),
+                ));
+            };
+            if !hosted.contains(m) {
+                hosted.push(*m);
+            }
+        }
+        Ok(hosted)
+    }
+
+    /// The modules this process hosts, in agora's order.
+    pub fn hosted(&self) -> Vec<&'static str> {
+        let listed = self.hosted_checked().unwrap_or_default();
+        MODULES
+            .iter()
+            .copied()
+            .filter(|m| listed.contains(m))
+            .collect()
+    }
+
+    pub fn hosts(&self, module: &str) -> bool {
+        self.hosted().contains(&module)
+    }
+
+    /// The base URLs of the processes hosting `module` (no trailing `/`).
+    pub fn remote_urls(&self, module: &str) -> Vec<String> {
+        let r = match module {
+            "order" => &self.remote.order,
+            "inventory" => &self.remote.inventory,
+            "payment" => &self.remote.payment,
+            _ => &self.remote.notification,
+        };
+        r.urls
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_owned())
+            .filter(|u| !u.is_empty())
+            .collect()
     }
 
     fn validate_bus(&self) -> Result<(), SettingsError> {
@@ -301,7 +481,8 @@ impl Settings {
 
     fn validate_databases(&self) -> Result<(), SettingsError> {
         let mut seen: Vec<(&str, String)> = Vec::new();
-        for module in MODULES {
+        // Only the hosted modules' stores are this process's business.
+        for module in self.hosted() {
             let url = self.database_url(module);
             let key = format!("{module}.database_url");
             let backend = Backend::of_url(&url).ok_or_else(|| {
@@ -611,6 +792,71 @@ mod tests {
             ok.ok().and_then(|s| s.bus.url().map(str::to_owned)),
             Some("nats://127.0.0.1:4222".to_owned())
         );
+    }
+
+    #[test]
+    fn placement_defaults_to_every_module_here_and_refuses_gaps_and_unknown_names() {
+        let s = load(&[]).map_err(|e| e.0);
+        assert_eq!(
+            s.as_ref().ok().map(Settings::hosted),
+            Some(MODULES.to_vec())
+        );
+        let named = |pairs: &[(&str, &str)]| load(pairs).err().map(|e| e.0).unwrap_or_default();
+        let e = named(&[("AGORA__MODULES", "order,shipping")]);
+        assert!(
+            e.contains("AGORA__MODULES") && e.contains("shipping"),
+            "{e}"
+        );
+        let e = named(&[
+            ("AGORA__MODULES", "order,notification"),
+            ("AGORA__BUS__URL", "nats://127.0.0.1:4222"),
+            ("AGORA__REMOTE__INVENTORY__URLS", "http://10.0.0.5:8080"),
+        ]);
+        assert!(e.contains("AGORA__REMOTE__PAYMENT__URLS"), "{e}");
+        let e = named(&[
+            ("AGORA__MODULES", "order,notification"),
+            ("AGORA__REMOTE__INVENTORY__URLS", "http://b:8080"),
+            ("AGORA__REMOTE__PAYMENT__URLS", "http://b:8080"),
+        ]);
+        assert!(e.contains("AGORA__BUS__URL"), "{e}");
+        let e = named(&[("AGORA__REMOTE__ORDER__URLS", "http://x:1")]);
+        assert!(e.contains("AGORA__REMOTE__ORDER__URLS"), "{e}");
+        let e = named(&[
+            ("AGORA__MODULES", ""),
+            ("AGORA__REMOTE__ORDER__URLS", "ftp://x"),
+        ]);
+        assert!(e.contains("AGORA__REMOTE__ORDER__URLS"), "{e}");
+        let split = load(&[
+            ("AGORA__MODULES", "payment"),
+            ("AGORA__BUS__URL", "nats://127.0.0.1:4222"),
+            ("AGORA__REMOTE__ORDER__URLS", "http://a:8080/"),
+            (
+                "AGORA__REMOTE__INVENTORY__URLS",
+                "http://b:8080, http://c:8080",
+            ),
+            ("AGORA__REMOTE__NOTIFICATION__URLS", "http://a:8080"),
+        ])
+        .map_err(|e| e.0);
+        let split = split.as_ref().ok();
+        assert_eq!(split.map(Settings::hosted), Some(vec!["payment"]));
+        assert_eq!(
+            split.map(|s| s.remote_urls("inventory")),
+            Some(vec!["http://b:8080".to_owned(), "http://c:8080".to_owned()])
+        );
+        assert_eq!(
+            split.map(|s| s.remote_urls("order")),
+            Some(vec!["http://a:8080".to_owned()])
+        );
+        // An edge hosts nothing, publishes nothing: no broker needed.
+        let edge = load(&[
+            ("AGORA__MODULES", ""),
+            ("AGORA__REMOTE__ORDER__URLS", "http://a:8080"),
+            ("AGORA__REMOTE__INVENTORY__URLS", "http://a:8080"),
+            ("AGORA__REMOTE__PAYMENT__URLS", "http://a:8080"),
+            ("AGORA__REMOTE__NOTIFICATION__URLS", "http://a:8080"),
+        ])
+        .map_err(|e| e.0);
+        assert_eq!(edge.ok().map(|s| s.hosted().is_empty()), Some(true));
     }
 
     #[test]

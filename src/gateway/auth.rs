@@ -50,6 +50,17 @@ enum Keys {
 pub struct Authenticator {
     keys: Keys,
     validation: Validation,
+    /// With asymmetric user tokens: the key of other agora processes' service
+    /// tokens (`kid` = `agora-service`), which may carry the `service` role only.
+    service: Option<DecodingKey>,
+}
+
+/// Marks a request forwarded by another agora process (its
+/// `X-Agora-Forwarded-By` credential verified): it was rate-limited there.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    /// The forwarding process's service principal.
+    pub by: String,
 }
 
 /// Why a token was refused (the message goes to the client and the log).
@@ -112,7 +123,30 @@ impl Authenticator {
             .into_iter()
             .map(String::from)
             .collect::<HashSet<_>>();
-        Ok(Self { keys, validation })
+        let service = match s.service_public_key_pem.trim() {
+            "" => None,
+            _ if alg == Algorithm::HS256 => None,
+            pem => {
+                let pem = pem.replace("\\n", "\n");
+                let key = match alg {
+                    Algorithm::RS256 => DecodingKey::from_rsa_pem(pem.as_bytes()),
+                    Algorithm::ES256 => DecodingKey::from_ec_pem(pem.as_bytes()),
+                    _ => DecodingKey::from_ed_pem(pem.as_bytes()),
+                }
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "invalid setting AGORA__AUTH__SERVICE_PUBLIC_KEY_PEM (auth.service_public_key_pem): not a {} public key in PEM form ({e})",
+                        s.algorithm
+                    )
+                })?;
+                Some(key)
+            }
+        };
+        Ok(Self {
+            keys,
+            validation,
+            service,
+        })
     }
 
     /// Check a bearer token and return who it names.
@@ -125,7 +159,15 @@ impl Authenticator {
                 self.validation.algorithms[0]
             )));
         }
+        let service_token = header.kid.as_deref() == Some(crate::upstream::SERVICE_KID);
         let data = match &self.keys {
+            _ if service_token && self.service.is_some() => {
+                let key = self
+                    .service
+                    .as_ref()
+                    .ok_or_else(|| AuthError("no service key".into()))?;
+                jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+            }
             Keys::Static(key) => jsonwebtoken::decode::<Claims>(token, key, &self.validation),
             Keys::Jwks { set, .. } => {
                 let key = {
@@ -150,6 +192,11 @@ impl Authenticator {
             return Err(AuthError("the token's sub must be 1–255 characters".into()));
         }
         let roles: BTreeSet<Role> = claims.roles.iter().filter_map(|r| r.parse().ok()).collect();
+        if service_token && self.service.is_some() && roles.iter().any(|r| *r != Role::Service) {
+            return Err(AuthError(
+                "a service token may carry the service role only".into(),
+            ));
+        }
         Ok(Principal {
             subject: claims.sub,
             roles,
@@ -259,6 +306,31 @@ pub async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    // Forwarded by another agora process: its own credential says so.
+    if let Some(fwd) = req.headers().get(crate::upstream::FORWARDED_BY) {
+        let Some(auth) = req.app_data::<web::Data<Authenticator>>().cloned() else {
+            return Ok(req.into_response(Problem::internal().to_response()));
+        };
+        let token = fwd
+            .to_str()
+            .ok()
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim().to_owned())
+            .unwrap_or_default();
+        match auth.authenticate(&token) {
+            Ok(p) if p.roles.contains(&Role::Service) => {
+                req.extensions_mut().insert(Forwarded { by: p.subject });
+            }
+            _ => {
+                tracing::warn!("refused a request with an invalid X-Agora-Forwarded-By credential");
+                let p = Problem::unauthorized(
+                    "the X-Agora-Forwarded-By credential is not a valid service token",
+                );
+                return Ok(req.into_response(p.to_response()));
+            }
+        }
+    }
     let Some(header) = req.headers().get(actix_web::http::header::AUTHORIZATION) else {
         return next
             .call(req)

@@ -68,14 +68,23 @@ async fn normalise(
         return Ok(res);
     }
     let (req, res) = res.into_parts();
-    let allow = res.headers().get(header::ALLOW).cloned();
+    // Keep what the inner layers said (Allow, RateLimit, Retry-After, ...);
+    // only the body and its type change.
+    let kept: Vec<(header::HeaderName, HeaderValue)> = res
+        .headers()
+        .iter()
+        .filter(|(name, _)| *name != header::CONTENT_TYPE && *name != header::CONTENT_LENGTH)
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
     let body = actix_web::body::to_bytes(res.into_body())
         .await
         .unwrap_or_default();
     let problem = problem_for(&req, status, &body);
     let mut out = problem.to_response();
-    if let Some(allow) = allow {
-        out.headers_mut().insert(header::ALLOW, allow);
+    for (name, value) in kept {
+        if !out.headers().contains_key(&name) {
+            out.headers_mut().append(name, value);
+        }
     }
     Ok(ServiceResponse::new(req, out))
 }

@@ -138,6 +138,21 @@ pub async fn limit(
             .await
             .map(ServiceResponse::map_into_boxed_body);
     };
+    // Counted once, where the client called: forwarded traffic (by its
+    // verified credential, never by address) and service calls pass.
+    let exempt = req
+        .extensions()
+        .contains::<crate::gateway::auth::Forwarded>()
+        || req
+            .extensions()
+            .get::<Principal>()
+            .is_some_and(|p| p.roles.contains(&agora_kernel::Role::Service));
+    if exempt {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
+    }
     let key = match req.extensions().get::<Principal>() {
         Some(p) => format!("sub:{}", p.subject),
         None => format!(

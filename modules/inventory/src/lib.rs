@@ -1,7 +1,7 @@
 //! The inventory module: owns products, warehouses, stock levels and stock reservations.
 //!
 //! Its public face is [`InventoryModule`] (routes, OpenAPI fragment, background
-//! tasks, readiness), its `api` handle [`InventoryApi`] (what the order module's
+//! tasks, readiness), its `api` handle [`InventoryService`] (what the order module's
 //! adapter calls in the monolith), the domain types that handle speaks, the HTTP
 //! bodies, and the integration events in [`events`]. It owns its database
 //! (SQLite or MongoDB, picked by the URL's scheme) and talks to other modules
@@ -16,14 +16,18 @@ use agora_kernel::{BackgroundTask, EventBus, Module, ModuleInfo};
 use anyhow::Context;
 use async_trait::async_trait;
 
+pub mod api;
 pub mod domain;
 pub mod events;
 pub mod inbound;
 pub(crate) mod outbound;
+pub mod remote;
 
+pub use api::{InventoryApi, Quote, ReservationState};
 pub use domain::models::MAX_TTL_SECS;
 pub use domain::ports::{Clock, ManualClock, SystemClock};
-pub use domain::service::InventoryApi;
+pub use domain::service::InventoryService;
+pub use remote::RemoteInventory;
 
 /// The module's settings: the `[inventory]` section, `AGORA__INVENTORY__*` variables.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -96,7 +100,7 @@ enum Store {
 
 /// The inventory module, wired to its own database.
 pub struct InventoryModule {
-    api: InventoryApi,
+    api: InventoryService,
     relay: OutboxRelay,
     store: Store,
     sweep_every: Duration,
@@ -156,7 +160,7 @@ impl InventoryModule {
         };
         let relay = OutboxRelay::new(NAME, outbox, bus, RelayConfig::default());
         Ok(Self {
-            api: InventoryApi::new(port, clock, ttl),
+            api: InventoryService::new(port, clock, ttl),
             relay,
             store,
             sweep_every: Duration::from_secs(settings.sweep_interval_secs),
@@ -164,7 +168,7 @@ impl InventoryModule {
     }
 
     /// The handle other modules' adapters (and tests) call.
-    pub fn api(&self) -> InventoryApi {
+    pub fn api(&self) -> InventoryService {
         self.api.clone()
     }
 
@@ -182,7 +186,7 @@ impl InventoryModule {
     }
 }
 
-async fn sweep_all(api: &InventoryApi) -> anyhow::Result<usize> {
+async fn sweep_all(api: &InventoryService) -> anyhow::Result<usize> {
     let mut total = 0;
     loop {
         let n = api.sweep_expired(SWEEP_BATCH).await?;

@@ -7,7 +7,8 @@
 //! same key while the first is still running → 409. Keys are scoped
 //! by (principal, method, route, key), kept for a TTL (24 h by default) and
 //! stored in the owning module's own database (`idempotency_keys` table).
-//! A 5xx answer releases the key so the client can retry.
+//! A 5xx answer, or one with `Retry-After` (in progress, rate limited),
+//! releases the key so the client can retry.
 
 use std::future::{Ready, ready};
 use std::rc::Rc;
@@ -448,7 +449,12 @@ where
             let status = head.status();
             let text = std::str::from_utf8(&bytes).ok();
             match text {
-                Some(text) if !status.is_server_error() => {
+                // A 5xx, or any answer that says "retry after", is no final
+                // answer: the key is released so the retry runs again.
+                Some(text)
+                    if !status.is_server_error()
+                        && !head.headers().contains_key(header::RETRY_AFTER) =>
+                {
                     let header_str = |name: header::HeaderName| {
                         head.headers()
                             .get(name)

@@ -5,6 +5,7 @@
 //! piece of infrastructure that each module instantiates against its *own*
 //! database (outbox, inbox, idempotency keys). No business rule lives here.
 
+pub mod breaker;
 pub mod context;
 pub mod db;
 pub mod events;
@@ -18,6 +19,7 @@ pub mod outbox;
 pub mod pagination;
 pub mod principal;
 pub mod problem;
+pub mod remote;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -30,6 +30,11 @@ pub struct Problem {
     /// Field → messages, present on validation failures (422).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub errors: BTreeMap<String, Vec<String>>,
+    /// Extension members of a problem type (RFC 9457 §3.2), e.g. the
+    /// `shortages` of `insufficient-stock`; each type documents its own.
+    #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
+    #[schema(ignore)]
+    pub extensions: serde_json::Map<String, serde_json::Value>,
     #[serde(skip)]
     #[schema(ignore)]
     retry_after_secs: Option<u64>,
@@ -52,6 +57,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             errors: BTreeMap::new(),
+            extensions: serde_json::Map::new(),
             retry_after_secs: None,
             www_authenticate: None,
         }
@@ -179,6 +185,12 @@ impl Problem {
             "Internal server error",
             "an unexpected error occurred; it has been logged",
         )
+    }
+
+    /// Add an extension member (documented by the problem type).
+    pub fn with_extension(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.extensions.insert(key.to_owned(), value);
+        self
     }
 
     pub fn with_retry_after(mut self, secs: u64) -> Self {

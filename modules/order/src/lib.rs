@@ -44,7 +44,7 @@ fn default_recovery_every_ms() -> u64 {
     1000
 }
 fn default_lease_secs() -> u64 {
-    30
+    3
 }
 
 /// The `[order]` section, `AGORA__ORDER__*` variables.

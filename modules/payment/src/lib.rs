@@ -1,7 +1,7 @@
 //! The payment module: takes payments for orders and refunds them through a payment-provider port.
 //!
 //! Its public face is [`PaymentModule`] (routes, OpenAPI fragment, background
-//! tasks, readiness), its `api` handle [`PaymentApi`] (what the order module's
+//! tasks, readiness), its `api` handle [`PaymentService`] (what the order module's
 //! adapter calls in the monolith), the domain types that handle speaks, the
 //! HTTP bodies, and the integration events in [`events`]. It owns its database
 //! (SQLite or PostgreSQL) and talks to other modules only through ports and
@@ -17,13 +17,17 @@ use agora_kernel::{BackgroundTask, EventBus, Module, ModuleInfo};
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 
+pub mod api;
 pub mod domain;
 pub mod events;
 pub mod inbound;
 pub mod outbound;
+pub mod remote;
 
-pub use domain::service::PaymentApi;
+pub use api::{PaymentApi, PaymentSummary, RefundSummary};
+pub use domain::service::PaymentService;
 pub use outbound::breaker::{BreakerState, CircuitBreaker, Clock, ManualClock, SystemClock};
+pub use remote::RemotePayments;
 
 /// Which payment provider the module talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -160,7 +164,7 @@ pub const ROUTES: &[&str] = &["/payments"];
 /// The payment module, wired to its own database.
 pub struct PaymentModule {
     base: SqlModuleBase,
-    api: PaymentApi,
+    api: PaymentService,
     breaker: Arc<CircuitBreaker>,
 }
 
@@ -220,12 +224,12 @@ impl PaymentModule {
                 .provider_timeout_ms
                 .max(settings.simulated_latency_ms),
         ) + Duration::from_secs(5);
-        let api = PaymentApi::new(store, guarded, lease, Some(base.relay.waker()));
+        let api = PaymentService::new(store, guarded, lease, Some(base.relay.waker()));
         Ok(Self { base, api, breaker })
     }
 
     /// The handle other modules' adapters (and tests) call.
-    pub fn api(&self) -> PaymentApi {
+    pub fn api(&self) -> PaymentService {
         self.api.clone()
     }
 

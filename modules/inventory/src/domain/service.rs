@@ -1,5 +1,5 @@
 //! The inventory service: role rules, clock and defaults in front of the store.
-//! It is also the module's `api` handle ([`InventoryApi`]), so HTTP callers and
+//! It is also the module's `api` handle ([`InventoryService`]), so HTTP callers and
 //! in-process callers (the order module's adapter) meet the same rules.
 
 use std::sync::Arc;
@@ -41,11 +41,11 @@ struct Inner {
 /// Customers read products and stock; staff (and admin) change the catalogue,
 /// warehouses and stock; service (and admin) reserve.
 #[derive(Clone)]
-pub struct InventoryApi {
+pub struct InventoryService {
     inner: Arc<Inner>,
 }
 
-impl InventoryApi {
+impl InventoryService {
     pub fn new(store: Arc<dyn InventoryStore>, clock: Arc<dyn Clock>, default_ttl: Ttl) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -102,6 +102,30 @@ impl InventoryApi {
             Some(p) if p.active || ctx.principal.is_staff() => Ok(p),
             _ => Err(ReadError::NotFound(format!("no product with sku {sku}"))),
         }
+    }
+
+    /// The products of these skus, in their order (a price quote); unknown
+    /// ones are left out, and so are inactive ones unless the caller is staff
+    /// or a service (an order needs to say "not for sale").
+    ///
+    /// # Errors
+    /// Store failures.
+    #[tracing::instrument(skip_all, fields(skus = skus.len()))]
+    pub async fn quote(&self, ctx: &CallContext, skus: &[Sku]) -> Result<Vec<Product>, ReadError> {
+        let mut found = Vec::with_capacity(skus.len());
+        for sku in skus {
+            match self.inner.store.product(sku).await? {
+                Some(p)
+                    if p.active
+                        || ctx.principal.is_staff()
+                        || ctx.principal.has_any(&[Role::Service]) =>
+                {
+                    found.push(p)
+                }
+                _ => {}
+            }
+        }
+        Ok(found)
     }
 
     /// Products by sku; inactive ones only for staff.

@@ -15,13 +15,13 @@ use uuid::Uuid;
 use crate::domain::models::{
     Adjustment, Delta, Description, LineRequest, Movement, NewProduct, NewReservation,
     NewWarehouse, Note, OrderRef, ParseError, Product, ProductName, ProductPatch, Quantity,
-    Receipt, Reservation, ReservationId, Sku, StockSummary, Threshold, Ttl, Warehouse,
+    Receipt, Reservation, ReservationId, Shortage, Sku, StockSummary, Threshold, Ttl, Warehouse,
     WarehouseCode,
 };
 use crate::domain::ports::{
     CatalogueError, ReadError, ReservationError, ReserveError, StockError, WarehouseError,
 };
-use crate::domain::service::InventoryApi;
+use crate::domain::service::InventoryService;
 
 // ---- errors -----------------------------------------------------------------------------
 
@@ -123,6 +123,7 @@ impl From<ReserveError> for ApiError {
                 }
                 Self(Problem::validation(errors.into_map()))
             }
+            // `shortages` (documented as `InsufficientStock`) lists each short line.
             ReserveError::Insufficient(short) => {
                 let skus: Vec<&str> = short.iter().map(|s| s.sku.as_str()).collect();
                 let mut p = Problem::new(
@@ -143,7 +144,8 @@ impl From<ReserveError> for ApiError {
                         )],
                     );
                 }
-                Self(p)
+                let shortages: Vec<ShortageBody> = short.iter().map(ShortageBody::from).collect();
+                Self(p.with_extension("shortages", serde_json::json!(shortages)))
             }
             ReserveError::IdConflict(_) => Self(Problem::conflict(e.to_string())),
             ReserveError::Forbidden(why) => Self(Problem::forbidden(why)),
@@ -156,7 +158,11 @@ impl From<ReservationError> for ApiError {
     fn from(e: ReservationError) -> Self {
         match e {
             ReservationError::NotFound(_) => Self(Problem::not_found(e.to_string())),
-            ReservationError::InvalidTransition { .. } => Self(Problem::conflict(e.to_string())),
+            // `reservation_status` says where it stands (documented on the routes).
+            ReservationError::InvalidTransition { from, .. } => Self(
+                Problem::conflict(e.to_string())
+                    .with_extension("reservation_status", serde_json::json!(from)),
+            ),
             ReservationError::Expired(_) => Self(Problem::new(
                 StatusCode::CONFLICT,
                 "reservation-expired",
@@ -519,6 +525,55 @@ pub struct ReservationLineRequest {
     pub quantity: i64,
 }
 
+/// A line short of stock, in the `shortages` of an `insufficient-stock` problem.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ShortageBody {
+    /// Index of the line in the request.
+    pub line: usize,
+    pub sku: String,
+    pub requested: i64,
+    pub available: i64,
+}
+
+impl From<&Shortage> for ShortageBody {
+    fn from(s: &Shortage) -> Self {
+        Self {
+            line: s.line,
+            sku: s.sku.as_str().to_owned(),
+            requested: s.requested,
+            available: s.available,
+        }
+    }
+}
+
+/// The 409 of `POST /reservations` when stock is short: a problem+json
+/// document (`urn:agora:problem:insufficient-stock`) with the short lines.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"type": "urn:agora:problem:insufficient-stock", "title": "Insufficient stock", "status": 409, "detail": "not enough stock for: MUG; nothing was reserved", "errors": {"lines[0].quantity": ["MUG of 3 requested, 1 available"]}, "shortages": [{"line": 0, "sku": "MUG", "requested": 3, "available": 1}]}))]
+pub struct InsufficientStock {
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub errors: std::collections::BTreeMap<String, Vec<String>>,
+    pub shortages: Vec<ShortageBody>,
+}
+
+/// The 409 of a reservation transition that does not apply: a problem+json
+/// document with the reservation's current status.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"type": "urn:agora:problem:conflict", "title": "Conflict", "status": 409, "detail": "reservation … is released and cannot be confirmed", "reservation_status": "released"}))]
+pub struct ReservationConflict {
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// `held`, `confirmed`, `committed` or `released`.
+    pub reservation_status: String,
+}
+
 /// Reserve every line or none. Idempotent on `reservation_id`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"reservation_id": "0191d0c4-8a47-7c3e-9b5e-2f1d8a3c4b5a", "order_id": "0191d0c4-8a47-7c3e-9b5e-000000000001", "lines": [{"sku": "TSHIRT-RED-M", "quantity": 2}], "ttl_secs": 900}))]
@@ -640,6 +695,37 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
+/// Query of `GET /products`: a page of the catalogue, or the products of a
+/// list of skus (a price quote for an order).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ProductListQuery {
+    /// 1–100, default 20.
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Comma-separated skus (1–100): just these products, in this order,
+    /// unknown ones left out; no paging (not with `cursor`).
+    pub skus: Option<String>,
+}
+
+/// The most skus one quote may ask for.
+pub const MAX_QUOTE_SKUS: usize = 100;
+
+fn parse_skus(raw: &str) -> Result<Vec<Sku>, ApiError> {
+    let parts: Vec<&str> = raw.split(',').map(str::trim).collect();
+    if parts.is_empty() || parts.len() > MAX_QUOTE_SKUS || parts.iter().any(|p| p.is_empty()) {
+        return Err(field(
+            "skus",
+            format!("1 to {MAX_QUOTE_SKUS} comma-separated skus"),
+        ));
+    }
+    parts
+        .iter()
+        .map(|p| Sku::parse(p).map_err(|e| field("skus", e.to_string())))
+        .collect()
+}
+
 fn path_sku(raw: &str) -> Result<Sku, ApiError> {
     Sku::parse(raw).map_err(|_| ApiError(Problem::not_found(format!("no product with sku {raw}"))))
 }
@@ -652,7 +738,7 @@ fn path_reservation(raw: &str) -> Result<ReservationId, ApiError> {
 
 // ---- handlers --------------------------------------------------------------------------------
 
-type Api = web::Data<InventoryApi>;
+type Api = web::Data<InventoryService>;
 
 /// Add a product to the catalogue (staff).
 #[utoipa::path(post, path = "/products", tag = "inventory", security(("bearer" = [])),
@@ -679,9 +765,10 @@ pub async fn create_product(
         .json(ProductResponse::from(p)))
 }
 
-/// The catalogue by sku (inactive products only for staff).
+/// The catalogue by sku (inactive products only for staff), or with `skus`
+/// the products of those skus (a price quote).
 #[utoipa::path(get, path = "/products", tag = "inventory", security(("bearer" = [])),
-    params(ListQuery),
+    params(ProductListQuery),
     responses(
         (status = 200, body = ProductList),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -691,9 +778,20 @@ pub async fn create_product(
 pub async fn list_products(
     api: Api,
     ctx: CallContext,
-    q: web::Query<ListQuery>,
+    q: web::Query<ProductListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = parse_limit(q.limit.as_deref())?;
+    if let Some(raw) = q.skus.as_deref() {
+        if q.cursor.is_some() {
+            return Err(field("cursor", "a quote by `skus` has no pages"));
+        }
+        let skus = parse_skus(raw)?;
+        let items = api.quote(&ctx, &skus).await?;
+        return Ok(HttpResponse::Ok().json(ProductList {
+            items: items.into_iter().map(Into::into).collect(),
+            next_cursor: None,
+        }));
+    }
     let page = api.products(&ctx, q.cursor.as_deref(), limit).await?;
     Ok(HttpResponse::Ok().json(ProductList {
         items: page.items.into_iter().map(Into::into).collect(),
@@ -921,7 +1019,7 @@ pub async fn list_movements(
         (status = 200, description = "replay of an earlier identical request", body = ReservationResponse),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "insufficient stock, or the id is taken by a different request", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "insufficient stock (`shortages` lists the short lines), or the id is taken by a different request", body = InsufficientStock, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
 #[tracing::instrument(skip_all)]
@@ -970,7 +1068,7 @@ pub async fn get_reservation(
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "the transition does not apply (`reservation_status` says where it stands), or expired", body = ReservationConflict, content_type = "application/problem+json"),
     ))]
 #[tracing::instrument(skip_all)]
 pub async fn confirm_reservation(
@@ -991,7 +1089,7 @@ pub async fn confirm_reservation(
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "the transition does not apply (`reservation_status` says where it stands), or expired", body = ReservationConflict, content_type = "application/problem+json"),
     ))]
 #[tracing::instrument(skip_all)]
 pub async fn commit_reservation(
@@ -1012,7 +1110,7 @@ pub async fn commit_reservation(
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "the transition does not apply (`reservation_status` says where it stands), or expired", body = ReservationConflict, content_type = "application/problem+json"),
     ))]
 #[tracing::instrument(skip_all)]
 pub async fn release_reservation(
@@ -1027,7 +1125,7 @@ pub async fn release_reservation(
 
 /// Register the routes (the host mounts them under `/api/v1`). Each resource
 /// lists its methods, so any other method answers 405.
-pub fn configure(cfg: &mut web::ServiceConfig, api: InventoryApi) {
+pub fn configure(cfg: &mut web::ServiceConfig, api: InventoryService) {
     let data = web::Data::new(api);
     cfg.service(
         web::resource("/products")
@@ -1107,6 +1205,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, api: InventoryApi) {
         CreateWarehouseRequest, WarehouseResponse, WarehouseList, ReceiptRequest, AdjustmentRequest,
         MovementResponse, MovementList, StockResponse, WarehouseStock, ReservationRequest,
         ReservationLineRequest, ReservationResponse, ReservedLineResponse, AllocationResponse,
+        ShortageBody, InsufficientStock, ReservationConflict,
     )),
     tags((name = "inventory", description = "Products, warehouses, stock levels and reservations")),
 )]

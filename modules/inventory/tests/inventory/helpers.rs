@@ -8,7 +8,7 @@ use agora_inventory::domain::models::{
     LineRequest, NewProduct, NewReservation, NewWarehouse, OrderRef, ProductName, Quantity,
     Receipt, ReservationId, Sku, Threshold, WarehouseCode,
 };
-use agora_inventory::{InventoryApi, InventoryModule, ManualClock, Settings};
+use agora_inventory::{InventoryModule, InventoryService, ManualClock, Settings};
 use agora_kernel::{
     CallContext, Currency, EventEnvelope, EventHandler, InMemoryBus, Money, Principal, Role,
 };
@@ -55,7 +55,7 @@ impl Recorder {
 /// A module on its own fresh database.
 pub struct Harness {
     pub module: InventoryModule,
-    pub api: InventoryApi,
+    pub api: InventoryService,
     pub clock: Arc<ManualClock>,
     pub events: Arc<Recorder>,
     url: String,
@@ -84,7 +84,7 @@ impl Harness {
 
     /// A second instance of the module on the same database, as a second
     /// process would be (its own pool, its own in-process queues).
-    pub async fn twin(&self) -> InventoryApi {
+    pub async fn twin(&self) -> InventoryService {
         let bus = Arc::new(InMemoryBus::new());
         let settings = Settings::with_url(&self.url);
         let module =
@@ -199,7 +199,7 @@ pub fn new_product(s: &str, threshold: i64) -> NewProduct {
 }
 
 /// Create products (threshold 0: no low-stock events unless a test wants them) and warehouses.
-pub async fn catalogue(api: &InventoryApi, skus: &[&str], warehouses: &[&str]) {
+pub async fn catalogue(api: &InventoryService, skus: &[&str], warehouses: &[&str]) {
     for s in skus {
         api.create_product(&staff(), new_product(s, 0))
             .await
@@ -218,7 +218,7 @@ pub async fn catalogue(api: &InventoryApi, skus: &[&str], warehouses: &[&str]) {
     }
 }
 
-pub async fn receive(api: &InventoryApi, s: &str, w: &str, n: i64) {
+pub async fn receive(api: &InventoryService, s: &str, w: &str, n: i64) {
     api.receive(
         &staff(),
         Receipt {
@@ -248,7 +248,7 @@ pub fn reservation(lines: &[(&str, i64)]) -> NewReservation {
 }
 
 /// (on_hand, reserved, available) of a sku over every warehouse.
-pub async fn totals(api: &InventoryApi, s: &str) -> (i64, i64, i64) {
+pub async fn totals(api: &InventoryService, s: &str) -> (i64, i64, i64) {
     let st = api.stock(&staff(), &sku(s)).await.unwrap();
     (st.on_hand(), st.reserved(), st.available())
 }

@@ -38,13 +38,24 @@ pub struct Change {
     pub next_attempt_at: Option<Option<DateTime<Utc>>>,
     pub shipping_address: Option<ShippingAddress>,
     pub events: Vec<EventEnvelope>,
+    /// When set, the change applies only while this owner holds the order's
+    /// lease: a saga step that outlived its lease cannot finish.
+    pub lease_owner: Option<String>,
+}
+
+/// A lease on an order: who holds it, until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The holding instance (one id per running order service).
+    pub owner: String,
+    pub until: DateTime<Utc>,
 }
 
 /// Where orders live.
 #[async_trait]
 pub trait OrderStore: Send + Sync {
     /// Store a new order with its first history row and events, leased to the
-    /// caller until `lease_until`.
+    /// caller.
     ///
     /// # Errors
     /// [`StoreError::DuplicateKey`] when the customer used its idempotency key before.
@@ -53,7 +64,7 @@ pub trait OrderStore: Send + Sync {
         order: &Order,
         transition: &Transition,
         events: &[EventEnvelope],
-        lease_until: DateTime<Utc>,
+        lease: &Lease,
     ) -> Result<(), StoreError>;
 
     /// # Errors
@@ -77,10 +88,12 @@ pub trait OrderStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<Order>, StoreError>;
 
-    /// Apply `change` if the order is still at `expected_version`; bumps the version.
+    /// Apply `change` if the order is still at `expected_version` (and, when
+    /// `change.lease_owner` is set, still leased to that owner); bumps the version.
     ///
     /// # Errors
-    /// [`StoreError::Conflict`] when the version moved, [`StoreError::NotFound`].
+    /// [`StoreError::Conflict`] when the version moved or the lease was lost,
+    /// [`StoreError::NotFound`].
     async fn apply(
         &self,
         id: OrderId,
@@ -100,22 +113,31 @@ pub trait OrderStore: Send + Sync {
         &self,
         id: OrderId,
         now: DateTime<Utc>,
-        until: DateTime<Utc>,
+        lease: &Lease,
     ) -> Result<bool, StoreError>;
 
+    /// Extend a lease its owner still holds; `false` when it was lost (it ran
+    /// out and another instance took the order).
+    ///
     /// # Errors
     /// Store failures.
-    async fn release_lease(&self, id: OrderId) -> Result<(), StoreError>;
+    async fn renew_lease(&self, id: OrderId, lease: &Lease) -> Result<bool, StoreError>;
+
+    /// Free the lease if `owner` still holds it.
+    ///
+    /// # Errors
+    /// Store failures.
+    async fn release_lease(&self, id: OrderId, owner: &str) -> Result<(), StoreError>;
 
     /// Lease up to `limit` in-flight orders whose next step is due, for the
-    /// recovery worker.
+    /// recovery worker (of any instance: a crashed one's orders included).
     ///
     /// # Errors
     /// Store failures.
     async fn claim_due(
         &self,
         now: DateTime<Utc>,
-        until: DateTime<Utc>,
+        lease: &Lease,
         limit: u32,
     ) -> Result<Vec<OrderId>, StoreError>;
 
@@ -165,6 +187,9 @@ pub enum ReserveOutcome {
     Reserved,
     /// All or nothing: nothing was reserved; these skus are short.
     Insufficient(Vec<String>),
+    /// A replay of a reservation made earlier that has since ended (expired
+    /// or released): it holds no stock.
+    Ended,
 }
 
 /// Stock reservations, keyed by a reservation id the order derives from its id.
@@ -223,6 +248,17 @@ pub enum ChargeOutcome {
     },
 }
 
+/// How a refund request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundOutcome {
+    Refunded,
+    /// Less is left to refund than asked (staff refunded part already):
+    /// nothing happened; this much is left.
+    OnlyLeft(Money),
+    /// Nothing is left to refund (refunded in full already).
+    NothingLeft,
+}
+
 /// Where an order's payment stands, as the payment module knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaymentState {
@@ -257,7 +293,7 @@ pub trait Payments: Send + Sync {
         request: &ChargeRequest,
     ) -> Result<ChargeOutcome, PortError>;
 
-    /// Refund `amount` of the payment.
+    /// Refund `amount` of the payment, once per idempotency key.
     ///
     /// # Errors
     /// [`PortError`].
@@ -267,5 +303,5 @@ pub trait Payments: Send + Sync {
         payment_id: &str,
         amount: Money,
         idempotency_key: &str,
-    ) -> Result<(), PortError>;
+    ) -> Result<RefundOutcome, PortError>;
 }

@@ -26,8 +26,8 @@ use super::models::{
     price_lines,
 };
 use super::ports::{
-    Catalogue, Change, ChargeOutcome, ChargeRequest, OrderStore, PaymentState, Payments, PortError,
-    ReserveOutcome, StockReservations, StoreError,
+    Catalogue, Change, ChargeOutcome, ChargeRequest, Lease, OrderStore, PaymentState, Payments,
+    PortError, RefundOutcome, ReserveOutcome, StockReservations, StoreError,
 };
 
 /// Saga tuning.
@@ -48,7 +48,7 @@ impl Default for SagaConfig {
         Self {
             payment_deadline: Duration::from_secs(900),
             reservation_ttl: Duration::from_secs(1200),
-            lease: Duration::from_secs(30),
+            lease: Duration::from_secs(3),
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
         }
@@ -114,6 +114,9 @@ pub struct OrderService {
     config: SagaConfig,
     clock: Clock,
     relay: Option<Arc<Notify>>,
+    /// This instance's name on the leases it takes (several instances may
+    /// serve one database).
+    owner: String,
 }
 
 const SYSTEM: &str = "system";
@@ -177,7 +180,13 @@ impl OrderService {
             config,
             clock: Arc::new(Utc::now),
             relay: None,
+            owner: format!("order-{}", uuid::Uuid::now_v7().simple()),
         }
+    }
+
+    /// This instance's lease owner name.
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
     /// Use another clock (tests).
@@ -198,6 +207,47 @@ impl OrderService {
 
     fn lease_until(&self) -> DateTime<Utc> {
         self.now() + chrono::Duration::from_std(self.config.lease).unwrap_or_default()
+    }
+
+    fn lease(&self) -> Lease {
+        Lease {
+            owner: self.owner.clone(),
+            until: self.lease_until(),
+        }
+    }
+
+    /// Run `work` (the caller holds order `id`'s lease) while renewing the
+    /// lease every third of its length, so a slow step keeps it and a crashed
+    /// instance's orders are free again a lease after its last renewal.
+    async fn renewing<T>(&self, id: OrderId, work: impl std::future::Future<Output = T>) -> T {
+        let every = (self.config.lease / 3).max(Duration::from_millis(50));
+        let renew = async {
+            loop {
+                tokio::time::sleep(every).await;
+                match self.store.renew_lease(id, &self.lease()).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(order_id = %id, "lost the order's lease; its changes will not apply");
+                        std::future::pending::<()>().await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(order_id = %id, error = %e, "failed to renew an order lease")
+                    }
+                }
+            }
+        };
+        tokio::pin!(work);
+        tokio::select! {
+            biased;
+            out = &mut work => out,
+            () = renew => unreachable!("the renewal loop never ends"),
+        }
+    }
+
+    async fn release(&self, id: OrderId) {
+        if let Err(e) = self.store.release_lease(id, &self.owner).await {
+            tracing::warn!(order_id = %id, error = %e, "failed to release an order lease; it expires by itself");
+        }
     }
 
     fn may_see(principal: &Principal, order: &Order) -> bool {
@@ -312,7 +362,7 @@ impl OrderService {
         let placed = event(&order, "order.placed.v1", &ctx.correlation_id, None)?;
         match self
             .store
-            .insert(&order, &transition, &[placed], self.lease_until())
+            .insert(&order, &transition, &[placed], &self.lease())
             .await
         {
             Ok(()) => {}
@@ -320,10 +370,11 @@ impl OrderService {
             Err(e) => return Err(e.into()),
         }
         self.wake_relay();
-        order = self.advance(order, &ctx.correlation_id).await;
-        if let Err(e) = self.store.release_lease(order.id).await {
-            tracing::warn!(order_id = %order.id, error = %e, "failed to release an order lease; it expires by itself");
-        }
+        let id = order.id;
+        order = self
+            .renewing(id, self.advance(order, &ctx.correlation_id))
+            .await;
+        self.release(id).await;
         Ok(order)
     }
 
@@ -384,6 +435,8 @@ impl OrderService {
         if to.is_final() || to == OrderStatus::Confirmed {
             change.next_attempt_at = Some(None);
         }
+        // Every transition happens under this instance's lease.
+        change.lease_owner = Some(self.owner.clone());
         let saved = self.store.apply(order.id, order.version, &change).await?;
         if !change.events.is_empty() {
             self.wake_relay();
@@ -410,6 +463,7 @@ impl OrderService {
         let change = Change {
             attempts: Some(attempts),
             next_attempt_at: Some(Some(at)),
+            lease_owner: Some(self.owner.clone()),
             ..Change::default()
         };
         match self.store.apply(order.id, order.version, &change).await {
@@ -419,6 +473,31 @@ impl OrderService {
                 order.clone()
             }
         }
+    }
+
+    /// Give back `amount` of a payment, or what is left of it when staff
+    /// refunded part already: a refund of the remainder under a key derived
+    /// from `key` and the remainder, so every retry asks for the same thing.
+    async fn refund_rest(
+        &self,
+        ctx: &CallContext,
+        payment_id: &str,
+        amount: agora_kernel::Money,
+        key: &str,
+    ) -> Result<(), PortError> {
+        let mut ask = (amount, key.to_owned());
+        for _ in 0..3 {
+            match self.payments.refund(ctx, payment_id, ask.0, &ask.1).await? {
+                RefundOutcome::Refunded | RefundOutcome::NothingLeft => return Ok(()),
+                RefundOutcome::OnlyLeft(left) if left.minor() <= 0 => return Ok(()),
+                RefundOutcome::OnlyLeft(left) => {
+                    ask = (left, format!("{key}-rest-{}", left.minor()));
+                }
+            }
+        }
+        Err(PortError::Unavailable(
+            "the refundable amount kept changing; retry".into(),
+        ))
     }
 
     async fn release_stock(&self, order: &Order, correlation_id: &str) -> Result<(), PortError> {
@@ -485,6 +564,26 @@ impl OrderService {
                         OrderStatus::AwaitingPayment,
                         SYSTEM,
                         None,
+                        corr,
+                        change,
+                    )
+                    .await?,
+                ))
+            }
+            Ok(ReserveOutcome::Ended) => {
+                // A replay after the reservation ran out: it holds no stock, and
+                // this order, still unpaid, will never be paid for in time.
+                let reason = "the stock reservation ended before the order was paid".to_owned();
+                let change = Change {
+                    failure_reason: Some(reason.clone()),
+                    ..Change::default()
+                };
+                Ok(Next::Settled(
+                    self.transition(
+                        order,
+                        OrderStatus::Rejected,
+                        SYSTEM,
+                        Some(&reason),
                         corr,
                         change,
                     )
@@ -614,6 +713,7 @@ impl OrderService {
                 } else {
                     let change = Change {
                         payment_id: Some(payment_id.clone()),
+                        lease_owner: Some(self.owner.clone()),
                         ..Change::default()
                     };
                     saved = self
@@ -645,8 +745,7 @@ impl OrderService {
                     Err(PortError::Refused(m)) => {
                         // The stock is gone (reservation expired): give the money back.
                         let refund = self
-                            .payments
-                            .refund(&ctx, &payment_id, order.total, &order.refund_key())
+                            .refund_rest(&ctx, &payment_id, order.total, &order.refund_key())
                             .await;
                         if let Err(e) = refund {
                             return Err(Step::retry(
@@ -725,11 +824,9 @@ impl OrderService {
             } else {
                 order.correlation_id.clone()
             };
-            self.advance(order, &corr).await;
+            self.renewing(id, self.advance(order, &corr)).await;
         }
-        if let Err(e) = self.store.release_lease(id).await {
-            tracing::warn!(order_id = %id, error = %e, "failed to release an order lease");
-        }
+        self.release(id).await;
     }
 
     /// One pass of the recovery worker; returns how many orders it resumed.
@@ -739,7 +836,7 @@ impl OrderService {
     pub async fn recover_due(&self, limit: u32) -> Result<usize, OrderError> {
         let ids = self
             .store
-            .claim_due(self.now(), self.lease_until(), limit)
+            .claim_due(self.now(), &self.lease(), limit)
             .await?;
         // Resume them side by side: each may wait on a slow provider.
         futures_util::stream::iter(ids.iter().copied())
@@ -801,11 +898,7 @@ impl OrderService {
     {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            if self
-                .store
-                .try_lease(id, self.now(), self.lease_until())
-                .await?
-            {
+            if self.store.try_lease(id, self.now(), &self.lease()).await? {
                 break;
             }
             if Instant::now() >= deadline {
@@ -813,10 +906,8 @@ impl OrderService {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let result = f().await;
-        if let Err(e) = self.store.release_lease(id).await {
-            tracing::warn!(order_id = %id, error = %e, "failed to release an order lease");
-        }
+        let result = self.renewing(id, f()).await;
+        self.release(id).await;
         result
     }
 
@@ -874,8 +965,7 @@ impl OrderService {
                     ));
                 }
                 Some((payment_id, PaymentState::Captured)) => {
-                    self.payments
-                        .refund(&svc, &payment_id, order.total, &order.refund_key())
+                    self.refund_rest(&svc, &payment_id, order.total, &order.refund_key())
                         .await
                         .map_err(|e| unavailable("the payment could not be refunded", e))?;
                 }

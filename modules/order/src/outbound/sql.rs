@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::models::{Order, OrderFilter, OrderId, OrderStatus, Transition};
-use crate::domain::ports::{Change, OrderStore, StoreError};
+use crate::domain::ports::{Change, Lease, OrderStore, StoreError};
 
 #[derive(sqlx::FromRow)]
 struct OrderRow {
@@ -161,12 +161,12 @@ macro_rules! sql_order_store {
 
             #[async_trait]
             impl OrderStore for Store {
-                async fn insert(&self, o: &Order, t: &Transition, events: &[EventEnvelope], lease_until: DateTime<Utc>) -> Result<(), StoreError> {
+                async fn insert(&self, o: &Order, t: &Transition, events: &[EventEnvelope], lease: &Lease) -> Result<(), StoreError> {
                     let $p = &self.pool;
                     let mut tx = $begin.await.context("failed to start a transaction")?;
                     sqlx::query(&format!(
-                        "INSERT INTO orders ({COLUMNS}, lease_until) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+                        "INSERT INTO orders ({COLUMNS}, lease_until, lease_owner) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
                     ))
                     .bind(o.id.to_string())
                     .bind(&o.customer_id)
@@ -187,7 +187,8 @@ macro_rules! sql_order_store {
                     .bind(epoch_ms(o.payment_deadline))
                     .bind(&o.correlation_id)
                     .bind(&o.idempotency_key)
-                    .bind(epoch_ms(lease_until))
+                    .bind(epoch_ms(lease.until))
+                    .bind(&lease.owner)
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| match e.as_database_error() {
@@ -259,7 +260,7 @@ macro_rules! sql_order_store {
                     let done = sqlx::query(
                         "UPDATE orders SET status = $1, payment_id = $2, failure_reason = $3, attempts = $4, \
                          next_attempt_at = $5, shipping_address = $6, version = $7, updated_at = $8 \
-                         WHERE id = $9 AND version = $10",
+                         WHERE id = $9 AND version = $10 AND ($11 IS NULL OR lease_owner = $11)",
                     )
                     .bind(next.status.as_str())
                     .bind(&next.payment_id)
@@ -271,6 +272,7 @@ macro_rules! sql_order_store {
                     .bind(epoch_ms(next.updated_at))
                     .bind(id.to_string())
                     .bind(expected_version)
+                    .bind(&change.lease_owner)
                     .execute(&mut *tx)
                     .await
                     .context("failed to update an order")?;
@@ -308,9 +310,10 @@ macro_rules! sql_order_store {
                         .collect()
                 }
 
-                async fn try_lease(&self, id: OrderId, now: DateTime<Utc>, until: DateTime<Utc>) -> Result<bool, StoreError> {
-                    let done = sqlx::query("UPDATE orders SET lease_until = $1 WHERE id = $2 AND lease_until < $3")
-                        .bind(epoch_ms(until))
+                async fn try_lease(&self, id: OrderId, now: DateTime<Utc>, lease: &Lease) -> Result<bool, StoreError> {
+                    let done = sqlx::query("UPDATE orders SET lease_until = $1, lease_owner = $2 WHERE id = $3 AND lease_until < $4")
+                        .bind(epoch_ms(lease.until))
+                        .bind(&lease.owner)
                         .bind(id.to_string())
                         .bind(epoch_ms(now))
                         .execute(&self.pool)
@@ -319,25 +322,38 @@ macro_rules! sql_order_store {
                     Ok(done.rows_affected() == 1)
                 }
 
-                async fn release_lease(&self, id: OrderId) -> Result<(), StoreError> {
-                    sqlx::query("UPDATE orders SET lease_until = 0 WHERE id = $1")
+                async fn renew_lease(&self, id: OrderId, lease: &Lease) -> Result<bool, StoreError> {
+                    let done = sqlx::query("UPDATE orders SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 AND lease_until > 0")
+                        .bind(epoch_ms(lease.until))
                         .bind(id.to_string())
+                        .bind(&lease.owner)
+                        .execute(&self.pool)
+                        .await
+                        .context("failed to renew an order lease")?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn release_lease(&self, id: OrderId, owner: &str) -> Result<(), StoreError> {
+                    sqlx::query("UPDATE orders SET lease_until = 0 WHERE id = $1 AND lease_owner = $2")
+                        .bind(id.to_string())
+                        .bind(owner)
                         .execute(&self.pool)
                         .await
                         .context("failed to release an order lease")?;
                     Ok(())
                 }
 
-                async fn claim_due(&self, now: DateTime<Utc>, until: DateTime<Utc>, limit: u32) -> Result<Vec<OrderId>, StoreError> {
+                async fn claim_due(&self, now: DateTime<Utc>, lease: &Lease, limit: u32) -> Result<Vec<OrderId>, StoreError> {
                     let ids: Vec<(String,)> = sqlx::query_as(&format!(
-                        "UPDATE orders SET lease_until = $1 WHERE lease_until < $2 AND id IN (\
+                        "UPDATE orders SET lease_until = $1, lease_owner = $4 WHERE lease_until < $2 AND id IN (\
                          SELECT id FROM orders WHERE status IN ('pending', 'awaiting_payment') \
                          AND next_attempt_at <= $2 AND lease_until < $2 ORDER BY next_attempt_at LIMIT $3 {}) RETURNING id",
                         $lock_skip
                     ))
-                    .bind(epoch_ms(until))
+                    .bind(epoch_ms(lease.until))
                     .bind(epoch_ms(now))
                     .bind(i64::from(limit))
+                    .bind(&lease.owner)
                     .fetch_all(&self.pool)
                     .await
                     .context("failed to claim due orders")?;

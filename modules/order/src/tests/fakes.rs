@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use crate::domain::models::{OrderId, Sku};
 use crate::domain::ports::{
     Catalogue, ChargeOutcome, ChargeRequest, PaymentState, Payments, PortError, Quote,
-    ReserveOutcome, StockReservations,
+    RefundOutcome, ReserveOutcome, StockReservations,
 };
 
 pub fn eur(minor: i64) -> Money {
@@ -274,11 +274,11 @@ impl Payments for FakePayments {
         payment_id: &str,
         amount: Money,
         key: &str,
-    ) -> Result<(), PortError> {
+    ) -> Result<RefundOutcome, PortError> {
         let mut refunds = self.refunds.lock().unwrap();
         if !refunds.iter().any(|(_, _, k)| k == key) {
             refunds.push((payment_id.to_owned(), amount.minor(), key.to_owned()));
         }
-        Ok(())
+        Ok(RefundOutcome::Refunded)
     }
 }

@@ -10,7 +10,14 @@ use super::fakes::eur;
 use crate::domain::models::{
     Order, OrderFilter, OrderId, OrderLine, OrderStatus, ShippingAddress, Sku, Transition,
 };
-use crate::domain::ports::{Change, OrderStore, StoreError};
+use crate::domain::ports::{Change, Lease, OrderStore, StoreError};
+
+fn lease(until: chrono::DateTime<Utc>) -> Lease {
+    Lease {
+        owner: "test".into(),
+        until,
+    }
+}
 
 fn order(customer: &str) -> Order {
     let now = Utc::now();
@@ -76,7 +83,7 @@ async fn an_order_round_trips_with_its_history_and_event(
     )
     .unwrap();
     store
-        .insert(&o, &created(&o), &[e], Utc::now())
+        .insert(&o, &created(&o), &[e], &lease(Utc::now()))
         .await
         .unwrap();
     let back = store.get(o.id).await.unwrap().unwrap();
@@ -104,7 +111,7 @@ async fn a_change_is_a_compare_and_swap_on_version(
 ) {
     let o = order("alice");
     store
-        .insert(&o, &created(&o), &[], Utc::now())
+        .insert(&o, &created(&o), &[], &lease(Utc::now()))
         .await
         .unwrap();
     let t = Transition {
@@ -145,7 +152,7 @@ async fn listing_is_newest_first_filtered_and_paged_by_id(store: Arc<dyn OrderSt
     for i in 0..5 {
         let o = order(if i % 2 == 0 { "alice" } else { "bob" });
         store
-            .insert(&o, &created(&o), &[], Utc::now())
+            .insert(&o, &created(&o), &[], &lease(Utc::now()))
             .await
             .unwrap();
         ids.push(o.id);
@@ -162,7 +169,7 @@ async fn listing_is_newest_first_filtered_and_paged_by_id(store: Arc<dyn OrderSt
     // A newer order inserted between pages does not shift the next page.
     let late = order("alice");
     store
-        .insert(&late, &created(&late), &[], Utc::now())
+        .insert(&late, &created(&late), &[], &lease(Utc::now()))
         .await
         .unwrap();
     let page2 = store.list(&alice, Some(page1[1].id), 2).await.unwrap();
@@ -193,34 +200,34 @@ async fn leases_exclude_each_other_and_the_recovery_worker(store: Arc<dyn OrderS
     let o = order("alice");
     let now = Utc::now();
     store
-        .insert(&o, &created(&o), &[], now + Span::seconds(30))
+        .insert(&o, &created(&o), &[], &lease(now + Span::seconds(30)))
         .await
         .unwrap();
     // Held by the placing request: nobody else gets it, not even the worker.
     assert!(
         !store
-            .try_lease(o.id, now, now + Span::seconds(30))
+            .try_lease(o.id, now, &lease(now + Span::seconds(30)))
             .await
             .unwrap()
     );
     assert!(
         store
-            .claim_due(now, now + Span::seconds(30), 10)
+            .claim_due(now, &lease(now + Span::seconds(30)), 10)
             .await
             .unwrap()
             .is_empty()
     );
-    store.release_lease(o.id).await.unwrap();
+    store.release_lease(o.id, "test").await.unwrap();
     assert_eq!(
         store
-            .claim_due(now + Span::seconds(1), now + Span::seconds(30), 10)
+            .claim_due(now + Span::seconds(1), &lease(now + Span::seconds(30)), 10)
             .await
             .unwrap(),
         vec![o.id]
     );
     assert!(
         store
-            .claim_due(now + Span::seconds(1), now + Span::seconds(30), 10)
+            .claim_due(now + Span::seconds(1), &lease(now + Span::seconds(30)), 10)
             .await
             .unwrap()
             .is_empty()
@@ -228,7 +235,11 @@ async fn leases_exclude_each_other_and_the_recovery_worker(store: Arc<dyn OrderS
     // An expired lease (a crashed holder) can be taken.
     assert!(
         store
-            .try_lease(o.id, now + Span::seconds(31), now + Span::seconds(60))
+            .try_lease(
+                o.id,
+                now + Span::seconds(31),
+                &lease(now + Span::seconds(60))
+            )
             .await
             .unwrap()
     );
@@ -255,13 +266,15 @@ async fn an_idempotency_key_is_unique_per_customer(store: Arc<dyn OrderStore>) {
     let mut a = order("alice");
     a.idempotency_key = Some("k".into());
     store
-        .insert(&a, &created(&a), &[], Utc::now())
+        .insert(&a, &created(&a), &[], &lease(Utc::now()))
         .await
         .unwrap();
     let mut twin = order("alice");
     twin.idempotency_key = Some("k".into());
     assert!(matches!(
-        store.insert(&twin, &created(&twin), &[], Utc::now()).await,
+        store
+            .insert(&twin, &created(&twin), &[], &lease(Utc::now()))
+            .await,
         Err(StoreError::DuplicateKey)
     ));
     assert_eq!(
@@ -271,12 +284,85 @@ async fn an_idempotency_key_is_unique_per_customer(store: Arc<dyn OrderStore>) {
     let mut other = order("bob");
     other.idempotency_key = Some("k".into());
     store
-        .insert(&other, &created(&other), &[], Utc::now())
+        .insert(&other, &created(&other), &[], &lease(Utc::now()))
         .await
         .unwrap();
     assert!(store.find_by_key("carol", "k").await.unwrap().is_none());
 }
 
+async fn only_the_lease_holder_renews_releases_or_changes_the_order_under_it(
+    store: Arc<dyn OrderStore>,
+) {
+    let o = order("alice");
+    let now = Utc::now();
+    let held_by = |owner: &str, until| Lease {
+        owner: owner.into(),
+        until,
+    };
+    store
+        .insert(
+            &o,
+            &created(&o),
+            &[],
+            &held_by("a", now + Span::seconds(30)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .renew_lease(o.id, &held_by("b", now + Span::seconds(40)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .renew_lease(o.id, &held_by("a", now + Span::seconds(40)))
+            .await
+            .unwrap()
+    );
+    store.release_lease(o.id, "b").await.unwrap();
+    assert!(
+        !store
+            .try_lease(o.id, now, &held_by("b", now + Span::seconds(30)))
+            .await
+            .unwrap(),
+        "b's release did not free a's lease"
+    );
+    let under = |owner: &str| Change {
+        attempts: Some(1),
+        lease_owner: Some(owner.into()),
+        ..Change::default()
+    };
+    assert!(matches!(
+        store.apply(o.id, 1, &under("b")).await,
+        Err(StoreError::Conflict)
+    ));
+    let o = store.apply(o.id, 1, &under("a")).await.unwrap();
+    // a's lease runs out (a crashed, or its step outlived it); b takes over.
+    let later = now + Span::seconds(41);
+    assert!(
+        store
+            .try_lease(o.id, later, &held_by("b", later + Span::seconds(30)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .renew_lease(o.id, &held_by("a", later + Span::seconds(30)))
+            .await
+            .unwrap(),
+        "a learns it lost the lease"
+    );
+    assert!(
+        matches!(
+            store.apply(o.id, o.version, &under("a")).await,
+            Err(StoreError::Conflict)
+        ),
+        "a step that outlived its lease cannot finish"
+    );
+    assert!(store.apply(o.id, o.version, &under("b")).await.is_ok());
+}
+
 contract!(listing_is_newest_first_filtered_and_paged_by_id, leases_exclude_each_other_and_the_recovery_worker,
-    an_idempotency_key_is_unique_per_customer;
+    an_idempotency_key_is_unique_per_customer, only_the_lease_holder_renews_releases_or_changes_the_order_under_it;
     an_order_round_trips_with_its_history_and_event, a_change_is_a_compare_and_swap_on_version);

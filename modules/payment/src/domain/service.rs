@@ -135,7 +135,7 @@ pub struct PaymentPage {
 /// The payment module's `api` handle: what its HTTP handlers and, in the
 /// monolith, the order module's adapter call. Cheap to clone.
 #[derive(Clone)]
-pub struct PaymentApi {
+pub struct PaymentService {
     inner: Arc<Inner>,
 }
 
@@ -152,7 +152,7 @@ fn sees_everything(ctx: &CallContext) -> bool {
     ctx.principal.has_any(&[Role::Staff, Role::Service])
 }
 
-impl PaymentApi {
+impl PaymentService {
     /// `provider` should already be wrapped in the circuit breaker. `relay` is
     /// woken after each commit that wrote an event.
     pub fn new(
@@ -526,7 +526,7 @@ impl PaymentApi {
         Ok(PaymentPage { items, next })
     }
 
-    /// The payment of an order, if any, under the same visibility rule as [`PaymentApi::get`].
+    /// The payment of an order, if any, under the same visibility rule as [`PaymentService::get`].
     ///
     /// # Errors
     /// [`GetPaymentError`].

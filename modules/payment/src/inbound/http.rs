@@ -17,6 +17,7 @@ use agora_kernel::pagination::parse_limit;
 use agora_kernel::{CallContext, Currency, FieldErrors, Money, Problem};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -25,7 +26,7 @@ use crate::domain::models::{
     PaymentStatus, Refund, RefundReason, RefundRequest, RefundStatus, RequestKey, positive_amount,
 };
 use crate::domain::service::{
-    ChargeError, GetPaymentError, ListPaymentsError, PaymentApi, RefundError,
+    ChargeError, GetPaymentError, ListPaymentsError, PaymentService, RefundError,
 };
 
 /// Every error a payment endpoint answers, as problem+json. 5xx bodies carry
@@ -69,65 +70,99 @@ fn provider_unavailable(retry_after_secs: u64) -> ApiError {
     ).with_retry_after(retry_after_secs))
 }
 
+/// Charge problems carry what a client of the API needs to act on them (see
+/// the spec): `payment_id` on `order-already-charged`, in-progress and
+/// provider-unavailable answers.
 impl From<ChargeError> for ApiError {
     fn from(e: ChargeError) -> Self {
+        let detail = e.to_string();
         match e {
-            ChargeError::Forbidden => Self(Problem::forbidden(e.to_string())),
-            ChargeError::OrderAlreadyCharged { .. } => Self(Problem::new(
-                StatusCode::CONFLICT,
-                "order-already-charged",
-                "Order already charged",
-                e.to_string(),
-            )),
-            ChargeError::InProgress { .. } => {
-                Self(Problem::conflict(e.to_string()).with_retry_after(1))
-            }
+            ChargeError::Forbidden => Self(Problem::forbidden(detail)),
+            ChargeError::OrderAlreadyCharged { payment_id, .. } => Self(
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    "order-already-charged",
+                    "Order already charged",
+                    detail,
+                )
+                .with_extension("payment_id", json!(payment_id)),
+            ),
+            ChargeError::InProgress { payment_id } => Self(
+                Problem::conflict(detail)
+                    .with_retry_after(1)
+                    .with_extension("payment_id", json!(payment_id)),
+            ),
             ChargeError::ProviderUnavailable {
-                retry_after_secs, ..
-            } => provider_unavailable(retry_after_secs),
+                retry_after_secs,
+                payment_id,
+            } => {
+                let ApiError(p) = provider_unavailable(retry_after_secs);
+                Self(p.with_extension("payment_id", json!(payment_id)))
+            }
             ChargeError::Unexpected(e) => unexpected(&e),
         }
     }
 }
 
+/// Refund problems carry `refundable_minor` (`refund-exceeds-payment`),
+/// `payment_status` (`payment-not-refundable`), `refund_id` and `code`
+/// (`refund-rejected`), `payment_currency` (a currency mismatch).
 impl From<RefundError> for ApiError {
     fn from(e: RefundError) -> Self {
+        let detail = e.to_string();
         match e {
-            RefundError::Forbidden => Self(Problem::forbidden(e.to_string())),
-            RefundError::NotFound => Self(Problem::not_found(e.to_string())),
-            RefundError::NotRefundable(_) => Self(Problem::new(
-                StatusCode::CONFLICT,
-                "payment-not-refundable",
-                "Payment not refundable",
-                e.to_string(),
-            )),
-            RefundError::ExceedsRefundable { .. } => Self(Problem::new(
-                StatusCode::CONFLICT,
-                "refund-exceeds-payment",
-                "Refund exceeds the payment",
-                e.to_string(),
-            )),
+            RefundError::Forbidden => Self(Problem::forbidden(detail)),
+            RefundError::NotFound => Self(Problem::not_found(detail)),
+            RefundError::NotRefundable(status) => Self(
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    "payment-not-refundable",
+                    "Payment not refundable",
+                    detail,
+                )
+                .with_extension("payment_status", json!(status.as_str())),
+            ),
+            RefundError::ExceedsRefundable { refundable_minor } => Self(
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    "refund-exceeds-payment",
+                    "Refund exceeds the payment",
+                    detail,
+                )
+                .with_extension("refundable_minor", json!(refundable_minor)),
+            ),
             RefundError::KeyReused => Self(Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",
                 "Idempotency key reused",
-                e.to_string(),
+                detail,
             )),
-            RefundError::CurrencyMismatch { .. } => {
-                Self(Problem::invalid_field("currency", e.to_string()))
-            }
-            RefundError::InProgress { .. } => {
-                Self(Problem::conflict(e.to_string()).with_retry_after(1))
-            }
-            RefundError::Rejected { .. } => Self(Problem::new(
-                StatusCode::CONFLICT,
-                "refund-rejected",
-                "Refund rejected",
-                e.to_string(),
-            )),
+            RefundError::CurrencyMismatch { payment, .. } => Self(
+                Problem::invalid_field("currency", detail)
+                    .with_extension("payment_currency", json!(payment.code())),
+            ),
+            RefundError::InProgress { refund_id } => Self(
+                Problem::conflict(detail)
+                    .with_retry_after(1)
+                    .with_extension("refund_id", json!(refund_id)),
+            ),
+            RefundError::Rejected { refund_id, code } => Self(
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    "refund-rejected",
+                    "Refund rejected",
+                    detail,
+                )
+                .with_extension("refund_id", json!(refund_id))
+                .with_extension("code", json!(code)),
+            ),
             RefundError::ProviderUnavailable {
-                retry_after_secs, ..
-            } => provider_unavailable(retry_after_secs),
+                retry_after_secs,
+                refund_id,
+            } => {
+                let ApiError(p) = provider_unavailable(retry_after_secs);
+                Self(p.with_extension("refund_id", json!(refund_id)))
+            }
             RefundError::Unexpected(e) => unexpected(&e),
         }
     }
@@ -194,6 +229,9 @@ pub struct CreateRefundBody {
     /// Why (free text, at most 500 characters).
     #[serde(default)]
     pub reason: Option<String>,
+    /// When given, the payment must be in this currency (ISO 4217), or 422.
+    #[serde(default)]
+    pub currency: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
@@ -367,7 +405,7 @@ fn location(p: &Payment) -> String {
 #[tracing::instrument(skip_all)]
 pub async fn create_payment(
     ctx: CallContext,
-    api: web::Data<PaymentApi>,
+    api: web::Data<PaymentService>,
     body: web::Json<CreatePaymentBody>,
 ) -> Result<HttpResponse, ApiError> {
     api.authorize_charge(&ctx)?;
@@ -396,7 +434,7 @@ pub async fn create_payment(
 #[tracing::instrument(skip_all)]
 pub async fn list_payments(
     ctx: CallContext,
-    api: web::Data<PaymentApi>,
+    api: web::Data<PaymentService>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
@@ -449,7 +487,7 @@ pub async fn list_payments(
 #[tracing::instrument(skip_all)]
 pub async fn get_payment(
     ctx: CallContext,
-    api: web::Data<PaymentApi>,
+    api: web::Data<PaymentService>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let payment = api.get(&ctx, PaymentId(id.into_inner())).await?;
@@ -478,7 +516,7 @@ pub async fn get_payment(
 #[tracing::instrument(skip_all)]
 pub async fn create_refund(
     ctx: CallContext,
-    api: web::Data<PaymentApi>,
+    api: web::Data<PaymentService>,
     id: web::Path<Uuid>,
     req: actix_web::HttpRequest,
     body: web::Json<CreateRefundBody>,
@@ -490,6 +528,10 @@ pub async fn create_refund(
     let reason = match body.reason.as_deref() {
         None => None,
         Some(r) => errors.check("reason", RefundReason::parse(r)),
+    };
+    let currency = match body.currency.as_deref() {
+        None => None,
+        Some(c) => errors.check("currency", agora_kernel::Currency::parse(c)),
     };
     let key = req
         .headers()
@@ -508,8 +550,9 @@ pub async fn create_refund(
     let (Some(amount), Some(key)) = (amount, key) else {
         return Err(ApiError(Problem::internal()));
     };
-    let request = RefundRequest::new(PaymentId(id.into_inner()), amount, reason, key)
+    let mut request = RefundRequest::new(PaymentId(id.into_inner()), amount, reason, key)
         .map_err(|e| ApiError(Problem::invalid_field("amount_minor", e.to_string())))?;
+    request.currency = currency;
     let refunded = api.refund(&ctx, request).await?;
     let mut res = if refunded.refunded_now {
         HttpResponse::Created()
@@ -543,7 +586,7 @@ pub struct PaymentDoc;
 /// `Idempotency-Key` middleware, with keys in the module's own database.
 pub fn configure(
     cfg: &mut web::ServiceConfig,
-    api: PaymentApi,
+    api: PaymentService,
     idempotency: Arc<dyn IdempotencyStore>,
     idempotency_config: IdempotencyConfig,
 ) {

@@ -17,7 +17,7 @@ use agora_payment::domain::models::{
 use agora_payment::domain::ports::{
     PaymentProvider, PaymentStore, ProviderChargeRequest, ProviderError, ProviderRefundRequest,
 };
-use agora_payment::{ManualClock, PaymentApi, PaymentModule, Settings};
+use agora_payment::{ManualClock, PaymentModule, PaymentService, Settings};
 use async_trait::async_trait;
 use tempfile::TempDir;
 
@@ -102,7 +102,7 @@ pub async fn fresh_postgres_database() -> Option<String> {
 /// A payment module on its own fresh database.
 pub struct Harness {
     pub module: PaymentModule,
-    pub api: PaymentApi,
+    pub api: PaymentService,
     pub events: Arc<Recorder>,
     pub clock: Arc<ManualClock>,
     _dir: Option<TempDir>,
@@ -162,8 +162,8 @@ impl Harness {
     }
 
     /// A service on this module's store talking to `provider` directly (no breaker).
-    pub fn api_with(&self, provider: Arc<dyn PaymentProvider>) -> PaymentApi {
-        PaymentApi::new(self.store(), provider, Duration::from_secs(5), None)
+    pub fn api_with(&self, provider: Arc<dyn PaymentProvider>) -> PaymentService {
+        PaymentService::new(self.store(), provider, Duration::from_secs(5), None)
     }
 
     /// Publish everything in the outbox now.
