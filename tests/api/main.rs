@@ -19,3 +19,4 @@ mod orders;
 mod process;
 mod rate_limit;
 mod stores;
+mod topologies;
