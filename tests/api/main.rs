@@ -4,6 +4,7 @@
 //! skip).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod api_contracts;
 mod architecture;
 mod auth;
 mod bus;
