@@ -9,7 +9,6 @@ mod architecture;
 mod auth;
 mod bus;
 mod cli;
-mod contracts;
 mod crash;
 mod errors;
 mod health;

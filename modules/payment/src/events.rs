@@ -122,3 +122,31 @@ pub fn refunded(p: &Payment, r: &Refund, correlation_id: &str) -> anyhow::Result
         },
     )
 }
+
+#[cfg(test)]
+mod fixtures {
+    use super::*;
+
+    /// What payment publishes is exactly the payload its consumers read.
+    #[test]
+    fn the_refund_payload_serialises_to_its_fixture() {
+        let id = |s: &str| Uuid::parse_str(s).unwrap_or_default();
+        let published = PaymentRefunded {
+            payment_id: id("01936f0e-7c4a-7b1e-9f0a-3c5d2e8b4a65"),
+            refund_id: id("01936f0e-7c4a-7b1e-9f0a-3c5d2e8b4a66"),
+            order_id: id("01936f0e-7c4a-7b1e-9f0a-3c5d2e8b4a64"),
+            customer_id: "alice".into(),
+            amount_minor: 1700,
+            refunded_minor: 1700,
+            refund_amount_minor: 1700,
+            currency: "EUR".into(),
+            payment_status: "refunded".into(),
+            reason: None,
+        };
+        let fixture: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../docs/events/payment.refunded.v1.json"
+        ))
+        .unwrap_or_default();
+        assert_eq!(serde_json::to_value(&published).ok(), Some(fixture));
+    }
+}

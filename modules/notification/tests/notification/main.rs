@@ -5,6 +5,7 @@
 
 mod contract;
 mod events;
+mod fixtures;
 mod helpers;
 mod http;
 mod settings;

@@ -2,6 +2,7 @@
 //! the saga against hand-written fakes of the ports it owns.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod events;
 mod fakes;
 mod saga;
 mod store_contract;
