@@ -194,7 +194,10 @@ async fn inventory_contract(api: &dyn InventoryApi, shop: &dyn Catalogue) {
 
     // A quote: known skus in order, unknown ones absent, inactive ones flagged.
     let quotes = api
-        .quote(&service(), &[sku("TEE"), sku("NOPE"), sku("MUG"), sku("OLD")])
+        .quote(
+            &service(),
+            &[sku("TEE"), sku("NOPE"), sku("MUG"), sku("OLD")],
+        )
         .await
         .unwrap();
     let seen: Vec<(&str, i64, bool)> = quotes
@@ -212,14 +215,13 @@ async fn inventory_contract(api: &dyn InventoryApi, shop: &dyn Catalogue) {
         sku: sku(s),
         quantity: inv::Quantity::new(q).unwrap(),
     };
-    let request = |id: inv::ReservationId, n: u32, lines: Vec<inv::LineRequest>| {
-        inv::NewReservation {
+    let request =
+        |id: inv::ReservationId, n: u32, lines: Vec<inv::LineRequest>| inv::NewReservation {
             id,
             order_id: order(n),
             lines,
             ttl: Some(inv::Ttl::from_secs(600).unwrap()),
-        }
-    };
+        };
 
     // Reserve, then the same request again: a replay.
     let id = inv::ReservationId(uuid::Uuid::now_v7());
@@ -235,7 +237,10 @@ async fn inventory_contract(api: &dyn InventoryApi, shop: &dyn Catalogue) {
         .reserve(&service(), request(id, 1, vec![line("MUG", 2)]))
         .await
         .unwrap();
-    assert_eq!((again.status, again.created), (inv::ReservationStatus::Held, false));
+    assert_eq!(
+        (again.status, again.created),
+        (inv::ReservationStatus::Held, false)
+    );
 
     // Short of stock: nothing reserved, the short lines named.
     let short = api
@@ -422,7 +427,9 @@ async fn payment_contract(api: &dyn PaymentApi) {
     );
     assert!(matches!(
         api.refund(&service(), refund(2000, "r2")).await,
-        Err(RefundError::ExceedsRefundable { refundable_minor: 1500 })
+        Err(RefundError::ExceedsRefundable {
+            refundable_minor: 1500
+        })
     ));
     // A payment in another currency than the refund names.
     let usd = pay::RefundRequest::of_money(
@@ -445,7 +452,9 @@ async fn payment_contract(api: &dyn PaymentApi) {
     assert!(matches!(
         api.refund(&service(), refund(1, "r4")).await,
         Err(RefundError::NotRefundable(pay::PaymentStatus::Refunded))
-            | Err(RefundError::ExceedsRefundable { refundable_minor: 0 })
+            | Err(RefundError::ExceedsRefundable {
+                refundable_minor: 0
+            })
     ));
     // A refund of a payment that does not exist.
     let nowhere = pay::RefundRequest::of_money(

@@ -279,28 +279,7 @@ async fn an_order_goes_from_placed_to_delivered_on_the_production_stores() {
 
 /// `AGORA_TEST_MONGODB_URL` with a fresh database; `None` (skip) outside CI.
 fn mongo_url() -> Option<String> {
-    match std::env::var("AGORA_TEST_MONGODB_URL") {
-        Ok(url) => {
-            let db = format!("agora_e2e_{}", uuid::Uuid::new_v4().simple());
-            let (base, query) = url
-                .split_once('?')
-                .map_or((url.as_str(), ""), |(b, q)| (b, q));
-            let host = base
-                .trim_start_matches("mongodb://")
-                .split('/')
-                .next()
-                .unwrap_or("");
-            Some(format!("mongodb://{host}/{db}?{query}"))
-        }
-        Err(_) => {
-            assert!(
-                std::env::var("CI").is_err(),
-                "AGORA_TEST_MONGODB_URL is required in CI"
-            );
-            eprintln!("SKIPPED: AGORA_TEST_MONGODB_URL is not set");
-            None
-        }
-    }
+    agora_kernel::testing::fresh_mongodb_url("agora_e2e")
 }
 
 #[tokio::test]

@@ -147,3 +147,158 @@ async fn the_postgres_inbox_and_idempotency_stores_keep_their_promises() {
     let _ = epoch_ms(now);
     db.close().await;
 }
+
+/// Records the order events arrive in.
+struct InOrder(std::sync::Mutex<Vec<uuid::Uuid>>);
+
+#[async_trait]
+impl EventHandler for InOrder {
+    fn name(&self) -> &str {
+        "in_order"
+    }
+    fn sources(&self) -> &[&str] {
+        &["test"]
+    }
+    fn handles(&self, _: &str) -> bool {
+        true
+    }
+    async fn handle(&self, e: &EventEnvelope) -> anyhow::Result<()> {
+        self.0.lock().unwrap().push(e.id);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_on_one_postgres_outbox_publish_each_event_once_and_in_order() {
+    let Some(url) = fresh_postgres_database().await else {
+        return;
+    };
+    let db = SqlDatabase::connect(&url).await.unwrap();
+    let SqlDatabase::Postgres(pool) = &db else {
+        panic!("expected postgres")
+    };
+    let mut written = Vec::new();
+    for chunk in 0..20 {
+        let mut tx = pool.begin().await.unwrap();
+        for i in 0..10 {
+            let e =
+                EventEnvelope::new("test.happened.v1", "test", "corr", &(chunk * 10 + i)).unwrap();
+            written.push(e.id);
+            agora_kernel::outbox::postgres::enqueue(&mut tx, &e)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    let bus = Arc::new(InMemoryBus::new());
+    let seen = Arc::new(InOrder(Default::default()));
+    bus.subscribe(seen.clone());
+    let bus: Arc<dyn EventBus> = bus;
+    // Two instances of a module, each with its relay, racing over one table.
+    let relay = || {
+        OutboxRelay::new(
+            "test",
+            db.outbox(),
+            bus.clone(),
+            RelayConfig {
+                batch_size: 7,
+                ..RelayConfig::default()
+            },
+        )
+    };
+    let drain = |r: OutboxRelay, store: Arc<dyn agora_kernel::outbox::OutboxStore>| async move {
+        while store.backlog().await.unwrap() > 0 {
+            r.run_once().await.unwrap();
+        }
+    };
+    let (x, y) = tokio::join!(
+        tokio::spawn(drain(relay(), db.outbox())),
+        tokio::spawn(drain(relay(), db.outbox()))
+    );
+    x.unwrap();
+    y.unwrap();
+    assert_eq!(*seen.0.lock().unwrap(), written, "each once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_inventory_instances_on_one_mongodb_release_an_expired_reservation_once() {
+    use agora_inventory::InventoryModule;
+    use agora_inventory::domain::models as inv;
+    let Some(url) = agora_kernel::testing::fresh_mongodb_url("sweep") else {
+        return;
+    };
+    let settings = agora_inventory::Settings::with_url(&url);
+    let bus = || -> Arc<dyn EventBus> { Arc::new(InMemoryBus::new()) };
+    let a = InventoryModule::build(&settings, &url, bus())
+        .await
+        .unwrap();
+    let b = InventoryModule::build(&settings, &url, bus())
+        .await
+        .unwrap();
+    let staff = agora_kernel::CallContext::new(
+        agora_kernel::Principal::new("sam", [agora_kernel::Role::Staff]),
+        "t",
+    );
+    let api = a.api();
+    api.create_warehouse(
+        &staff,
+        inv::NewWarehouse {
+            code: inv::WarehouseCode::parse("BER").unwrap(),
+            name: inv::ProductName::parse("Berlin").unwrap(),
+        },
+    )
+    .await
+    .unwrap();
+    api.create_product(
+        &staff,
+        inv::NewProduct {
+            sku: inv::Sku::parse("MUG").unwrap(),
+            name: inv::ProductName::parse("Mug").unwrap(),
+            description: None,
+            price: agora_kernel::Money::new(850, agora_kernel::Currency::parse("EUR").unwrap()),
+            low_stock_threshold: inv::Threshold::new(1).unwrap(),
+        },
+    )
+    .await
+    .unwrap();
+    api.receive(
+        &staff,
+        inv::Receipt {
+            sku: inv::Sku::parse("MUG").unwrap(),
+            warehouse: inv::WarehouseCode::parse("BER").unwrap(),
+            quantity: inv::Quantity::new(5).unwrap(),
+            reference: None,
+        },
+    )
+    .await
+    .unwrap();
+    let service = agora_kernel::CallContext::service("order", "t");
+    for n in 0..4 {
+        api.reserve(
+            &service,
+            inv::NewReservation {
+                id: inv::ReservationId(uuid::Uuid::now_v7()),
+                order_id: inv::OrderRef::parse(&format!("o{n}")).unwrap(),
+                lines: vec![inv::LineRequest {
+                    sku: inv::Sku::parse("MUG").unwrap(),
+                    quantity: inv::Quantity::new(1).unwrap(),
+                }],
+                ttl: Some(inv::Ttl::from_secs(1).unwrap()),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (x, y) = tokio::join!(a.sweep_expired(), b.sweep_expired());
+    assert_eq!(
+        x.unwrap() + y.unwrap(),
+        4,
+        "each released once, by one of them"
+    );
+    let stock = api
+        .stock(&staff, &inv::Sku::parse("MUG").unwrap())
+        .await
+        .unwrap();
+    assert_eq!((stock.reserved(), stock.available()), (0, 5));
+}

@@ -164,7 +164,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {within:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -387,7 +390,13 @@ async fn with_the_payment_process_killed_orders_wait_and_are_confirmed_once_it_r
     let api = t.api();
     api.seed(&["MUG"], 500).await;
     let (s, _) = api
-        .order(&token("warm", &[Role::Customer]), "MUG", 1, "tok_visa", "warm")
+        .order(
+            &token("warm", &[Role::Customer]),
+            "MUG",
+            1,
+            "tok_visa",
+            "warm",
+        )
         .await;
     assert_eq!(s, 201);
 
@@ -424,11 +433,7 @@ async fn with_the_payment_process_killed_orders_wait_and_are_confirmed_once_it_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_order_process_killed_mid_load_every_order_settles_after_its_restart() {
-    let Some(mut t) = split(
-        1,
-        &[("AGORA__PAYMENT__SIMULATED_LATENCY_MS", "300".into())],
-    )
-    .await
+    let Some(mut t) = split(1, &[("AGORA__PAYMENT__SIMULATED_LATENCY_MS", "300".into())]).await
     else {
         return;
     };

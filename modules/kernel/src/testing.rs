@@ -143,3 +143,59 @@ pub fn nats_namespace(prefix: &str) -> String {
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     )
 }
+
+/// `AGORA_TEST_MONGODB_URL` with a fresh database name (`<prefix>_<uuid>`).
+/// Outside CI an unset variable skips the test with a message (`None`); in
+/// CI it fails.
+pub fn fresh_mongodb_url(prefix: &str) -> Option<String> {
+    match std::env::var("AGORA_TEST_MONGODB_URL") {
+        Ok(base) if !base.is_empty() => Some(with_database(
+            &base,
+            &format!("{prefix}_{}", uuid::Uuid::now_v7().simple()),
+        )),
+        _ => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "AGORA_TEST_MONGODB_URL is required in CI: a MongoDB-wire server for the MongoDB tests"
+            );
+            eprintln!("SKIPPED: AGORA_TEST_MONGODB_URL is not set");
+            None
+        }
+    }
+}
+
+/// Replace (or add) the database path of a `mongodb://host[:port][/db][?opts]` URL.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{db}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn a_database_name_replaces_the_one_in_the_url() {
+        assert_eq!(
+            with_database("mongodb://h:1/x?directConnection=true", "y"),
+            "mongodb://h:1/y?directConnection=true"
+        );
+        assert_eq!(with_database("mongodb://h:1", "y"), "mongodb://h:1/y");
+        assert_eq!(
+            with_database("mongodb://h:1/?a=b", "y"),
+            "mongodb://h:1/y?a=b"
+        );
+    }
+}

@@ -115,42 +115,9 @@ impl Harness {
     }
 }
 
-/// `AGORA_TEST_MONGODB_URL` with a fresh database name; `None` when unset
-/// (panics in CI, where a skip must never be silent).
+/// `AGORA_TEST_MONGODB_URL` with a fresh database name (the kernel's helper).
 pub fn mongo_url() -> Option<String> {
-    match std::env::var("AGORA_TEST_MONGODB_URL") {
-        Ok(base) if !base.is_empty() => Some(with_database(
-            &base,
-            &format!("inv_{}", Uuid::now_v7().simple()),
-        )),
-        _ => {
-            if std::env::var_os("CI").is_some() {
-                panic!(
-                    "AGORA_TEST_MONGODB_URL is not set: CI must provide a MongoDB-wire server for the inventory tests"
-                );
-            }
-            eprintln!("AGORA_TEST_MONGODB_URL is not set: skipping the MongoDB inventory tests");
-            None
-        }
-    }
-}
-
-/// Replace (or add) the database path of a `mongodb://host[:port][/db][?opts]` URL.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let host_end = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    let mut out = format!("{}/{db}", &base[..host_end]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
+    agora_kernel::testing::fresh_mongodb_url("inv")
 }
 
 pub fn ctx(subject: &str, roles: &[Role]) -> CallContext {
@@ -251,17 +218,4 @@ pub fn reservation(lines: &[(&str, i64)]) -> NewReservation {
 pub async fn totals(api: &InventoryService, s: &str) -> (i64, i64, i64) {
     let st = api.stock(&staff(), &sku(s)).await.unwrap();
     (st.on_hand(), st.reserved(), st.available())
-}
-
-#[test]
-fn a_database_name_replaces_the_one_in_the_url() {
-    assert_eq!(
-        with_database("mongodb://h:1/x?directConnection=true", "y"),
-        "mongodb://h:1/y?directConnection=true"
-    );
-    assert_eq!(with_database("mongodb://h:1", "y"), "mongodb://h:1/y");
-    assert_eq!(
-        with_database("mongodb://h:1/?a=b", "y"),
-        "mongodb://h:1/y?a=b"
-    );
 }

@@ -9,8 +9,9 @@ fn read<T: serde::de::DeserializeOwned>(text: &str) -> T {
 
 #[test]
 fn order_event_fixtures_read_as_the_notification_module_expects() {
-    let confirmed: OrderEventPayload =
-        read(include_str!("../../../../docs/events/order.confirmed.v1.json"));
+    let confirmed: OrderEventPayload = read(include_str!(
+        "../../../../docs/events/order.confirmed.v1.json"
+    ));
     assert_eq!(
         confirmed.order_id.to_string(),
         "01936f0e-7c4a-7b1e-9f0a-3c5d2e8b4a61"
@@ -22,17 +23,23 @@ fn order_event_fixtures_read_as_the_notification_module_expects() {
     );
     assert_eq!(confirmed.items[0].line_total_minor, 1700);
     assert_eq!(
-        (confirmed.total_minor, confirmed.currency.as_str(), confirmed.reason),
+        (
+            confirmed.total_minor,
+            confirmed.currency.as_str(),
+            confirmed.reason
+        ),
         (1700, "EUR", None)
     );
 
-    let rejected: OrderEventPayload =
-        read(include_str!("../../../../docs/events/order.rejected.v1.json"));
+    let rejected: OrderEventPayload = read(include_str!(
+        "../../../../docs/events/order.rejected.v1.json"
+    ));
     assert_eq!(rejected.status, "rejected");
     assert_eq!(rejected.reason.as_deref(), Some("out of stock: MUG"));
 
-    let cancelled: OrderEventPayload =
-        read(include_str!("../../../../docs/events/order.cancelled.v1.json"));
+    let cancelled: OrderEventPayload = read(include_str!(
+        "../../../../docs/events/order.cancelled.v1.json"
+    ));
     assert_eq!(cancelled.status, "cancelled");
     assert_eq!(cancelled.customer_email, None);
     assert_eq!(cancelled.reason.as_deref(), Some("changed my mind"));
@@ -40,8 +47,9 @@ fn order_event_fixtures_read_as_the_notification_module_expects() {
 
 #[test]
 fn the_refund_fixture_reads_as_the_notification_module_expects() {
-    let seen: PaymentRefundedPayload =
-        read(include_str!("../../../../docs/events/payment.refunded.v1.json"));
+    let seen: PaymentRefundedPayload = read(include_str!(
+        "../../../../docs/events/payment.refunded.v1.json"
+    ));
     assert_eq!(
         (seen.payment_id.to_string(), seen.order_id.to_string()),
         (
@@ -50,7 +58,11 @@ fn the_refund_fixture_reads_as_the_notification_module_expects() {
         )
     );
     assert_eq!(
-        (seen.amount_minor, seen.refunded_minor, seen.currency.as_str()),
+        (
+            seen.amount_minor,
+            seen.refunded_minor,
+            seen.currency.as_str()
+        ),
         (1700, 1700, "EUR")
     );
 }

@@ -44,7 +44,9 @@ fn order_event_payloads_serialise_to_their_fixtures() {
             Some("01936f0e-7c4a-7b1e-9f0a-3c5d2e8b4a62"),
             None
         ),
-        fixture(include_str!("../../../../docs/events/order.confirmed.v1.json"))
+        fixture(include_str!(
+            "../../../../docs/events/order.confirmed.v1.json"
+        ))
     );
     assert_eq!(
         payload(
@@ -54,7 +56,9 @@ fn order_event_payloads_serialise_to_their_fixtures() {
             None,
             Some("out of stock: MUG")
         ),
-        fixture(include_str!("../../../../docs/events/order.rejected.v1.json"))
+        fixture(include_str!(
+            "../../../../docs/events/order.rejected.v1.json"
+        ))
     );
     assert_eq!(
         payload(
@@ -64,6 +68,8 @@ fn order_event_payloads_serialise_to_their_fixtures() {
             Some("01936f0e-7c4a-7b1e-9f0a-3c5d2e8b4a65"),
             Some("changed my mind")
         ),
-        fixture(include_str!("../../../../docs/events/order.cancelled.v1.json"))
+        fixture(include_str!(
+            "../../../../docs/events/order.cancelled.v1.json"
+        ))
     );
 }
