@@ -148,29 +148,25 @@ pub async fn ready(
             Err(_) => Err("timed out".to_owned()),
         }
     };
-    let remote_checks = upstreams.pools().flat_map(|p| {
-        let upstreams = upstreams.clone();
-        p.instances().iter().map(move |i| {
-            let upstreams = upstreams.clone();
-            let i = i.clone();
-            async move {
-                let state = match upstreams.reachable(&i).await {
-                    Ok(()) => "up".to_owned(),
-                    Err(why) => why,
-                };
-                (p.module.to_owned(), i.url.clone(), state)
-            }
-        })
-    });
-    let (results, bus_result, remote_results) = futures_util::join!(
-        futures_util::future::join_all(checks),
-        bus_check,
-        futures_util::future::join_all(remote_checks)
-    );
+    let (results, bus_result) =
+        futures_util::join!(futures_util::future::join_all(checks), bus_check);
+    // Remote instances as the health checker last saw them.
     let mut remote: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> =
         Default::default();
-    for (module, url, state) in remote_results {
-        remote.entry(module).or_default().insert(url, state);
+    for route in upstreams.routes().values() {
+        for pool in route.pools() {
+            for i in pool.instances() {
+                let state = if i.is_healthy() {
+                    "up"
+                } else {
+                    "unhealthy (failing /health/ready)"
+                };
+                remote
+                    .entry(route.module.to_owned())
+                    .or_default()
+                    .insert(i.url.clone(), state.to_owned());
+            }
+        }
     }
     let mut failing: Vec<String> = results
         .iter()

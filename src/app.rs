@@ -26,6 +26,8 @@ use crate::gateway::observe::{self, RouteModules};
 use crate::gateway::rate_limit::{self, RateLimits};
 use crate::settings::{Settings, redact_url};
 use crate::upstream::Upstreams;
+use crate::upstream::progressive::{RoutedInventory, RoutedPayments};
+use crate::upstream::rollout::Rollouts;
 use crate::{openapi, telemetry};
 
 pub struct Application {
@@ -77,7 +79,13 @@ async fn build_modules(
     let remote = |module: &'static str| {
         upstreams
             .transport(module)
-            .with_context(|| format!("the {module} module is neither hosted nor remote"))
+            .with_context(|| format!("no transport to the {module} module"))
+    };
+    let route = |module: &'static str| {
+        upstreams
+            .route(module)
+            .cloned()
+            .with_context(|| format!("no route to the {module} module"))
     };
     let mut modules: Vec<Arc<dyn Module>> = Vec::new();
     let inventory: Arc<dyn agora_inventory::InventoryApi> = if settings.hosts("inventory") {
@@ -88,9 +96,15 @@ async fn build_modules(
         )
         .await
         .context("inventory module")?;
-        let api = Arc::new(m.api());
+        let local = Arc::new(m.api());
         modules.push(Arc::new(m));
-        api
+        // Its route may send a share of the calls to remote instances (a
+        // canary of a gradual extraction).
+        Arc::new(RoutedInventory {
+            local,
+            remote: Arc::new(agora_inventory::RemoteInventory::new(remote("inventory")?)),
+            route: route("inventory")?,
+        })
     } else {
         Arc::new(agora_inventory::RemoteInventory::new(remote("inventory")?))
     };
@@ -99,9 +113,13 @@ async fn build_modules(
             agora_payment::PaymentModule::build(&settings.payment, &url("payment"), bus.clone())
                 .await
                 .context("payment module")?;
-        let api = Arc::new(m.api());
+        let local = Arc::new(m.api());
         modules.push(Arc::new(m));
-        api
+        Arc::new(RoutedPayments {
+            local,
+            remote: Arc::new(agora_payment::RemotePayments::new(remote("payment")?)),
+            route: route("payment")?,
+        })
     } else {
         Arc::new(agora_payment::RemotePayments::new(remote("payment")?))
     };
@@ -175,6 +193,18 @@ impl Application {
         // After the modules subscribed: the bus's consumers run beside them.
         tasks.extend(bus.background_tasks());
         {
+            let upstreams = upstreams.clone();
+            tasks.push(BackgroundTask::new("upstream-health", move |t| {
+                upstreams.check_health(t)
+            }));
+        }
+        let rollouts = Arc::new(Rollouts::new(
+            settings.rollout.clone(),
+            upstreams.routes().clone(),
+            Arc::new(crate::upstream::HttpSmoke(upstreams.clone())),
+            tokio::runtime::Handle::current(),
+        ));
+        {
             let limits = limits.clone();
             let every = Duration::from_secs(settings.rate_limit.evict_every_secs);
             tasks.push(BackgroundTask::new("rate-limit-eviction", move |t| {
@@ -210,6 +240,7 @@ impl Application {
         let spec = openapi::spec();
         let body_limit = settings.http.body_limit_bytes;
         let authenticator = web::Data::from(authenticator);
+        let admin_auth = authenticator.clone();
         let limits = web::Data::from(limits);
         let modules_data = web::Data::new(Modules(modules.clone()));
         let bus_data = web::Data::new(api::Bus(bus.clone()));
@@ -248,6 +279,7 @@ impl Application {
                 )
                 .service(
                     web::scope("/api/v1")
+                        .wrap(from_fn(crate::upstream::progressive::divert))
                         .wrap(from_fn(rate_limit::limit))
                         .wrap(from_fn(auth::authenticate))
                         .configure(api::api_routes)
@@ -263,7 +295,7 @@ impl Application {
                                         move |req: actix_web::HttpRequest,
                                               payload: web::Payload,
                                               up: web::Data<Upstreams>| async move {
-                                            up.forward(module, req, payload).await
+                                            up.forward(module, req, payload.into_inner()).await
                                         },
                                     )));
                                 }
@@ -286,8 +318,14 @@ impl Application {
             )
         })?;
         let admin_port = admin_listener.local_addr()?.port();
+        let rollouts_data = web::Data::from(rollouts);
         let admin = HttpServer::new(move || {
             App::new()
+                .app_data(agora_kernel::http::json_config(body_limit))
+                .app_data(agora_kernel::http::path_config())
+                .app_data(admin_auth.clone())
+                .app_data(rollouts_data.clone())
+                .wrap(from_fn(errors::problems))
                 .route(
                     "/metrics",
                     web::get().to(move || async move {
@@ -296,6 +334,7 @@ impl Application {
                             .body(metrics.render())
                     }),
                 )
+                .configure(crate::upstream::admin::routes)
                 .default_service(web::to(errors::not_found))
         })
         .disable_signals()

@@ -36,6 +36,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Rollout { action } => agora::cli::rollout(&settings, action),
         Command::Serve => serve(settings),
     }
 }

@@ -33,6 +33,8 @@ pub struct Settings {
     pub remote: RemoteSettings,
     /// Calls to other processes: time-outs, circuit breakers, health checks.
     pub upstream: UpstreamSettings,
+    /// Canary and blue-green rollouts: the analysis' thresholds.
+    pub rollout: crate::upstream::rollout::RolloutSettings,
     pub order: agora_order::Settings,
     pub inventory: agora_inventory::Settings,
     pub payment: agora_payment::Settings,
@@ -222,6 +224,8 @@ impl Settings {
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("rollout.steps")
                 .source(Some(agora_env)),
         );
         let raw = builder.build().map_err(describe)?;
@@ -380,6 +384,43 @@ impl Settings {
             return Err(invalid(
                 "bus.url",
                 "this process hosts only some of the modules, so their events must cross processes: set a NATS JetStream URL",
+            ));
+        }
+        let r = &self.rollout;
+        let steps_ok = !r.steps.is_empty()
+            && r.steps.windows(2).all(|w| w[0] < w[1])
+            && r.steps.first().is_some_and(|f| *f >= 1)
+            && r.steps.last() == Some(&100);
+        if !steps_ok {
+            return Err(invalid(
+                "rollout.steps",
+                "ascending weights in percent, 1 to 100, ending with 100",
+            ));
+        }
+        for (key, value) in [
+            ("rollout.step_secs", r.step_secs),
+            ("rollout.min_samples", r.min_samples),
+            ("rollout.rollback_min_samples", r.rollback_min_samples),
+            ("rollout.evaluate_every_ms", r.evaluate_every_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        for (key, value) in [
+            ("rollout.promote_max_error_rate", r.promote_max_error_rate),
+            ("rollout.rollback_error_rate", r.rollback_error_rate),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(invalid(key, "a fraction from 0 to 1 (0.01 is 1 %)"));
+            }
+        }
+        if r.promote_max_error_rate > r.rollback_error_rate
+            || r.promote_max_p99_ms > r.rollback_p99_ms
+        {
+            return Err(invalid(
+                "rollout.promote_max_error_rate",
+                "the promote thresholds must not exceed the rollback thresholds",
             ));
         }
         let t = &self.upstream;

@@ -23,7 +23,8 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct RouteModules(pub Vec<(String, String)>);
 
 impl RouteModules {
-    fn module_of(&self, route: &str) -> &str {
+    /// The module serving this `/api/v1`-relative path (`host` for none).
+    pub fn module_of(&self, route: &str) -> &str {
         self.0
             .iter()
             .find(|(prefix, _)| route.starts_with(prefix.as_str()))

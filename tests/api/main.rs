@@ -18,5 +18,6 @@ mod openapi;
 mod orders;
 mod process;
 mod rate_limit;
+mod rollouts;
 mod stores;
 mod topologies;

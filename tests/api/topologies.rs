@@ -24,7 +24,7 @@ const MODULES: [&str; 4] = ["order", "inventory", "payment", "notification"];
 pub struct Topology {
     pub procs: BTreeMap<&'static str, Agora>,
     pub entry: String,
-    pub nats: Option<NatsServer>,
+    pub _nats: Option<NatsServer>,
     _dir: tempfile::TempDir,
 }
 
@@ -59,15 +59,18 @@ pub fn monolith() -> Topology {
     Topology {
         entry: mono.base.clone(),
         procs: BTreeMap::from([("monolith", mono)]),
-        nats: None,
+        _nats: None,
         _dir: dir,
     }
 }
 
+/// A process: its name, the modules it hosts, its own settings.
+type Group<'a> = (&'static str, &'a [&'a str], Vec<(&'static str, String)>);
+
 /// Processes hosting `groups` of modules, each told where the others run.
 fn start_groups(
     dir: &std::path::Path,
-    groups: &[(&'static str, &[&str], Vec<(&'static str, String)>)],
+    groups: &[Group<'_>],
     common: &[(&'static str, String)],
 ) -> BTreeMap<&'static str, Agora> {
     let mut procs: BTreeMap<&'static str, Agora> = groups
@@ -114,7 +117,7 @@ pub fn two_processes() -> Option<Topology> {
     Some(Topology {
         entry: procs["a"].base.clone(),
         procs,
-        nats: Some(nats),
+        _nats: Some(nats),
         _dir: dir,
     })
 }
@@ -129,8 +132,7 @@ pub async fn split(order_instances: usize, extra: &[(&'static str, String)]) -> 
     let mut common = split_env(&nats, &nats_namespace("split"));
     common.extend(extra.iter().cloned());
     let order_env = vec![("AGORA__ORDER__DATABASE_URL", order_db)];
-    let mut groups: Vec<(&'static str, &[&str], Vec<(&'static str, String)>)> =
-        vec![("order", &["order"], order_env.clone())];
+    let mut groups: Vec<Group<'_>> = vec![("order", &["order"], order_env.clone())];
     if order_instances > 1 {
         groups.push(("order2", &["order"], order_env));
     }
@@ -148,7 +150,7 @@ pub async fn split(order_instances: usize, extra: &[(&'static str, String)]) -> 
     Some(Topology {
         entry: procs["edge"].base.clone(),
         procs,
-        nats: Some(nats),
+        _nats: Some(nats),
         _dir: dir,
     })
 }

@@ -484,6 +484,15 @@ impl EventBus for JetStreamBus {
                 event.event_type, event.source
             )));
         }
+        // Disconnected: fail at once (the row waits in the outbox) rather
+        // than stall the relay until the ack time-out.
+        let state = self.inner.client.connection_state();
+        if state != async_nats::connection::State::Connected {
+            return Err(PublishError::Unavailable(anyhow::anyhow!(
+                "NATS at {} is not connected ({state})",
+                self.inner.url
+            )));
+        }
         let subject = format!("{}.events.{}", self.inner.ns(), event.event_type);
         let payload = serde_json::to_vec(event)
             .map_err(|e| PublishError::Invalid(format!("unserialisable envelope: {e}")))?;
