@@ -6,6 +6,7 @@
 
 mod architecture;
 mod auth;
+mod bad_input;
 mod cli;
 mod contracts;
 mod crash;

@@ -5,6 +5,7 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpResponse, ResponseError, web};
+use agora_kernel::http::NoBody;
 use agora_kernel::pagination::parse_limit;
 use agora_kernel::{CallContext, Currency, FieldErrors, Money, Problem, Role};
 use chrono::{DateTime, Utc};
@@ -192,6 +193,7 @@ fn price(errors: &mut FieldErrors, minor: i64, currency: &str) -> Option<Money> 
 /// A new catalogue entry.
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(example = json!({"sku": "TSHIRT-RED-M", "name": "Red T-shirt (M)", "price_minor": 1999, "currency": "EUR"}))]
+#[serde(deny_unknown_fields)]
 pub struct CreateProductRequest {
     /// 1–64 of `[A-Za-z0-9._-]`.
     pub sku: String,
@@ -236,6 +238,7 @@ impl CreateProductRequest {
 /// A partial update: absent fields stay; `description: null` clears it;
 /// `price_minor` and `currency` go together.
 #[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateProductRequest {
     pub name: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
@@ -320,6 +323,7 @@ pub struct ProductList {
 /// A new warehouse.
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(example = json!({"code": "BER-1", "name": "Berlin"}))]
+#[serde(deny_unknown_fields)]
 pub struct CreateWarehouseRequest {
     /// 1–32 of `[A-Za-z0-9._-]`.
     pub code: String,
@@ -352,6 +356,7 @@ pub struct WarehouseList {
 /// Stock arriving in a warehouse.
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(example = json!({"sku": "TSHIRT-RED-M", "warehouse": "BER-1", "quantity": 100, "reference": "PO-1234"}))]
+#[serde(deny_unknown_fields)]
 pub struct ReceiptRequest {
     pub sku: String,
     pub warehouse: String,
@@ -363,6 +368,7 @@ pub struct ReceiptRequest {
 /// A correction of on-hand stock (damage, count).
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(example = json!({"sku": "TSHIRT-RED-M", "warehouse": "BER-1", "delta": -2, "reason": "damaged in transit"}))]
+#[serde(deny_unknown_fields)]
 pub struct AdjustmentRequest {
     pub sku: String,
     pub warehouse: String,
@@ -513,6 +519,7 @@ impl From<StockSummary> for StockResponse {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ReservationLineRequest {
     pub sku: String,
     /// 1–1,000,000.
@@ -522,6 +529,7 @@ pub struct ReservationLineRequest {
 /// Reserve every line or none. Idempotent on `reservation_id`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"reservation_id": "0191d0c4-8a47-7c3e-9b5e-2f1d8a3c4b5a", "order_id": "0191d0c4-8a47-7c3e-9b5e-000000000001", "lines": [{"sku": "TSHIRT-RED-M", "quantity": 2}], "ttl_secs": 900}))]
+#[serde(deny_unknown_fields)]
 pub struct ReservationRequest {
     /// A UUID the caller picks; repeating the request with it replays the result.
     pub reservation_id: String,
@@ -633,6 +641,7 @@ impl From<Reservation> for ReservationResponse {
 
 /// `?limit=&cursor=`
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// 1–100, default 20.
     pub limit: Option<String>,
@@ -759,6 +768,7 @@ pub async fn delete_product(
     api: Api,
     ctx: CallContext,
     sku: web::Path<String>,
+    _body: NoBody,
 ) -> Result<HttpResponse, ApiError> {
     let sku = path_sku(&sku)?;
     let p = api.deactivate_product(&ctx, &sku).await?;
@@ -977,6 +987,7 @@ pub async fn confirm_reservation(
     api: Api,
     ctx: CallContext,
     id: web::Path<String>,
+    _body: NoBody,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_reservation(&id)?;
     let r = api.confirm(&ctx, id).await?;
@@ -998,6 +1009,7 @@ pub async fn commit_reservation(
     api: Api,
     ctx: CallContext,
     id: web::Path<String>,
+    _body: NoBody,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_reservation(&id)?;
     let r = api.commit(&ctx, id).await?;
@@ -1019,6 +1031,7 @@ pub async fn release_reservation(
     api: Api,
     ctx: CallContext,
     id: web::Path<String>,
+    _body: NoBody,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_reservation(&id)?;
     let r = api.release(&ctx, id).await?;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use actix_web::{HttpResponse, ResponseError, web};
+use agora_kernel::http::NoBody;
 use agora_kernel::pagination::parse_limit;
 use agora_kernel::{CallContext, FieldErrors, Problem};
 use serde::{Deserialize, Serialize};
@@ -165,6 +166,7 @@ impl From<&NotificationDetail> for NotificationDetailBody {
 
 /// Which channels the customer wants.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ChannelsBody {
     /// Default true.
     #[serde(default = "yes")]
@@ -193,6 +195,7 @@ impl Default for ChannelsBody {
 
 /// A customer's notification preferences.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PreferencesBody {
     /// Where e-mail goes; overrides the address carried in order events
     /// (by default the token's `email` claim).
@@ -264,6 +267,7 @@ fn errors_has(errors: &FieldErrors, field: &str) -> bool {
 /// Filters and paging of `GET /notifications`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Staff only; a customer always sees their own.
     pub customer_id: Option<String>,
@@ -420,6 +424,7 @@ pub async fn retry(
     ctx: CallContext,
     service: web::Data<NotificationService>,
     id: web::Path<String>,
+    _body: NoBody,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     let n = service.retry(&ctx, id).await?;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
+use agora_kernel::http::{NoBody, OptionalJson};
 use agora_kernel::idempotency::{Idempotency, IdempotencyConfig, IdempotencyStore};
 use agora_kernel::pagination::{Page, parse_limit};
 use agora_kernel::{CallContext, FieldErrors, Problem};
@@ -20,6 +21,7 @@ use crate::domain::service::{OrderError, OrderService};
 
 /// `POST /orders`.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"items": [{"sku": "TSHIRT-M", "quantity": 2}], "shipping_address": {"name": "Alice", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"}, "payment_method": "tok_visa"}))]
 pub struct PlaceOrderBody {
     /// 1–100 lines.
@@ -30,6 +32,7 @@ pub struct PlaceOrderBody {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ItemBody {
     pub sku: String,
     /// 1–1,000.
@@ -127,17 +130,20 @@ impl From<Order> for OrderBody {
 
 /// `PATCH /orders/{id}`.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateOrderBody {
     pub shipping_address: ShippingAddress,
 }
 
 /// `POST /orders/{id}/cancel` (the body is optional).
 #[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CancelBody {
     pub reason: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// One of the order statuses.
     pub status: Option<String>,
@@ -377,10 +383,11 @@ pub async fn cancel(
     svc: web::Data<OrderService>,
     ctx: CallContext,
     id: web::Path<String>,
-    body: Option<web::Json<CancelBody>>,
+    body: OptionalJson<CancelBody>,
 ) -> Result<HttpResponse, Problem> {
     let reason = body
-        .and_then(|b| b.into_inner().reason)
+        .into_inner()
+        .and_then(|b| b.reason)
         .map(|r| r.chars().take(500).collect());
     let order = OrderBody::from(svc.cancel(&ctx, order_id(&id)?, reason).await?);
     Ok(HttpResponse::Ok().json(order))
@@ -398,6 +405,7 @@ pub async fn ship(
     svc: web::Data<OrderService>,
     ctx: CallContext,
     id: web::Path<String>,
+    _body: NoBody,
 ) -> Result<HttpResponse, Problem> {
     let order = OrderBody::from(
         svc.advance_fulfilment(&ctx, order_id(&id)?, OrderStatus::Shipped)
@@ -418,6 +426,7 @@ pub async fn deliver(
     svc: web::Data<OrderService>,
     ctx: CallContext,
     id: web::Path<String>,
+    _body: NoBody,
 ) -> Result<HttpResponse, Problem> {
     let order = OrderBody::from(
         svc.advance_fulfilment(&ctx, order_id(&id)?, OrderStatus::Delivered)

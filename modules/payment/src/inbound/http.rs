@@ -153,6 +153,7 @@ impl From<ListPaymentsError> for ApiError {
 /// `POST /payments`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(example = json!({"order_id": "0190c1d2-7b8e-7a3c-9f00-1a2b3c4d5e6f", "customer_id": "alice", "amount_minor": 4990, "currency": "EUR", "payment_method": "tok_visa"}))]
+#[serde(deny_unknown_fields)]
 pub struct CreatePaymentBody {
     /// The order's id (a UUID).
     pub order_id: String,
@@ -188,6 +189,7 @@ impl CreatePaymentBody {
 /// `POST /payments/{id}/refunds`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(example = json!({"amount_minor": 1000, "reason": "damaged in transit"}))]
+#[serde(deny_unknown_fields)]
 pub struct CreateRefundBody {
     /// Positive, in minor units of the payment's currency; at most what is left to refund.
     pub amount_minor: i64,
@@ -324,6 +326,7 @@ pub struct PaymentList {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only the payment of this order.
     pub order_id: Option<String>,
