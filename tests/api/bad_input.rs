@@ -338,3 +338,37 @@ async fn request_bodies_with_an_unknown_field_are_refused_and_change_nothing() {
     let (_, orders) = shop.get(&alice, "/api/v1/orders").await;
     assert_eq!(orders["items"], json!([]));
 }
+
+#[tokio::test]
+async fn a_payment_method_that_is_neither_a_test_token_nor_a_payment_method_id_is_refused_before_anything_is_reserved()
+ {
+    let shop = Shop::open(|_| {}).await;
+    shop.stock_item("MUG", 850, 5).await;
+    let alice = shop.customer("alice");
+    for method in ["visa", "tok_", "pm_", "card_4242"] {
+        let res = shop
+            .place(&alice, json!([{"sku": "MUG", "quantity": 2}]), method)
+            .await;
+        let body = assert_problem(res, 422).await;
+        assert!(
+            body["errors"]["payment_method"].is_array(),
+            "{method}: {body}"
+        );
+        assert_eq!(
+            body["errors"].as_object().map(|e| e.len()),
+            Some(1),
+            "{body}"
+        );
+    }
+    assert_eq!(shop.available("MUG").await, 5, "nothing was reserved");
+    let (_, orders) = shop.get(&alice, "/api/v1/orders").await;
+    assert_eq!(orders["items"], json!([]));
+    let (_, payments) = shop.get(&shop.staff, "/api/v1/payments").await;
+    assert_eq!(payments["items"], json!([]));
+    let (_, movements) = shop.get(&shop.staff, "/api/v1/stock/MUG/movements").await;
+    assert_eq!(
+        movements["items"].as_array().map(Vec::len),
+        Some(1),
+        "only the receipt"
+    );
+}

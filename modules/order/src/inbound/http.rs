@@ -69,10 +69,10 @@ impl PlaceOrderBody {
         }
         let address = ShippingAddress::parse(self.shipping_address, &mut errors);
         let pm = self.payment_method.trim();
-        if pm.is_empty() || pm.len() > 255 || !pm.bytes().all(|b| b.is_ascii_graphic()) {
+        if !is_payment_method(pm) {
             errors.add(
                 "payment_method",
-                "must be 1–255 visible ASCII characters, e.g. tok_visa or pm_...",
+                "must be a test token such as tok_visa (simulated provider) or a PaymentMethod id pm_... (http provider): up to 255 visible ASCII characters",
             );
         }
         errors.into_result()?;
@@ -85,6 +85,15 @@ impl PlaceOrderBody {
             idempotency_key: None,
         })
     }
+}
+
+/// What the payment provider can take: a `tok_…` test token or a `pm_…`
+/// PaymentMethod id, at most 255 visible ASCII characters. Anything else is
+/// refused before stock is reserved.
+fn is_payment_method(pm: &str) -> bool {
+    let rest = pm.strip_prefix("tok_").or_else(|| pm.strip_prefix("pm_"));
+    pm.len() <= 255
+        && rest.is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_graphic()))
 }
 
 /// An order.

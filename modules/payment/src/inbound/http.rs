@@ -174,7 +174,10 @@ impl CreatePaymentBody {
         let customer_id = errors.check("customer_id", CustomerId::parse(&self.customer_id));
         let amount = errors.check("amount_minor", positive_amount(self.amount_minor));
         let currency = errors.check("currency", Currency::parse(&self.currency));
-        let method = errors.check("payment_method", PaymentMethod::parse(&self.payment_method));
+        let method = errors.check(
+            "payment_method",
+            PaymentMethod::parse_requested(&self.payment_method),
+        );
         errors.into_result()?;
         match (order_id, customer_id, amount, currency, method) {
             (Some(o), Some(c), Some(a), Some(cur), Some(m)) => {
