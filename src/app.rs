@@ -96,6 +96,7 @@ impl Application {
     /// A store that cannot be reached or migrated, an address in use, a bad key.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let metrics = telemetry::metrics_handle();
+        settings.check_serving_secret()?;
         if settings.uses_default_secret() {
             tracing::warn!(
                 "USING THE DEVELOPMENT JWT SECRET: anyone can mint tokens for this instance. \

@@ -41,6 +41,10 @@ fn main() -> ExitCode {
 }
 
 fn serve(settings: Settings) -> ExitCode {
+    if let Err(e) = settings.check_serving_secret() {
+        eprintln!("agora: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -66,6 +66,9 @@ pub struct AuthSettings {
     pub jwks_url: String,
     pub jwks_refresh_secs: u64,
     pub leeway_secs: u64,
+    /// Serve with the public development secret on a non-loopback listener
+    /// (demos only): `AGORA__AUTH__ALLOW_DEVELOPMENT_SECRET=true`.
+    pub allow_development_secret: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -302,6 +305,27 @@ impl Settings {
         self.auth.algorithm == "HS256"
             && self.auth.hs256_secret.expose_secret() == DEFAULT_HS256_SECRET
     }
+
+    /// Serving with the development secret (public: it is in this repository)
+    /// on anything but a loopback address would let anyone mint admin tokens;
+    /// refused unless `auth.allow_development_secret` says it is a demo.
+    ///
+    /// # Errors
+    /// One line naming `AGORA__AUTH__HS256_SECRET` and the way out.
+    pub fn check_serving_secret(&self) -> Result<(), SettingsError> {
+        let addr = self.http_addr()?;
+        if !self.uses_default_secret()
+            || addr.ip().is_loopback()
+            || self.auth.allow_development_secret
+        {
+            return Ok(());
+        }
+        Err(SettingsError(format!(
+            "refusing to serve on {addr} with the public development JWT secret (anyone could mint admin tokens): set {} to a secret of 32+ bytes, or use RS256/ES256/EdDSA; {}=true allows it for a demo",
+            env_name("auth.hs256_secret"),
+            env_name("auth.allow_development_secret"),
+        )))
+    }
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, SettingsError> {
@@ -523,6 +547,40 @@ mod tests {
             .map(|e| e.0)
             .unwrap_or_default();
         assert!(e.contains("AGORA__AUTH__ALGORITHM"), "{e}");
+    }
+
+    #[test]
+    fn the_development_secret_is_refused_off_loopback_unless_allowed() {
+        let refusal = |pairs: &[(&str, &str)]| {
+            load(pairs)
+                .map_err(|e| e.0)
+                .and_then(|s| s.check_serving_secret().map_err(|e| e.0))
+                .err()
+        };
+        assert_eq!(refusal(&[]), None, "127.0.0.1 is loopback");
+        assert_eq!(refusal(&[("AGORA__HTTP__ADDR", "[::1]:8080")]), None);
+        let e = refusal(&[("AGORA__HTTP__ADDR", "0.0.0.0:8080")]).unwrap_or_default();
+        assert!(e.contains("AGORA__AUTH__HS256_SECRET"), "{e}");
+        assert!(e.contains("AGORA__AUTH__ALLOW_DEVELOPMENT_SECRET"), "{e}");
+        assert!(!e.contains(DEFAULT_HS256_SECRET), "{e}");
+        assert!(refusal(&[("AGORA__HTTP__ADDR", "192.168.1.5:8080")]).is_some());
+        assert_eq!(
+            refusal(&[
+                ("AGORA__HTTP__ADDR", "0.0.0.0:8080"),
+                ("AGORA__AUTH__ALLOW_DEVELOPMENT_SECRET", "true"),
+            ]),
+            None
+        );
+        assert_eq!(
+            refusal(&[
+                ("AGORA__HTTP__ADDR", "0.0.0.0:8080"),
+                (
+                    "AGORA__AUTH__HS256_SECRET",
+                    "a-real-secret-of-at-least-32-bytes-long"
+                ),
+            ]),
+            None
+        );
     }
 
     #[test]
