@@ -44,11 +44,25 @@ pub struct AdminSettings {
     pub addr: String,
 }
 
+/// `log.format`: `json` (the default) or `pretty`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum LogFormat {
     Json,
     Pretty,
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    /// Refused values name the allowed ones (serde's own enum message does not).
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "json" => Ok(Self::Json),
+            "pretty" => Ok(Self::Pretty),
+            other => Err(format!("must be json or pretty, not `{other}`")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -493,6 +507,31 @@ mod tests {
             .map(|e| e.0)
             .unwrap_or_default();
         assert!(e.contains("AGORA__HTTP__ADDR"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_enum_value_names_the_allowed_ones() {
+        let e = load(&[("AGORA__LOG__FORMAT", "fancy")])
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
+        assert_eq!(
+            e,
+            "invalid setting AGORA__LOG__FORMAT (log.format): must be json or pretty, not `fancy`"
+        );
+        let e = load(&[("AGORA__PAYMENT__PROVIDER", "stripe")])
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
+        assert_eq!(
+            e,
+            "invalid setting AGORA__PAYMENT__PROVIDER (payment.provider): must be simulated or http, not `stripe`"
+        );
+        let s = load(&[
+            ("AGORA__LOG__FORMAT", "pretty"),
+            ("AGORA__PAYMENT__PROVIDER", "simulated"),
+        ]);
+        assert_eq!(s.map(|s| s.log.format).ok(), Some(LogFormat::Pretty));
     }
 
     #[test]
