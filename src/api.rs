@@ -119,6 +119,24 @@ pub async fn system_modules(
     Ok(HttpResponse::Ok().json(ModuleList { items }))
 }
 
+/// `/` and `/swagger-ui` (no trailing slash) lead to Swagger UI.
+pub async fn to_swagger_ui() -> HttpResponse {
+    HttpResponse::Found()
+        .insert_header((actix_web::http::header::LOCATION, "/swagger-ui/"))
+        .finish()
+}
+
+/// The redirects to Swagger UI (302, so nothing is cached for good).
+pub fn redirect_routes(cfg: &mut web::ServiceConfig) {
+    for path in ["/", "/swagger-ui"] {
+        cfg.service(
+            web::resource(path)
+                .route(web::get().to(to_swagger_ui))
+                .route(web::head().to(to_swagger_ui)),
+        );
+    }
+}
+
 /// Health endpoints, outside `/api/v1` and the gateway's auth.
 pub fn health_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/health/live").route(web::get().to(live)))

@@ -170,6 +170,7 @@ impl Application {
                 .wrap(from_fn(errors::problems))
                 .wrap(from_fn(observe::observe))
                 .configure(api::health_routes)
+                .configure(api::redirect_routes)
                 .service(
                     SwaggerUi::new("/swagger-ui/{_:.*}")
                         .url("/api-docs/openapi.json", spec.clone()),

@@ -109,6 +109,21 @@ async fn swagger_ui_and_the_spec_are_served_offline() {
 }
 
 #[tokio::test]
+async fn the_root_and_swagger_ui_without_a_slash_redirect_to_swagger_ui() {
+    let app = spawn_app().await;
+    for path in ["/", "/swagger-ui"] {
+        let res = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 302, "{path}");
+        assert_eq!(res.headers()["location"], "/swagger-ui/", "{path}");
+    }
+    // Following it lands on Swagger UI.
+    let follow = reqwest::Client::new();
+    let res = follow.get(app.url("/")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("swagger"));
+}
+
+#[tokio::test]
 async fn stopping_the_application_drains_and_returns() {
     let app = spawn_app().await;
     assert_eq!(
