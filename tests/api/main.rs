@@ -10,6 +10,7 @@ mod bad_input;
 mod cli;
 mod contracts;
 mod crash;
+mod demo;
 mod errors;
 mod health;
 mod helpers;
