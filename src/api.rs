@@ -28,13 +28,13 @@ pub struct Readiness {
 }
 
 /// The process is up.
-#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, body = Liveness)))]
+#[utoipa::path(get, path = "/health/live", tag = "health", security(()), responses((status = 200, body = Liveness)))]
 pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(Liveness { status: "up" })
 }
 
 /// Every module's store is reachable (503 naming the failing modules otherwise).
-#[utoipa::path(get, path = "/health/ready", tag = "health", responses(
+#[utoipa::path(get, path = "/health/ready", tag = "health", security(()), responses(
     (status = 200, body = Readiness),
     (status = 503, body = Problem, content_type = "application/problem+json"),
 ))]

@@ -12,6 +12,7 @@ mod contracts;
 mod crash;
 mod demo;
 mod errors;
+mod examples;
 mod health;
 mod helpers;
 mod observability;

@@ -163,7 +163,15 @@ pub struct CreatePaymentBody {
     pub amount_minor: i64,
     /// ISO 4217, upper case.
     pub currency: String,
-    /// `tok_*` test tokens (simulated provider) or a Stripe PaymentMethod id (`pm_...`).
+    /// A `tok_…` test token or a Stripe PaymentMethod id `pm_…` (anything
+    /// else is a 422). The simulated provider (the default) knows `tok_visa`
+    /// and `tok_mastercard` (succeed), `tok_chargeDeclined` (declined:
+    /// `card_declined`), `tok_insufficient_funds` (declined:
+    /// `insufficient_funds`) and `tok_processing_error` (provider fault:
+    /// 503, counts toward the circuit breaker); any other token is declined
+    /// as `invalid_payment_method`. The `http` provider takes `pm_…` ids
+    /// such as `pm_card_visa`.
+    #[schema(example = "tok_visa")]
     pub payment_method: String,
 }
 
@@ -336,6 +344,7 @@ pub struct ListQuery {
     /// Only this customer's payments (customers always see only their own).
     pub customer_id: Option<String>,
     /// 1–100, default 20.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100, default = 20)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
