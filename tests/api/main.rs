@@ -20,3 +20,4 @@ mod openapi;
 mod orders;
 mod rate_limit;
 mod stores;
+mod tutorial;
