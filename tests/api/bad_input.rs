@@ -55,7 +55,7 @@ const UNREADABLE: [(&str, &str, u16); 5] = [
     (JSON, r#"{"reason":"#, 400),
     (JSON, r#"{"reason":5}"#, 422),
     (JSON, r#"{"reason":"too slow","refund":false}"#, 422),
-    (JSON, "null", 422),
+    (JSON, r#""too slow""#, 422),
     ("text/plain", "please cancel", 415),
 ];
 

@@ -102,8 +102,8 @@ pub fn payload_config(limit_bytes: usize) -> web::PayloadConfig {
     web::PayloadConfig::new(limit_bytes)
 }
 
-/// An optional JSON body. No body (or only whitespace) is `None`; any other
-/// body must be `application/json` (415), at most the configured
+/// An optional JSON body. No body (only whitespace, or JSON `null`) is
+/// `None`; any other body must be `application/json` (415), at most the configured
 /// [`payload_config`] size (413), well-formed (400) and of `T`'s shape (422;
 /// give `T` `#[serde(deny_unknown_fields)]` so a misspelt field is refused too).
 #[derive(Debug)]
@@ -147,8 +147,8 @@ impl<T: DeserializeOwned + 'static> FromRequest for OptionalJson<T> {
             if !content_type.as_deref().is_some_and(is_json) {
                 return Err(json_error(&JsonPayloadError::ContentType));
             }
-            serde_json::from_slice(&bytes)
-                .map(|v| Self(Some(v)))
+            serde_json::from_slice::<Option<T>>(&bytes)
+                .map(Self)
                 .map_err(|e| json_error(&JsonPayloadError::Deserialize(e)))
         })
     }

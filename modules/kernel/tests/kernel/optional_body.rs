@@ -86,6 +86,9 @@ async fn no_body_or_a_good_one_reaches_the_handler() {
     assert_eq!((status, body.as_str()), (StatusCode::OK, "too late"));
     let (status, _, body, _) = call(post("/cancel", "{}")).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "-"));
+    // JSON `null` is no body too (an `Option<T>` body, as the spec says).
+    let (status, _, body, _) = call(post("/cancel", "null")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "-"));
 }
 
 #[actix_web::test]
@@ -100,7 +103,8 @@ async fn an_optional_body_of_the_wrong_shape_or_with_an_unknown_field_is_a_422()
     assert_eq!(p.problem_type, "urn:agora:problem:validation");
     let p = refused(post("/cancel", r#"{"reasno":"typo"}"#), 422).await;
     assert_eq!(p.errors.keys().collect::<Vec<_>>(), ["reasno"]);
-    refused(post("/cancel", "null"), 422).await;
+    refused(post("/cancel", "[]"), 422).await;
+    refused(post("/cancel", r#""cancel""#), 422).await;
 }
 
 #[actix_web::test]

@@ -425,7 +425,7 @@ pub async fn update(
 /// Cancel before shipping: stock released, payment refunded. Idempotent.
 #[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", operation_id = "cancel_order", security(("bearer" = [])),
     params(("id" = String, Path, format = Uuid, description = "The order's id")),
-    request_body(content = Option<CancelBody>, description = "Optional; a malformed or unknown body is refused and nothing is cancelled"),
+    request_body(content = Option<CancelBody>, description = "Optional (no body or `null` is fine); a malformed or unknown body is refused and nothing is cancelled", example = json!({"reason": "changed my mind"})),
     responses(
         (status = 200, body = OrderBody, example = json!(order_example("cancelled"))),
         (status = 400, body = Problem, content_type = "application/problem+json", description = "malformed JSON"),
