@@ -116,13 +116,13 @@ pub struct BusReadiness {
 }
 
 /// The process is up.
-#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, body = Liveness)))]
+#[utoipa::path(get, path = "/health/live", tag = "health", security(()), responses((status = 200, body = Liveness)))]
 pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(Liveness { status: "up" })
 }
 
 /// Every module's store and the event bus are reachable (503 naming what fails otherwise).
-#[utoipa::path(get, path = "/health/ready", tag = "health", responses(
+#[utoipa::path(get, path = "/health/ready", tag = "health", security(()), responses(
     (status = 200, body = Readiness),
     (status = 503, body = Problem, content_type = "application/problem+json"),
 ))]
@@ -243,6 +243,24 @@ pub async fn system_modules(
     Ok(HttpResponse::Ok().json(ModuleList {
         items: topology.entries.clone(),
     }))
+}
+
+/// `/` and `/swagger-ui` (no trailing slash) lead to Swagger UI.
+pub async fn to_swagger_ui() -> HttpResponse {
+    HttpResponse::Found()
+        .insert_header((actix_web::http::header::LOCATION, "/swagger-ui/"))
+        .finish()
+}
+
+/// The redirects to Swagger UI (302, so nothing is cached for good).
+pub fn redirect_routes(cfg: &mut web::ServiceConfig) {
+    for path in ["/", "/swagger-ui"] {
+        cfg.service(
+            web::resource(path)
+                .route(web::get().to(to_swagger_ui))
+                .route(web::head().to(to_swagger_ui)),
+        );
+    }
 }
 
 /// Health endpoints, outside `/api/v1` and the gateway's auth.

@@ -175,6 +175,7 @@ impl Application {
     /// A store that cannot be reached or migrated, an address in use, a bad key.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let metrics = telemetry::metrics_handle();
+        settings.check_serving_secret()?;
         if settings.uses_default_secret() {
             tracing::warn!(
                 "USING THE DEVELOPMENT JWT SECRET: anyone can mint tokens for this instance. \
@@ -273,6 +274,7 @@ impl Application {
                 .wrap(from_fn(errors::problems))
                 .wrap(from_fn(observe::observe))
                 .configure(api::health_routes)
+                .configure(api::redirect_routes)
                 .service(
                     SwaggerUi::new("/swagger-ui/{_:.*}")
                         .url("/api-docs/openapi.json", spec.clone()),

@@ -1,4 +1,5 @@
-//! The command line: `agora` (serve), `agora token …`, `agora openapi`.
+//! The command line: `agora` (serve), `agora token …`, `agora demo`,
+//! `agora openapi`.
 
 use std::time::Duration;
 
@@ -33,6 +34,19 @@ pub enum Command {
         email: Option<String>,
         /// Lifetime, e.g. 15m, 1h, 7d.
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+    },
+    /// Load a demo catalogue over the HTTP API and print tokens to try it
+    /// (`eval "$(agora demo)"` sets CUSTOMER_TOKEN, STAFF_TOKEN, ADMIN_TOKEN).
+    /// Safe to run again. When nothing serves at the configured address, an
+    /// in-process agora on the configured databases does the loading.
+    Demo {
+        /// The agora to load into, e.g. http://127.0.0.1:8080 (default: the
+        /// configured http.addr, AGORA__HTTP__ADDR).
+        #[arg(long)]
+        url: Option<String>,
+        /// Lifetime of the printed tokens, e.g. 1h, 8h, 7d.
+        #[arg(long, default_value = "8h", value_parser = parse_ttl)]
         ttl: Duration,
     },
     /// Print the OpenAPI document (what openapi/openapi.json holds).

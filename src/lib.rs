@@ -6,11 +6,13 @@
 //! - [`app`]: the composition root ([`Application`]).
 //! - [`telemetry`]: logs, traces, the metrics recorder.
 //! - [`openapi`]: the merged OpenAPI document.
+//! - [`demo`]: `agora demo`, the demo catalogue over the HTTP API.
 
 pub mod adapters;
 pub mod api;
 pub mod app;
 pub mod cli;
+pub mod demo;
 pub mod gateway;
 pub mod openapi;
 pub mod settings;

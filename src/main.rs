@@ -1,10 +1,11 @@
-//! `agora`: serve, mint a development token, or print the OpenAPI document.
+//! `agora`: serve, mint a development token, load the demo catalogue, or
+//! print the OpenAPI document.
 
 use std::process::ExitCode;
 
 use agora::cli::{Cli, Command};
 use agora::gateway::auth;
-use agora::{Application, Settings, openapi, telemetry};
+use agora::{Application, Settings, demo, openapi, telemetry};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -37,11 +38,49 @@ fn main() -> ExitCode {
             }
         },
         Command::Rollout { action } => agora::cli::rollout(&settings, action),
+        Command::Demo { url, ttl } => run_demo(&settings, url, ttl),
         Command::Serve => serve(settings),
     }
 }
 
+fn run_demo(settings: &Settings, url: Option<String>, ttl: std::time::Duration) -> ExitCode {
+    let tokens = match demo::Tokens::mint(settings, ttl) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("agora demo: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agora demo: failed to start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(demo::run(settings, url, &tokens.staff)) {
+        Ok(outcome) => {
+            print!("{}", tokens.shell_assignments());
+            for line in demo::next_steps(&outcome) {
+                eprintln!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("agora demo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn serve(settings: Settings) -> ExitCode {
+    if let Err(e) = settings.check_serving_secret() {
+        eprintln!("agora: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

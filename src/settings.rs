@@ -54,11 +54,25 @@ pub struct AdminSettings {
     pub addr: String,
 }
 
+/// `log.format`: `json` (the default) or `pretty`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum LogFormat {
     Json,
     Pretty,
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    /// Refused values name the allowed ones (serde's own enum message does not).
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "json" => Ok(Self::Json),
+            "pretty" => Ok(Self::Pretty),
+            other => Err(format!("must be json or pretty, not `{other}`")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +90,9 @@ pub struct AuthSettings {
     pub jwks_url: String,
     pub jwks_refresh_secs: u64,
     pub leeway_secs: u64,
+    /// Serve with the public development secret on a non-loopback listener
+    /// (demos only): `AGORA__AUTH__ALLOW_DEVELOPMENT_SECRET=true`.
+    pub allow_development_secret: bool,
     /// With RS256/ES256/EdDSA user tokens: the key this process signs its
     /// calls to other processes with (HS256 uses the shared secret).
     #[serde(default = "empty_secret")]
@@ -587,6 +604,27 @@ impl Settings {
         self.auth.algorithm == "HS256"
             && self.auth.hs256_secret.expose_secret() == DEFAULT_HS256_SECRET
     }
+
+    /// Serving with the development secret (public: it is in this repository)
+    /// on anything but a loopback address would let anyone mint admin tokens;
+    /// refused unless `auth.allow_development_secret` says it is a demo.
+    ///
+    /// # Errors
+    /// One line naming `AGORA__AUTH__HS256_SECRET` and the way out.
+    pub fn check_serving_secret(&self) -> Result<(), SettingsError> {
+        let addr = self.http_addr()?;
+        if !self.uses_default_secret()
+            || addr.ip().is_loopback()
+            || self.auth.allow_development_secret
+        {
+            return Ok(());
+        }
+        Err(SettingsError(format!(
+            "refusing to serve on {addr} with the public development JWT secret (anyone could mint admin tokens): set {} to a secret of 32+ bytes, or use RS256/ES256/EdDSA; {}=true allows it for a demo",
+            env_name("auth.hs256_secret"),
+            env_name("auth.allow_development_secret"),
+        )))
+    }
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, SettingsError> {
@@ -757,6 +795,31 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_enum_value_names_the_allowed_ones() {
+        let e = load(&[("AGORA__LOG__FORMAT", "fancy")])
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
+        assert_eq!(
+            e,
+            "invalid setting AGORA__LOG__FORMAT (log.format): must be json or pretty, not `fancy`"
+        );
+        let e = load(&[("AGORA__PAYMENT__PROVIDER", "stripe")])
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
+        assert_eq!(
+            e,
+            "invalid setting AGORA__PAYMENT__PROVIDER (payment.provider): must be simulated or http, not `stripe`"
+        );
+        let s = load(&[
+            ("AGORA__LOG__FORMAT", "pretty"),
+            ("AGORA__PAYMENT__PROVIDER", "simulated"),
+        ]);
+        assert_eq!(s.map(|s| s.log.format).ok(), Some(LogFormat::Pretty));
+    }
+
+    #[test]
     fn a_short_secret_is_refused_without_being_echoed() {
         let e = load(&[("AGORA__AUTH__HS256_SECRET", "hunter2")])
             .err()
@@ -832,6 +895,40 @@ mod tests {
         assert_eq!(
             ok.ok().and_then(|s| s.bus.url().map(str::to_owned)),
             Some("nats://127.0.0.1:4222".to_owned())
+        );
+    }
+
+    #[test]
+    fn the_development_secret_is_refused_off_loopback_unless_allowed() {
+        let refusal = |pairs: &[(&str, &str)]| {
+            load(pairs)
+                .map_err(|e| e.0)
+                .and_then(|s| s.check_serving_secret().map_err(|e| e.0))
+                .err()
+        };
+        assert_eq!(refusal(&[]), None, "127.0.0.1 is loopback");
+        assert_eq!(refusal(&[("AGORA__HTTP__ADDR", "[::1]:8080")]), None);
+        let e = refusal(&[("AGORA__HTTP__ADDR", "0.0.0.0:8080")]).unwrap_or_default();
+        assert!(e.contains("AGORA__AUTH__HS256_SECRET"), "{e}");
+        assert!(e.contains("AGORA__AUTH__ALLOW_DEVELOPMENT_SECRET"), "{e}");
+        assert!(!e.contains(DEFAULT_HS256_SECRET), "{e}");
+        assert!(refusal(&[("AGORA__HTTP__ADDR", "192.168.1.5:8080")]).is_some());
+        assert_eq!(
+            refusal(&[
+                ("AGORA__HTTP__ADDR", "0.0.0.0:8080"),
+                ("AGORA__AUTH__ALLOW_DEVELOPMENT_SECRET", "true"),
+            ]),
+            None
+        );
+        assert_eq!(
+            refusal(&[
+                ("AGORA__HTTP__ADDR", "0.0.0.0:8080"),
+                (
+                    "AGORA__AUTH__HS256_SECRET",
+                    "a-real-secret-of-at-least-32-bytes-long"
+                ),
+            ]),
+            None
         );
     }
 

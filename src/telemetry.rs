@@ -1,11 +1,15 @@
 //! Logs, traces and the metrics recorder.
 //!
-//! - Logs: `tracing` JSON lines by default (`AGORA__LOG__FORMAT=pretty` for
-//!   humans), level from `RUST_LOG` (default `info`).
+//! - Logs: `tracing` JSON lines by default, each carrying the fields of the
+//!   spans it was written in (so every line of a request has its
+//!   `request_id`; see [`json`]); `AGORA__LOG__FORMAT=pretty` for humans,
+//!   coloured only when stdout is a terminal. Level from `RUST_LOG` (default
+//!   `info,sqlx=warn`).
 //! - Traces: OpenTelemetry OTLP/HTTP export when `OTEL_EXPORTER_OTLP_ENDPOINT`
 //!   is set (Jaeger and Zipkin both accept OTLP); nothing is installed otherwise.
 //! - Metrics: one Prometheus recorder per process, rendered by the admin listener.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -16,6 +20,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::settings::LogFormat;
+
+pub mod json;
 
 /// Flushes pending spans when dropped at shutdown.
 pub struct TelemetryGuard {
@@ -35,14 +41,11 @@ pub fn init(format: LogFormat) -> anyhow::Result<TelemetryGuard> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let fmt_layer = match format {
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_target(true)
+        LogFormat::Json => json::JsonLayer::new(std::io::stdout).boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .pretty()
+            .with_ansi(colour(std::io::stdout().is_terminal()))
             .boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().pretty().boxed(),
     };
     let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
         .ok()
@@ -73,6 +76,12 @@ pub fn init(format: LogFormat) -> anyhow::Result<TelemetryGuard> {
         .with(otel_layer)
         .try_init()?;
     Ok(TelemetryGuard { tracer_provider })
+}
+
+/// Colour on a terminal, unless `NO_COLOR` is set (<https://no-color.org>);
+/// never into a file or a pipe.
+fn colour(is_terminal: bool) -> bool {
+    is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Quiet logs for tests; `TEST_LOG=1` prints them (pretty).

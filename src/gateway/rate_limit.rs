@@ -3,10 +3,12 @@
 //! `RateLimit-Policy` and `RateLimit` headers (IETF draft
 //! `draft-ietf-httpapi-ratelimit-headers`); a refused request gets 429
 //! problem+json with `Retry-After`. Idle keys are evicted periodically so the
-//! key table stays bounded.
+//! key table stays bounded; `agora_rate_limit_keys` follows the table live
+//! (counted as keys are added, recounted at each eviction).
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -17,14 +19,78 @@ use actix_web::{HttpMessage, web};
 use agora_kernel::{Principal, Problem};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
+use governor::nanos::Nanos;
+use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
+use governor::state::{InMemoryState, StateStore};
 use governor::{Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
 use crate::settings::RateLimitSettings;
 
-type KeyedLimiter =
-    RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+type KeyedLimiter = RateLimiter<String, CountedStore, DefaultClock, StateInformationMiddleware>;
+
+/// How many keys all limiters of one [`RateLimits`] hold, mirrored into the
+/// `agora_rate_limit_keys` gauge.
+struct KeyCount {
+    keys: AtomicUsize,
+    gauge: metrics::Gauge,
+}
+
+impl KeyCount {
+    fn added(&self) {
+        let n = self.keys.fetch_add(1, Ordering::Relaxed) + 1;
+        self.gauge.set(n as f64);
+    }
+
+    fn recount(&self, n: usize) {
+        self.keys.store(n, Ordering::Relaxed);
+        self.gauge.set(n as f64);
+    }
+}
+
+/// governor's DashMap store, counting the keys it adds. A known key costs one
+/// extra map probe; a new one a probe, an insert and an atomic add — no walk
+/// over the table on the request path.
+struct CountedStore {
+    map: DashMapStateStore<String>,
+    count: Arc<KeyCount>,
+}
+
+impl StateStore for CountedStore {
+    type Key = String;
+
+    fn measure_and_replace<T, F, E>(&self, key: &String, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        if !self.map.contains_key(key)
+            && let dashmap::Entry::Vacant(slot) = self.map.entry(key.clone())
+        {
+            // The state governor would create itself: "never measured".
+            slot.insert(InMemoryState::default());
+            self.count.added();
+        }
+        self.map.measure_and_replace(key, f)
+    }
+}
+
+impl ShrinkableKeyedStateStore<String> for CountedStore {
+    fn retain_recent(&self, drop_below: Nanos) {
+        ShrinkableKeyedStateStore::retain_recent(&self.map, drop_below);
+    }
+
+    fn shrink_to_fit(&self) {
+        self.map.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
 
 /// One quota and its limiter.
 pub struct Limit {
@@ -35,15 +101,21 @@ pub struct Limit {
 }
 
 impl Limit {
-    fn new(name: &str, per_second: u32, burst: u32) -> Self {
+    fn new(name: &str, per_second: u32, burst: u32, count: Arc<KeyCount>) -> Self {
         let per_second_nz = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
         let burst_nz = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_second(per_second_nz).allow_burst(burst_nz);
+        let store = CountedStore {
+            map: DashMapStateStore::default(),
+            count,
+        };
+        let limiter: RateLimiter<String, CountedStore, DefaultClock> =
+            RateLimiter::new(quota, store, DefaultClock::default());
         Self {
             name: name.to_owned(),
             burst,
             per_second,
-            limiter: RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+            limiter: limiter.with_middleware::<StateInformationMiddleware>(),
         }
     }
 
@@ -59,12 +131,20 @@ pub struct RateLimits {
     default: Limit,
     routes: Vec<(String, String, Limit)>,
     clock: DefaultClock,
+    count: Arc<KeyCount>,
 }
 
 impl RateLimits {
+    /// The limiters of these settings; the key gauge belongs to the metrics
+    /// recorder installed when this is called.
     pub fn from_settings(s: &RateLimitSettings) -> Self {
+        let count = Arc::new(KeyCount {
+            keys: AtomicUsize::new(0),
+            gauge: metrics::gauge!("agora_rate_limit_keys"),
+        });
+        count.recount(0);
         Self {
-            default: Limit::new("default", s.per_second, s.burst),
+            default: Limit::new("default", s.per_second, s.burst, count.clone()),
             routes: s
                 .routes
                 .iter()
@@ -74,11 +154,12 @@ impl RateLimits {
                     (
                         method,
                         r.route.clone(),
-                        Limit::new(&name, r.per_second, r.burst),
+                        Limit::new(&name, r.per_second, r.burst, count.clone()),
                     )
                 })
                 .collect(),
             clock: DefaultClock::default(),
+            count,
         }
     }
 
@@ -89,7 +170,8 @@ impl RateLimits {
             .map_or(&self.default, |(_, _, l)| l)
     }
 
-    /// Drop keys whose bucket is full again; returns how many keys remain.
+    /// Drop keys whose bucket is full again; returns how many keys remain
+    /// (and recounts the gauge, correcting any drift from concurrent adds).
     pub fn evict_idle(&self) -> usize {
         let mut remaining = 0;
         for limit in std::iter::once(&self.default).chain(self.routes.iter().map(|(_, _, l)| l)) {
@@ -97,7 +179,7 @@ impl RateLimits {
             limit.limiter.shrink_to_fit();
             remaining += limit.limiter.len();
         }
-        metrics::gauge!("agora_rate_limit_keys").set(remaining as f64);
+        self.count.recount(remaining);
         remaining
     }
 
@@ -218,7 +300,11 @@ mod tests {
 
     #[test]
     fn the_policy_names_burst_and_refill_window() {
-        let l = Limit::new("default", 50, 100);
+        let count = Arc::new(KeyCount {
+            keys: AtomicUsize::new(0),
+            gauge: metrics::Gauge::noop(),
+        });
+        let l = Limit::new("default", 50, 100, count);
         assert_eq!(l.policy(), "\"default\";q=100;w=2");
     }
 
@@ -231,5 +317,48 @@ mod tests {
         assert_eq!(limits.key_count(), 50);
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(limits.evict_idle(), 0);
+    }
+
+    #[test]
+    fn the_key_gauge_counts_keys_as_they_arrive_not_only_at_eviction() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let mut s = settings(1000, 10);
+        s.routes = vec![crate::settings::RouteQuota {
+            method: "GET".into(),
+            route: "/api/v1/me".into(),
+            per_second: 1000,
+            burst: 10,
+        }];
+        let limits = metrics::with_local_recorder(&recorder, || RateLimits::from_settings(&s));
+        let gauge = || {
+            handle
+                .render()
+                .lines()
+                .find_map(|l| l.strip_prefix("agora_rate_limit_keys "))
+                .map(str::to_owned)
+        };
+        assert_eq!(gauge().as_deref(), Some("0"));
+        for key in [
+            "sub:alice",
+            "sub:bob",
+            "ip:10.0.0.1",
+            "sub:alice",
+            "sub:bob",
+        ] {
+            let _ = limits.default.limiter.check_key(&key.to_owned());
+        }
+        assert_eq!(gauge().as_deref(), Some("3"), "one per distinct key");
+        let _ = limits.routes[0]
+            .2
+            .limiter
+            .check_key(&"sub:alice".to_owned());
+        assert_eq!(gauge().as_deref(), Some("4"), "keys of every quota count");
+        // Refused requests keep counting their key once.
+        for _ in 0..20 {
+            let _ = limits.default.limiter.check_key(&"sub:carol".to_owned());
+        }
+        assert_eq!(gauge().as_deref(), Some("5"));
+        assert_eq!(limits.key_count(), 5);
     }
 }

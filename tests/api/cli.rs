@@ -86,6 +86,43 @@ fn invalid_settings_stop_start_up_with_a_message_naming_the_key() {
 }
 
 #[test]
+fn serving_the_development_secret_beyond_loopback_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    // What the Docker image does: 0.0.0.0 with the secret from the repository.
+    fails_naming(
+        dir.path(),
+        &[("AGORA__HTTP__ADDR", "0.0.0.0:0")],
+        &["AGORA__AUTH__HS256_SECRET"],
+        Some(agora::settings::DEFAULT_HS256_SECRET),
+    );
+    // A demo says so explicitly, and then it serves.
+    let mut child = agora(dir.path())
+        .env("AGORA__HTTP__ADDR", "0.0.0.0:0")
+        .env("AGORA__AUTH__ALLOW_DEVELOPMENT_SECRET", "true")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("agora exited before listening")
+            .unwrap();
+        if let Some(rest) = line.split("agora listening on http://").nth(1) {
+            let addr = rest.split_whitespace().next().unwrap();
+            break addr.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+        }
+    };
+    assert_eq!(reqwest::blocking_get(port), 200);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
 fn two_modules_on_one_database_are_refused_without_leaking_the_password() {
     let dir = tempfile::tempdir().unwrap();
     fails_naming(

@@ -131,3 +131,81 @@ pub async fn assert_problem(res: reqwest::Response, status: u16) -> serde_json::
 pub async fn fresh_postgres_database() -> Option<String> {
     agora_kernel::testing::fresh_postgres_url().await
 }
+
+/// The built `agora` binary with a clean environment: no `AGORA__*` or
+/// `AGORA_ENV` from the caller, loopback listeners on free ports, data in
+/// `dir/data`, working directory `dir`.
+pub fn agora_command(dir: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_agora"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("AGORA__")) {
+        cmd.env_remove(k);
+    }
+    cmd.current_dir(dir)
+        .env_remove("AGORA_ENV")
+        .env_remove("RUST_LOG")
+        .env("AGORA__HTTP__ADDR", "127.0.0.1:0")
+        .env("AGORA__ADMIN__ADDR", "127.0.0.1:0")
+        .env("AGORA__DATA_DIR", dir.join("data"));
+    cmd
+}
+
+/// A running `agora` process; SIGTERM (then SIGKILL) when dropped.
+pub struct AgoraProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub admin_port: u16,
+}
+
+impl AgoraProcess {
+    /// Spawn `cmd` (stderr is taken over) and wait for its "agora listening" line.
+    pub fn start(mut cmd: std::process::Command) -> AgoraProcess {
+        use std::io::BufRead;
+        let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let (port, admin_port) = loop {
+            let line = lines
+                .next()
+                .expect("agora exited before listening")
+                .unwrap();
+            if let Some(rest) = line.split("agora listening on http://").nth(1) {
+                let port = |s: &str| {
+                    s.split_whitespace()
+                        .next()
+                        .and_then(|a| a.trim_end_matches([')', '/']).rsplit(':').next())
+                        .and_then(|p| p.parse::<u16>().ok())
+                        .unwrap()
+                };
+                let admin = rest.split("metrics: http://").nth(1).unwrap();
+                break (port(rest), port(admin.trim_end_matches("/metrics)")));
+            }
+        };
+        // Keep draining stderr so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        AgoraProcess {
+            child,
+            port,
+            admin_port,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// SIGTERM and wait; true when it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for AgoraProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

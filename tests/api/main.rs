@@ -7,10 +7,13 @@
 mod api_contracts;
 mod architecture;
 mod auth;
+mod bad_input;
 mod bus;
 mod cli;
 mod crash;
+mod demo;
 mod errors;
+mod examples;
 mod health;
 mod helpers;
 mod observability;
@@ -21,3 +24,4 @@ mod rate_limit;
 mod rollouts;
 mod stores;
 mod topologies;
+mod tutorial;

@@ -109,6 +109,21 @@ async fn swagger_ui_and_the_spec_are_served_offline() {
 }
 
 #[tokio::test]
+async fn the_root_and_swagger_ui_without_a_slash_redirect_to_swagger_ui() {
+    let app = spawn_app().await;
+    for path in ["/", "/swagger-ui"] {
+        let res = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 302, "{path}");
+        assert_eq!(res.headers()["location"], "/swagger-ui/", "{path}");
+    }
+    // Following it lands on Swagger UI.
+    let follow = reqwest::Client::new();
+    let res = follow.get(app.url("/")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("swagger"));
+}
+
+#[tokio::test]
 async fn stopping_the_application_drains_and_returns() {
     let app = spawn_app().await;
     assert_eq!(
@@ -128,4 +143,126 @@ async fn stopping_the_application_drains_and_returns() {
         app.client.get(url).send().await.is_err(),
         "still accepting after stop"
     );
+}
+
+/// Every line the process logs while it handles a request — the access line
+/// and the order transitions deep inside the saga — carries the request's id.
+#[tokio::test]
+async fn every_log_line_written_inside_a_request_carries_its_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("agora.log");
+    let mut cmd = crate::helpers::agora_command(dir.path());
+    cmd.stdout(std::fs::File::create(&log).unwrap());
+    let mut agora = crate::helpers::AgoraProcess::start(cmd);
+    let settings = crate::helpers::test_settings(dir.path());
+    let mint = |sub: &str, role: Role| {
+        agora::gateway::auth::mint(
+            &settings.auth,
+            sub,
+            &[role],
+            Some("alice@example.com"),
+            std::time::Duration::from_secs(600),
+        )
+        .unwrap()
+    };
+    let (staff, alice) = (mint("sam", Role::Staff), mint("alice", Role::Customer));
+    let client = reqwest::Client::new();
+    let post = |token: &str, path: &str, body: serde_json::Value, request_id: &str| {
+        client
+            .post(agora.url(path))
+            .bearer_auth(token)
+            .header("x-request-id", request_id)
+            .header("idempotency-key", request_id)
+            .json(&body)
+            .send()
+    };
+    for (path, body) in [
+        (
+            "/api/v1/warehouses",
+            serde_json::json!({"code": "BER", "name": "Berlin"}),
+        ),
+        (
+            "/api/v1/products",
+            serde_json::json!({"sku": "MUG", "name": "Mug", "price_minor": 850, "currency": "EUR"}),
+        ),
+        (
+            "/api/v1/stock/receipts",
+            serde_json::json!({"sku": "MUG", "warehouse": "BER", "quantity": 5}),
+        ),
+    ] {
+        let res = post(&staff, path, body, "req-setup").await.unwrap();
+        assert_eq!(res.status(), 201);
+    }
+    let res = post(
+        &alice,
+        "/api/v1/orders",
+        serde_json::json!({
+            "items": [{"sku": "MUG", "quantity": 1}],
+            "shipping_address": {"name": "Alice", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"},
+            "payment_method": "tok_visa",
+        }),
+        "req-place-1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 201);
+    let order: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(order["status"], "confirmed");
+    let order_id = order["id"].as_str().unwrap();
+    assert!(agora.stop());
+
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let of_the_order: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["order_id"] == order_id).collect();
+    let transitions: Vec<&str> = of_the_order
+        .iter()
+        .filter(|l| l["message"] == "order transition")
+        .map(|l| l["to"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        transitions,
+        ["awaiting_payment", "confirmed"],
+        "{of_the_order:?}"
+    );
+    for line in &of_the_order {
+        assert_eq!(line["request_id"], "req-place-1", "{line}");
+        assert_eq!(line["route"], "/api/v1/orders", "{line}");
+    }
+    let completed: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "request completed")
+        .collect();
+    assert_eq!(completed.len(), 4);
+    assert!(
+        completed
+            .iter()
+            .all(|l| l["request_id"].is_string() && l["status"].is_u64())
+    );
+}
+
+/// `pretty` is for people at a terminal: into a file or a pipe it writes no
+/// ANSI colour codes.
+#[test]
+fn pretty_logs_carry_no_colour_codes_when_stdout_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("agora.log");
+    let mut cmd = crate::helpers::agora_command(dir.path());
+    cmd.env("AGORA__LOG__FORMAT", "pretty")
+        .stdout(std::fs::File::create(&log).unwrap());
+    let mut agora = crate::helpers::AgoraProcess::start(cmd);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", agora.port)).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    std::io::Read::read_to_end(&mut s, &mut Vec::new()).unwrap();
+    assert!(agora.stop());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("request completed"), "{text}");
+    assert!(!text.contains('\u{1b}'), "ANSI escapes in a file:\n{text}");
 }

@@ -87,3 +87,53 @@ async fn anonymous_callers_are_limited_by_ip_and_routes_can_have_their_own_quota
             .starts_with("\"default\"")
     );
 }
+
+/// `agora_rate_limit_keys` follows the key table as requests arrive (a
+/// process of its own, so no other test's limiter touches the gauge).
+#[tokio::test]
+async fn the_key_gauge_is_live_and_not_only_set_at_eviction() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = crate::helpers::agora_command(dir.path());
+    cmd.env("AGORA__RATE_LIMIT__PER_SECOND", "1")
+        .env("AGORA__RATE_LIMIT__BURST", "2")
+        .env("AGORA__RATE_LIMIT__EVICT_EVERY_SECS", "3600")
+        .stdout(std::process::Stdio::null());
+    let mut agora = crate::helpers::AgoraProcess::start(cmd);
+    let settings = crate::helpers::test_settings(dir.path());
+    let client = reqwest::Client::new();
+    let mut rejected = 0;
+    for sub in ["alice", "bob", "carol"] {
+        let token = agora::gateway::auth::mint(
+            &settings.auth,
+            sub,
+            &[Role::Customer],
+            None,
+            Duration::from_secs(600),
+        )
+        .unwrap();
+        for _ in 0..20 {
+            let res = client
+                .get(agora.url("/api/v1/me"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            rejected += u32::from(res.status() == 429);
+        }
+    }
+    assert!(rejected >= 3 * 17, "the limiter refused only {rejected}");
+    let metrics = client
+        .get(format!("http://127.0.0.1:{}/metrics", agora.admin_port))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let keys = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("agora_rate_limit_keys "))
+        .unwrap_or("missing");
+    assert_eq!(keys, "3", "{metrics}");
+    assert!(agora.stop(), "agora did not stop cleanly");
+}

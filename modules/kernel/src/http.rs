@@ -1,9 +1,17 @@
 //! Extractor configuration that makes actix's own errors problem+json:
 //! malformed JSON → 400, JSON of the wrong shape → 422, wrong content type →
 //! 415, body too large → 413, bad path → 404, bad query → 422.
+//!
+//! Plus two extractors for requests whose body is optional: [`OptionalJson`]
+//! (no body, or a JSON body that must parse) and [`NoBody`] (no body, or `{}`).
+//! Neither ever swallows a bad body: a handler only runs on good input.
 
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
-use actix_web::web;
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
+use futures_util::future::LocalBoxFuture;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::problem::Problem;
 
@@ -39,16 +47,20 @@ pub fn json_error(err: &JsonPayloadError) -> Problem {
 }
 
 /// Best-effort field name from a serde message such as "missing field `sku`".
+/// Also used for query strings, whose messages read the same.
 /// Only messages that name a field are trusted: in others the backticks quote
 /// the rejected value ("invalid value: integer `-1`", "unknown variant `x`").
 fn json_field_of(e: &serde_json::Error) -> String {
-    let msg = e.to_string();
+    field_of(&e.to_string(), "body")
+}
+
+fn field_of(msg: &str, fallback: &str) -> String {
     ["missing field `", "unknown field `", "duplicate field `"]
         .iter()
         .find_map(|prefix| msg.strip_prefix(prefix))
         .and_then(|rest| rest.split('`').next())
         .filter(|f| !f.is_empty() && f.len() < 64)
-        .unwrap_or("body")
+        .unwrap_or(fallback)
         .to_owned()
 }
 
@@ -66,7 +78,8 @@ pub fn path_config() -> web::PathConfig {
     })
 }
 
-/// Query strings that do not parse answer 422.
+/// Query strings that do not parse (an unknown parameter, a repeated one)
+/// answer 422, listed under the parameter's name when serde names it.
 pub fn query_config() -> web::QueryConfig {
     web::QueryConfig::default().error_handler(|err: QueryPayloadError, _req| {
         let mut p = Problem::new(
@@ -75,7 +88,11 @@ pub fn query_config() -> web::QueryConfig {
             "Validation failed",
             format!("invalid query string: {err}"),
         );
-        p.errors.insert("query".to_owned(), vec![err.to_string()]);
+        let why = match &err {
+            QueryPayloadError::Deserialize(e) => e.to_string(),
+            other => other.to_string(),
+        };
+        p.errors.insert(field_of(&why, "query"), vec![why]);
         p.into()
     })
 }
@@ -83,4 +100,89 @@ pub fn query_config() -> web::QueryConfig {
 /// Raw-body limit for handlers that read bytes (413 beyond it).
 pub fn payload_config(limit_bytes: usize) -> web::PayloadConfig {
     web::PayloadConfig::new(limit_bytes)
+}
+
+/// An optional JSON body. No body (only whitespace, or JSON `null`) is
+/// `None`; any other body must be `application/json` (415), at most the configured
+/// [`payload_config`] size (413), well-formed (400) and of `T`'s shape (422;
+/// give `T` `#[serde(deny_unknown_fields)]` so a misspelt field is refused too).
+#[derive(Debug)]
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T> OptionalJson<T> {
+    pub fn into_inner(self) -> Option<T> {
+        self.0
+    }
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for OptionalJson<T> {
+    type Error = Problem;
+    type Future = LocalBoxFuture<'static, Result<Self, Problem>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = web::Bytes::from_request(req, payload);
+        Box::pin(async move {
+            let bytes = bytes.await.map_err(|e| {
+                if e.as_response_error().status_code()
+                    == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE
+                {
+                    Problem::new(
+                        actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload-too-large",
+                        "Payload too large",
+                        "the request body exceeds the configured limit",
+                    )
+                } else {
+                    Problem::bad_request(format!("could not read the request body: {e}"))
+                }
+            })?;
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                return Ok(Self(None));
+            }
+            if !content_type.as_deref().is_some_and(is_json) {
+                return Err(json_error(&JsonPayloadError::ContentType));
+            }
+            serde_json::from_slice::<Option<T>>(&bytes)
+                .map(Self)
+                .map_err(|e| json_error(&JsonPayloadError::Deserialize(e)))
+        })
+    }
+}
+
+/// `application/json` or any `application/*+json`, parameters ignored.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The only JSON a body-less action accepts: `{}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmptyObject {}
+
+/// For actions that take no body (ship, deliver, retry, …): no body or `{}`
+/// passes; anything else is refused like a bad [`OptionalJson`] body, so a
+/// request nobody can interpret never acts.
+#[derive(Debug, Clone, Copy)]
+pub struct NoBody;
+
+impl FromRequest for NoBody {
+    type Error = Problem;
+    type Future = LocalBoxFuture<'static, Result<Self, Problem>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = OptionalJson::<EmptyObject>::from_request(req, payload);
+        Box::pin(async move { body.await.map(|_| NoBody) })
+    }
 }

@@ -31,13 +31,26 @@ pub use remote::RemotePayments;
 
 /// Which payment provider the module talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum ProviderKind {
     /// Deterministic `tok_*` test tokens, no network (the default).
     #[default]
     Simulated,
     /// A Stripe-compatible HTTP API at `provider_url`.
     Http,
+}
+
+impl TryFrom<String> for ProviderKind {
+    type Error = String;
+
+    /// Refused values name the allowed ones (serde's own enum message does not).
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "simulated" => Ok(Self::Simulated),
+            "http" => Ok(Self::Http),
+            other => Err(format!("must be simulated or http, not `{other}`")),
+        }
+    }
 }
 
 /// The circuit breaker around provider calls: `[payment.breaker]`.

@@ -5,6 +5,7 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpResponse, ResponseError, web};
+use agora_kernel::http::NoBody;
 use agora_kernel::pagination::parse_limit;
 use agora_kernel::{CallContext, Currency, FieldErrors, Money, Problem, Role};
 use chrono::{DateTime, Utc};
@@ -197,7 +198,8 @@ fn price(errors: &mut FieldErrors, minor: i64, currency: &str) -> Option<Money> 
 
 /// A new catalogue entry.
 #[derive(Debug, Deserialize, ToSchema)]
-#[schema(example = json!({"sku": "TSHIRT-RED-M", "name": "Red T-shirt (M)", "price_minor": 1999, "currency": "EUR"}))]
+#[schema(example = json!({"sku": "LAMP-DESK", "name": "Desk lamp", "description": "Home: LED desk lamp, warm white", "price_minor": 2990, "currency": "EUR", "low_stock_threshold": 5}))]
+#[serde(deny_unknown_fields)]
 pub struct CreateProductRequest {
     /// 1–64 of `[A-Za-z0-9._-]`.
     pub sku: String,
@@ -242,6 +244,8 @@ impl CreateProductRequest {
 /// A partial update: absent fields stay; `description: null` clears it;
 /// `price_minor` and `currency` go together.
 #[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"price_minor": 1799, "currency": "EUR"}))]
 pub struct UpdateProductRequest {
     pub name: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
@@ -325,7 +329,8 @@ pub struct ProductList {
 
 /// A new warehouse.
 #[derive(Debug, Deserialize, ToSchema)]
-#[schema(example = json!({"code": "BER-1", "name": "Berlin"}))]
+#[schema(example = json!({"code": "HAM", "name": "Hamburg"}))]
+#[serde(deny_unknown_fields)]
 pub struct CreateWarehouseRequest {
     /// 1–32 of `[A-Za-z0-9._-]`.
     pub code: String,
@@ -357,7 +362,8 @@ pub struct WarehouseList {
 
 /// Stock arriving in a warehouse.
 #[derive(Debug, Deserialize, ToSchema)]
-#[schema(example = json!({"sku": "TSHIRT-RED-M", "warehouse": "BER-1", "quantity": 100, "reference": "PO-1234"}))]
+#[schema(example = json!({"sku": "TSHIRT-RED-M", "warehouse": "BER", "quantity": 100, "reference": "PO-1234"}))]
+#[serde(deny_unknown_fields)]
 pub struct ReceiptRequest {
     pub sku: String,
     pub warehouse: String,
@@ -368,7 +374,8 @@ pub struct ReceiptRequest {
 
 /// A correction of on-hand stock (damage, count).
 #[derive(Debug, Deserialize, ToSchema)]
-#[schema(example = json!({"sku": "TSHIRT-RED-M", "warehouse": "BER-1", "delta": -2, "reason": "damaged in transit"}))]
+#[schema(example = json!({"sku": "TSHIRT-RED-M", "warehouse": "BER", "delta": -2, "reason": "damaged in transit"}))]
+#[serde(deny_unknown_fields)]
 pub struct AdjustmentRequest {
     pub sku: String,
     pub warehouse: String,
@@ -436,6 +443,7 @@ pub struct MovementResponse {
     pub sku: String,
     pub warehouse: String,
     /// `receipt`, `adjustment`, `reservation`, `release` or `commit`.
+    #[schema(schema_with = movement_kind_schema)]
     pub kind: String,
     /// Units moved (negative for a downward adjustment).
     pub quantity: i64,
@@ -519,6 +527,7 @@ impl From<StockSummary> for StockResponse {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ReservationLineRequest {
     pub sku: String,
     /// 1–1,000,000.
@@ -577,6 +586,7 @@ pub struct ReservationConflict {
 /// Reserve every line or none. Idempotent on `reservation_id`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"reservation_id": "0191d0c4-8a47-7c3e-9b5e-2f1d8a3c4b5a", "order_id": "0191d0c4-8a47-7c3e-9b5e-000000000001", "lines": [{"sku": "TSHIRT-RED-M", "quantity": 2}], "ttl_secs": 900}))]
+#[serde(deny_unknown_fields)]
 pub struct ReservationRequest {
     /// A UUID the caller picks; repeating the request with it replays the result.
     pub reservation_id: String,
@@ -649,6 +659,7 @@ pub struct ReservationResponse {
     pub reservation_id: Uuid,
     pub order_id: String,
     /// `held`, `confirmed`, `committed` or `released`.
+    #[schema(schema_with = reservation_status_schema)]
     pub status: String,
     pub lines: Vec<ReservedLineResponse>,
     /// When the sweeper releases it; set only while `held`.
@@ -688,8 +699,11 @@ impl From<Reservation> for ReservationResponse {
 
 /// `?limit=&cursor=`
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// 1–100, default 20.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100, default = 20)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -699,8 +713,10 @@ pub struct ListQuery {
 /// list of skus (a price quote for an order).
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ProductListQuery {
     /// 1–100, default 20.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100, default = 20)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -724,6 +740,24 @@ fn parse_skus(raw: &str) -> Result<Vec<Sku>, ApiError> {
         .iter()
         .map(|p| Sku::parse(p).map_err(|e| field("skus", e.to_string())))
         .collect()
+}
+
+const MOVEMENT_KINDS: [&str; 5] = ["receipt", "adjustment", "reservation", "release", "commit"];
+const RESERVATION_STATUSES: [&str; 4] = ["held", "confirmed", "committed", "released"];
+
+fn string_enum(values: &[&str]) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .build()
+}
+
+fn movement_kind_schema() -> utoipa::openapi::Object {
+    string_enum(&MOVEMENT_KINDS)
+}
+
+fn reservation_status_schema() -> utoipa::openapi::Object {
+    string_enum(&RESERVATION_STATUSES)
 }
 
 fn path_sku(raw: &str) -> Result<Sku, ApiError> {
@@ -801,7 +835,7 @@ pub async fn list_products(
 
 /// One product.
 #[utoipa::path(get, path = "/products/{sku}", tag = "inventory", security(("bearer" = [])),
-    params(("sku" = String, Path)),
+    params(("sku" = String, Path, description = "The product's sku", example = "TSHIRT-RED-M")),
     responses(
         (status = 200, body = ProductResponse),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -820,7 +854,7 @@ pub async fn get_product(
 
 /// Change a product's name, description, price or threshold (staff).
 #[utoipa::path(patch, path = "/products/{sku}", tag = "inventory", security(("bearer" = [])),
-    params(("sku" = String, Path)),
+    params(("sku" = String, Path, description = "The product's sku", example = "TSHIRT-RED-M")),
     request_body = UpdateProductRequest,
     responses(
         (status = 200, body = ProductResponse),
@@ -845,18 +879,21 @@ pub async fn update_product(
 
 /// Soft-delete a product: `active = false`, it can no longer be reserved (staff).
 #[utoipa::path(delete, path = "/products/{sku}", tag = "inventory", security(("bearer" = [])),
-    params(("sku" = String, Path)),
+    params(("sku" = String, Path, description = "The product's sku", example = "TSHIRT-RED-M")),
     responses(
         (status = 200, body = ProductResponse),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "a body other than none or `{}`"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "a body with fields"),
     ))]
 #[tracing::instrument(skip_all)]
 pub async fn delete_product(
     api: Api,
     ctx: CallContext,
     sku: web::Path<String>,
+    _body: NoBody,
 ) -> Result<HttpResponse, ApiError> {
     let sku = path_sku(&sku)?;
     let p = api.deactivate_product(&ctx, &sku).await?;
@@ -965,7 +1002,7 @@ pub async fn adjust(
 
 /// Stock of a sku: on hand, reserved and available, in total and per warehouse.
 #[utoipa::path(get, path = "/stock/{sku}", tag = "inventory", security(("bearer" = [])),
-    params(("sku" = String, Path)),
+    params(("sku" = String, Path, description = "The product's sku", example = "TSHIRT-RED-M")),
     responses(
         (status = 200, body = StockResponse),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -984,7 +1021,7 @@ pub async fn get_stock(
 
 /// Every change of a sku's stock, newest first (staff).
 #[utoipa::path(get, path = "/stock/{sku}/movements", tag = "inventory", security(("bearer" = [])),
-    params(("sku" = String, Path), ListQuery),
+    params(("sku" = String, Path, description = "The product's sku", example = "TSHIRT-RED-M"), ListQuery),
     responses(
         (status = 200, body = MovementList),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -1042,7 +1079,7 @@ pub async fn reserve(
 
 /// A reservation (service, staff).
 #[utoipa::path(get, path = "/reservations/{id}", tag = "inventory", security(("bearer" = [])),
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path, description = "The reservation id")),
     responses(
         (status = 200, body = ReservationResponse),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -1062,19 +1099,22 @@ pub async fn get_reservation(
 
 /// Confirm a held reservation: it no longer expires (service). 409 once expired.
 #[utoipa::path(post, path = "/reservations/{id}/confirm", tag = "inventory", security(("bearer" = [])),
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path, description = "The reservation id")),
     responses(
         (status = 200, body = ReservationResponse),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "a body other than none or `{}`"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "the transition does not apply (`reservation_status` says where it stands), or expired", body = ReservationConflict, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "a body with fields"),
     ))]
 #[tracing::instrument(skip_all)]
 pub async fn confirm_reservation(
     api: Api,
     ctx: CallContext,
     id: web::Path<String>,
+    _body: NoBody,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_reservation(&id)?;
     let r = api.confirm(&ctx, id).await?;
@@ -1083,19 +1123,22 @@ pub async fn confirm_reservation(
 
 /// Commit a reservation: the stock leaves on shipment (service). Idempotent.
 #[utoipa::path(post, path = "/reservations/{id}/commit", tag = "inventory", security(("bearer" = [])),
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path, description = "The reservation id")),
     responses(
         (status = 200, body = ReservationResponse),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "a body other than none or `{}`"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "the transition does not apply (`reservation_status` says where it stands), or expired", body = ReservationConflict, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "a body with fields"),
     ))]
 #[tracing::instrument(skip_all)]
 pub async fn commit_reservation(
     api: Api,
     ctx: CallContext,
     id: web::Path<String>,
+    _body: NoBody,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_reservation(&id)?;
     let r = api.commit(&ctx, id).await?;
@@ -1104,19 +1147,22 @@ pub async fn commit_reservation(
 
 /// Release a reservation: its units become available again (service). Idempotent.
 #[utoipa::path(post, path = "/reservations/{id}/release", tag = "inventory", security(("bearer" = [])),
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path, description = "The reservation id")),
     responses(
         (status = 200, body = ReservationResponse),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "a body other than none or `{}`"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "the transition does not apply (`reservation_status` says where it stands), or expired", body = ReservationConflict, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "a body with fields"),
     ))]
 #[tracing::instrument(skip_all)]
 pub async fn release_reservation(
     api: Api,
     ctx: CallContext,
     id: web::Path<String>,
+    _body: NoBody,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_reservation(&id)?;
     let r = api.release(&ctx, id).await?;
@@ -1210,3 +1256,22 @@ pub fn configure(cfg: &mut web::ServiceConfig, api: InventoryService) {
     tags((name = "inventory", description = "Products, warehouses, stock levels and reservations")),
 )]
 pub(crate) struct InventoryDoc;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::models::{MovementKind, ReservationStatus};
+
+    #[test]
+    fn the_documented_enums_are_the_domains_names() {
+        for k in MOVEMENT_KINDS {
+            assert_eq!(MovementKind::parse(k).map(MovementKind::as_str), Some(k));
+        }
+        for s in RESERVATION_STATUSES {
+            assert_eq!(
+                ReservationStatus::parse(s).map(ReservationStatus::as_str),
+                Some(s)
+            );
+        }
+    }
+}

@@ -8,5 +8,6 @@ mod helpers;
 mod idempotency;
 mod inbox;
 mod json;
+mod optional_body;
 mod outbox;
 mod path_and_query;

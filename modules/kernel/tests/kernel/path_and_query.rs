@@ -8,6 +8,7 @@ use agora_kernel::problem::{PROBLEM_JSON, Problem};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Page {
     limit: u32,
 }
@@ -72,4 +73,16 @@ async fn a_query_string_that_does_not_parse_is_a_422_problem() {
     assert_eq!(problem.status, 422);
     assert_eq!(problem.problem_type, "urn:agora:problem:validation");
     assert!(problem.errors.contains_key("query"));
+}
+
+#[actix_web::test]
+async fn an_unknown_or_repeated_query_parameter_is_a_422_naming_it() {
+    let problem = problem_for("/things/7?limit=5&lmit=6").await;
+
+    assert_eq!(problem.status, 422);
+    assert!(problem.errors.contains_key("lmit"), "{problem:?}");
+
+    let problem = problem_for("/things/7?limit=5&limit=6").await;
+    assert_eq!(problem.status, 422);
+    assert!(problem.errors.contains_key("limit"), "{problem:?}");
 }

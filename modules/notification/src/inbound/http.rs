@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use actix_web::{HttpResponse, ResponseError, web};
+use agora_kernel::http::NoBody;
 use agora_kernel::pagination::parse_limit;
 use agora_kernel::{CallContext, FieldErrors, Problem};
 use serde::{Deserialize, Serialize};
@@ -67,13 +68,13 @@ pub struct NotificationBody {
     /// The customer it is for (the token's `sub`).
     pub customer_id: String,
     /// `email`, `sms` or `push`.
-    #[schema(example = "email")]
+    #[schema(schema_with = channel_schema, example = "email")]
     pub channel: String,
     /// The event kind without prefix and version, e.g. `order_confirmed`.
     #[schema(example = "order_confirmed")]
     pub template: String,
     /// `pending`, `sent`, `retrying`, `dead` or `skipped`.
-    #[schema(example = "sent")]
+    #[schema(schema_with = status_schema, example = "sent")]
     pub status: String,
     /// E-mail address, phone number or push token; null when none was known.
     pub recipient: Option<String>,
@@ -126,6 +127,7 @@ pub struct AttemptBody {
     pub number: u32,
     pub attempted_at: chrono::DateTime<chrono::Utc>,
     /// `sent`, `failed` (transient, retried) or `rejected` (permanent).
+    #[schema(schema_with = outcome_schema)]
     pub outcome: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -165,6 +167,7 @@ impl From<&NotificationDetail> for NotificationDetailBody {
 
 /// Which channels the customer wants.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ChannelsBody {
     /// Default true.
     #[serde(default = "yes")]
@@ -193,6 +196,8 @@ impl Default for ChannelsBody {
 
 /// A customer's notification preferences.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"email": "alice@example.com", "channels": {"email": true, "sms": false, "push": false}}))]
+#[serde(deny_unknown_fields)]
 pub struct PreferencesBody {
     /// Where e-mail goes; overrides the address carried in order events
     /// (by default the token's `email` claim).
@@ -264,16 +269,20 @@ fn errors_has(errors: &FieldErrors, field: &str) -> bool {
 /// Filters and paging of `GET /notifications`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Staff only; a customer always sees their own.
     pub customer_id: Option<String>,
-    /// `pending`, `sent`, `retrying`, `dead` or `skipped`.
+    /// Only notifications in this status.
+    #[param(schema_with = status_param_schema)]
     pub status: Option<String>,
-    /// `email`, `sms` or `push`.
+    /// Only notifications on this channel.
+    #[param(schema_with = channel_param_schema)]
     pub channel: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// 1–100, default 20.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100, default = 20)]
     pub limit: Option<String>,
 }
 
@@ -322,12 +331,45 @@ impl ListQuery {
     }
 }
 
+fn string_enum(values: impl IntoIterator<Item = &'static str>) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(values))
+        .build()
+}
+
+fn status_schema() -> utoipa::openapi::Object {
+    string_enum(Status::ALL.map(Status::as_str))
+}
+
+fn channel_schema() -> utoipa::openapi::Object {
+    string_enum(Channel::ALL.map(Channel::as_str))
+}
+
+/// For query parameters, whose doc comment utoipa drops with `schema_with`.
+fn status_param_schema() -> utoipa::openapi::Object {
+    let mut s = status_schema();
+    s.description = Some("Only notifications in this status.".to_owned());
+    s
+}
+
+fn channel_param_schema() -> utoipa::openapi::Object {
+    let mut s = channel_schema();
+    s.description = Some("Only notifications on this channel.".to_owned());
+    s
+}
+
+fn outcome_schema() -> utoipa::openapi::Object {
+    use crate::domain::models::AttemptOutcome::{Failed, Rejected, Sent};
+    string_enum([Sent, Failed, Rejected].map(|o| o.as_str()))
+}
+
 fn parse_id(raw: &str) -> Result<NotificationId, ApiError> {
     NotificationId::parse(raw).map_err(|_| Problem::not_found("no such notification").into())
 }
 
 /// List notifications: a customer's own, or (staff) everyone's with filters.
-#[utoipa::path(get, path = "/notifications", tag = "notifications", security(("bearer" = [])),
+#[utoipa::path(get, path = "/notifications", tag = "notifications", operation_id = "list_notifications", security(("bearer" = [])),
     params(ListQuery),
     responses(
         (status = 200, body = NotificationPage),
@@ -350,7 +392,7 @@ pub async fn list(
 }
 
 /// One notification with its attempts (its owner or staff; 404 for anyone else).
-#[utoipa::path(get, path = "/notifications/{id}", tag = "notifications", security(("bearer" = [])),
+#[utoipa::path(get, path = "/notifications/{id}", tag = "notifications", operation_id = "get_notification", security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path, description = "The notification id")),
     responses(
         (status = 200, body = NotificationDetailBody),
@@ -369,7 +411,7 @@ pub async fn get(
 }
 
 /// The caller's notification preferences (customers).
-#[utoipa::path(get, path = "/notifications/preferences", tag = "notifications", security(("bearer" = [])),
+#[utoipa::path(get, path = "/notifications/preferences", tag = "notifications", operation_id = "get_notification_preferences", security(("bearer" = [])),
     responses(
         (status = 200, body = PreferencesBody),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -385,7 +427,7 @@ pub async fn get_preferences(
 }
 
 /// Replace the caller's notification preferences (customers).
-#[utoipa::path(put, path = "/notifications/preferences", tag = "notifications", security(("bearer" = [])),
+#[utoipa::path(put, path = "/notifications/preferences", tag = "notifications", operation_id = "put_notification_preferences", security(("bearer" = [])),
     request_body = PreferencesBody,
     responses(
         (status = 200, body = PreferencesBody),
@@ -406,10 +448,12 @@ pub async fn put_preferences(
 }
 
 /// Put a dead notification back in the delivery queue (staff).
-#[utoipa::path(post, path = "/notifications/{id}/retry", tag = "notifications", security(("bearer" = [])),
+#[utoipa::path(post, path = "/notifications/{id}/retry", tag = "notifications", operation_id = "retry_notification", security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path, description = "The notification id")),
     responses(
         (status = 200, body = NotificationBody, description = "Queued again, status `pending`"),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "a body other than none or `{}`"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "a body with fields"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -420,6 +464,7 @@ pub async fn retry(
     ctx: CallContext,
     service: web::Data<NotificationService>,
     id: web::Path<String>,
+    _body: NoBody,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     let n = service.retry(&ctx, id).await?;

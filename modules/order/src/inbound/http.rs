@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
+use agora_kernel::http::{NoBody, OptionalJson};
 use agora_kernel::idempotency::{Idempotency, IdempotencyConfig, IdempotencyStore};
 use agora_kernel::pagination::{Page, parse_limit};
 use agora_kernel::{CallContext, FieldErrors, Problem};
@@ -18,18 +19,29 @@ use crate::domain::models::{
 };
 use crate::domain::service::{OrderError, OrderService};
 
-/// `POST /orders`.
+/// `POST /orders`. The example orders two of the skus `agora demo` loads.
 #[derive(Debug, Deserialize, ToSchema)]
-#[schema(example = json!({"items": [{"sku": "TSHIRT-M", "quantity": 2}], "shipping_address": {"name": "Alice", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"}, "payment_method": "tok_visa"}))]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"items": [{"sku": "TSHIRT-RED-M", "quantity": 2}, {"sku": "MUG-CERAMIC", "quantity": 1}], "shipping_address": {"name": "Alice", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"}, "payment_method": "tok_visa"}))]
 pub struct PlaceOrderBody {
-    /// 1–100 lines.
+    /// 1–100 lines, each sku once.
     pub items: Vec<ItemBody>,
     pub shipping_address: ShippingAddress,
-    /// Handed to the payment provider unchanged (`tok_visa`, `pm_...`).
+    /// Handed to the payment provider unchanged: a `tok_…` test token or a
+    /// PaymentMethod id `pm_…`; anything else is a 422 before stock is
+    /// reserved. The simulated provider (the default) knows `tok_visa` and
+    /// `tok_mastercard` (succeed), `tok_chargeDeclined` (declined:
+    /// `card_declined`), `tok_insufficient_funds` (declined:
+    /// `insufficient_funds`) and `tok_processing_error` (provider fault: the
+    /// order waits in `awaiting_payment` and is retried); any other token is
+    /// declined as `invalid_payment_method`. The `http` provider takes Stripe
+    /// PaymentMethod ids such as `pm_card_visa`.
+    #[schema(example = "tok_visa")]
     pub payment_method: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ItemBody {
     pub sku: String,
     /// 1–1,000.
@@ -66,10 +78,10 @@ impl PlaceOrderBody {
         }
         let address = ShippingAddress::parse(self.shipping_address, &mut errors);
         let pm = self.payment_method.trim();
-        if pm.is_empty() || pm.len() > 255 || !pm.bytes().all(|b| b.is_ascii_graphic()) {
+        if !is_payment_method(pm) {
             errors.add(
                 "payment_method",
-                "must be 1–255 visible ASCII characters, e.g. tok_visa or pm_...",
+                "must be a test token such as tok_visa (simulated provider) or a PaymentMethod id pm_... (http provider): up to 255 visible ASCII characters",
             );
         }
         errors.into_result()?;
@@ -82,6 +94,15 @@ impl PlaceOrderBody {
             idempotency_key: None,
         })
     }
+}
+
+/// What the payment provider can take: a `tok_…` test token or a `pm_…`
+/// PaymentMethod id, at most 255 visible ASCII characters. Anything else is
+/// refused before stock is reserved.
+fn is_payment_method(pm: &str) -> bool {
+    let rest = pm.strip_prefix("tok_").or_else(|| pm.strip_prefix("pm_"));
+    pm.len() <= 255
+        && rest.is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_graphic()))
 }
 
 /// An order.
@@ -127,26 +148,38 @@ impl From<Order> for OrderBody {
 
 /// `PATCH /orders/{id}`.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"shipping_address": {"name": "Alice", "line1": "2 Side St", "city": "Hamburg", "postal_code": "20095", "country": "DE"}}))]
 pub struct UpdateOrderBody {
     pub shipping_address: ShippingAddress,
 }
 
 /// `POST /orders/{id}/cancel` (the body is optional).
 #[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "changed my mind"}))]
 pub struct CancelBody {
+    /// Why (kept on the order, at most 500 characters).
     pub reason: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    /// One of the order statuses.
+    /// Only orders in this status.
+    #[param(value_type = Option<OrderStatus>)]
     pub status: Option<String>,
-    /// RFC 3339.
+    /// Only orders placed after this instant (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
     pub created_after: Option<String>,
-    /// RFC 3339.
+    /// Only orders placed before this instant (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
     pub created_before: Option<String>,
     /// 1–100, default 20.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100, default = 20)]
     pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
@@ -180,6 +213,26 @@ impl From<OrderError> for Problem {
     }
 }
 
+/// An order as the documented responses show it (skus from `agora demo`).
+fn order_example(status: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": "0190f3a2-5c1e-7d7a-9b1e-3f2a4c5d6e7f",
+        "customer_id": "alice",
+        "status": status,
+        "items": [
+            {"sku": "TSHIRT-RED-M", "quantity": 2, "unit_price_minor": 1999, "line_total_minor": 3998},
+            {"sku": "MUG-CERAMIC", "quantity": 1, "unit_price_minor": 850, "line_total_minor": 850}
+        ],
+        "total_minor": 4848,
+        "currency": "EUR",
+        "shipping_address": {"name": "Alice", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"},
+        "payment_id": "0190f3a2-5c20-7f11-8a2b-6c7d8e9f0a1b",
+        "created_at": "2026-01-31T12:00:00.000Z",
+        "updated_at": "2026-01-31T12:00:00.120Z",
+        "version": 3
+    })
+}
+
 fn order_id(raw: &str) -> Result<OrderId, Problem> {
     OrderId::parse(raw).map_err(|_| Problem::not_found("no such order"))
 }
@@ -193,11 +246,11 @@ fn with_etag(mut res: HttpResponse, order: &OrderBody) -> HttpResponse {
 
 /// Place an order. Prices come from the catalogue; the customer and e-mail
 /// from the token. A healthy order answers already `confirmed`.
-#[utoipa::path(post, path = "/orders", tag = "orders", security(("bearer" = [])),
-    params(("Idempotency-Key" = String, Header, description = "required; replays the first answer")),
+#[utoipa::path(post, path = "/orders", tag = "orders", operation_id = "place_order", security(("bearer" = [])),
+    params(("Idempotency-Key" = String, Header, description = "required, 1–255 visible ASCII characters; the same key and body replay the first answer", example = "order-2026-01-31-0001")),
     request_body = PlaceOrderBody,
     responses(
-        (status = 201, body = OrderBody),
+        (status = 201, body = OrderBody, description = "Placed: `confirmed` when stock was reserved and the charge succeeded; `rejected` (no stock), `payment_failed` (declined) or `awaiting_payment` (provider down, retried) otherwise", example = json!(order_example("confirmed"))),
         (status = 400, body = Problem, content_type = "application/problem+json", description = "malformed JSON or no Idempotency-Key"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
@@ -225,7 +278,7 @@ pub async fn place(
 }
 
 /// List orders, newest first: customers see their own, staff everyone's.
-#[utoipa::path(get, path = "/orders", tag = "orders", security(("bearer" = [])), params(ListQuery),
+#[utoipa::path(get, path = "/orders", tag = "orders", operation_id = "list_orders", security(("bearer" = [])), params(ListQuery),
     responses(
         (status = 200, body = OrderPage),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -299,9 +352,10 @@ pub async fn list(
 }
 
 /// One order: the owner, staff or admin (anyone else gets 404).
-#[utoipa::path(get, path = "/orders/{id}", tag = "orders", security(("bearer" = [])),
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", operation_id = "get_order", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid, description = "The order's id")),
     responses(
-        (status = 200, body = OrderBody),
+        (status = 200, body = OrderBody, example = json!(order_example("confirmed"))),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
@@ -315,11 +369,15 @@ pub async fn get(
 }
 
 /// Change the shipping address before shipping; `If-Match` carries the version.
-#[utoipa::path(patch, path = "/orders/{id}", tag = "orders", security(("bearer" = [])),
-    params(("If-Match" = String, Header, description = "the order's version, e.g. \"3\"")),
+#[utoipa::path(patch, path = "/orders/{id}", tag = "orders", operation_id = "update_order", security(("bearer" = [])),
+    params(
+        ("id" = String, Path, format = Uuid, description = "The order's id"),
+        ("If-Match" = String, Header, description = "the order's version (its `ETag`), e.g. \"3\"", example = "\"3\""),
+    ),
     request_body = UpdateOrderBody,
     responses(
         (status = 200, body = OrderBody),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "already shipped"),
         (status = 412, body = Problem, content_type = "application/problem+json", description = "version mismatch"),
@@ -365,39 +423,49 @@ pub async fn update(
 }
 
 /// Cancel before shipping: stock released, payment refunded. Idempotent.
-#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
-    request_body(content = Option<CancelBody>),
+#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", operation_id = "cancel_order", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid, description = "The order's id")),
+    request_body(content = Option<CancelBody>, description = "Optional (no body or `null` is fine); a malformed or unknown body is refused and nothing is cancelled", example = json!({"reason": "changed my mind"})),
     responses(
-        (status = 200, body = OrderBody),
+        (status = 200, body = OrderBody, example = json!(order_example("cancelled"))),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "malformed JSON"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "a body of the wrong shape or with an unknown field"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn cancel(
     svc: web::Data<OrderService>,
     ctx: CallContext,
     id: web::Path<String>,
-    body: Option<web::Json<CancelBody>>,
+    body: OptionalJson<CancelBody>,
 ) -> Result<HttpResponse, Problem> {
     let reason = body
-        .and_then(|b| b.into_inner().reason)
+        .into_inner()
+        .and_then(|b| b.reason)
         .map(|r| r.chars().take(500).collect());
     let order = OrderBody::from(svc.cancel(&ctx, order_id(&id)?, reason).await?);
     Ok(HttpResponse::Ok().json(order))
 }
 
 /// Ship a confirmed order (staff): the stock reservation is committed.
-#[utoipa::path(post, path = "/orders/{id}/ship", tag = "orders", security(("bearer" = [])),
+#[utoipa::path(post, path = "/orders/{id}/ship", tag = "orders", operation_id = "ship_order", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid, description = "The order's id")),
     responses(
-        (status = 200, body = OrderBody),
+        (status = 200, body = OrderBody, example = json!(order_example("shipped"))),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "a body other than none or `{}`"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "a body with fields"),
     ))]
 pub async fn ship(
     svc: web::Data<OrderService>,
     ctx: CallContext,
     id: web::Path<String>,
+    _body: NoBody,
 ) -> Result<HttpResponse, Problem> {
     let order = OrderBody::from(
         svc.advance_fulfilment(&ctx, order_id(&id)?, OrderStatus::Shipped)
@@ -407,17 +475,22 @@ pub async fn ship(
 }
 
 /// Mark a shipped order delivered (staff).
-#[utoipa::path(post, path = "/orders/{id}/deliver", tag = "orders", security(("bearer" = [])),
+#[utoipa::path(post, path = "/orders/{id}/deliver", tag = "orders", operation_id = "deliver_order", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid, description = "The order's id")),
     responses(
-        (status = 200, body = OrderBody),
+        (status = 200, body = OrderBody, example = json!(order_example("delivered"))),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "a body other than none or `{}`"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "a body with fields"),
     ))]
 pub async fn deliver(
     svc: web::Data<OrderService>,
     ctx: CallContext,
     id: web::Path<String>,
+    _body: NoBody,
 ) -> Result<HttpResponse, Problem> {
     let order = OrderBody::from(
         svc.advance_fulfilment(&ctx, order_id(&id)?, OrderStatus::Delivered)
@@ -427,9 +500,11 @@ pub async fn deliver(
 }
 
 /// Every transition of an order, oldest first.
-#[utoipa::path(get, path = "/orders/{id}/history", tag = "orders", security(("bearer" = [])),
+#[utoipa::path(get, path = "/orders/{id}/history", tag = "orders", operation_id = "get_order_history", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid, description = "The order's id")),
     responses(
         (status = 200, body = HistoryPage),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn history(

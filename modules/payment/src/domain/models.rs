@@ -60,6 +60,23 @@ impl PaymentMethod {
         Ok(Self(s.to_owned()))
     }
 
+    /// A method a new charge may name: [`parse`](Self::parse)'s rules, plus
+    /// the `tok_…` (test token) or `pm_…` (PaymentMethod id) shape. Stored
+    /// payments are read with `parse`, so older rows stay readable.
+    ///
+    /// # Errors
+    /// Anything `parse` refuses, or another shape.
+    pub fn parse_requested(s: &str) -> Result<Self, ParseError> {
+        let method = Self::parse(s)?;
+        let rest = s.strip_prefix("tok_").or_else(|| s.strip_prefix("pm_"));
+        if rest.is_none_or(str::is_empty) {
+            return Err(ParseError(
+                "must be a test token such as tok_visa (simulated provider) or a PaymentMethod id pm_... (http provider)".into(),
+            ));
+        }
+        Ok(method)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -451,5 +468,13 @@ mod tests {
         assert!(PaymentMethod::parse("tok_visa").is_ok());
         assert!(PaymentMethod::parse("pm_card visa").is_err());
         assert!(PaymentMethod::parse("").is_err());
+        assert!(
+            PaymentMethod::parse("visa").is_ok(),
+            "stored rows stay readable"
+        );
+        assert!(PaymentMethod::parse_requested("visa").is_err());
+        assert!(PaymentMethod::parse_requested("tok_").is_err());
+        assert!(PaymentMethod::parse_requested("pm_card_visa").is_ok());
+        assert!(PaymentMethod::parse_requested("tok_chargeDeclined").is_ok());
     }
 }

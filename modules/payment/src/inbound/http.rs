@@ -188,6 +188,7 @@ impl From<ListPaymentsError> for ApiError {
 /// `POST /payments`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(example = json!({"order_id": "0190c1d2-7b8e-7a3c-9f00-1a2b3c4d5e6f", "customer_id": "alice", "amount_minor": 4990, "currency": "EUR", "payment_method": "tok_visa"}))]
+#[serde(deny_unknown_fields)]
 pub struct CreatePaymentBody {
     /// The order's id (a UUID).
     pub order_id: String,
@@ -197,7 +198,15 @@ pub struct CreatePaymentBody {
     pub amount_minor: i64,
     /// ISO 4217, upper case.
     pub currency: String,
-    /// `tok_*` test tokens (simulated provider) or a Stripe PaymentMethod id (`pm_...`).
+    /// A `tok_…` test token or a Stripe PaymentMethod id `pm_…` (anything
+    /// else is a 422). The simulated provider (the default) knows `tok_visa`
+    /// and `tok_mastercard` (succeed), `tok_chargeDeclined` (declined:
+    /// `card_declined`), `tok_insufficient_funds` (declined:
+    /// `insufficient_funds`) and `tok_processing_error` (provider fault:
+    /// 503, counts toward the circuit breaker); any other token is declined
+    /// as `invalid_payment_method`. The `http` provider takes `pm_…` ids
+    /// such as `pm_card_visa`.
+    #[schema(example = "tok_visa")]
     pub payment_method: String,
 }
 
@@ -208,7 +217,10 @@ impl CreatePaymentBody {
         let customer_id = errors.check("customer_id", CustomerId::parse(&self.customer_id));
         let amount = errors.check("amount_minor", positive_amount(self.amount_minor));
         let currency = errors.check("currency", Currency::parse(&self.currency));
-        let method = errors.check("payment_method", PaymentMethod::parse(&self.payment_method));
+        let method = errors.check(
+            "payment_method",
+            PaymentMethod::parse_requested(&self.payment_method),
+        );
         errors.into_result()?;
         match (order_id, customer_id, amount, currency, method) {
             (Some(o), Some(c), Some(a), Some(cur), Some(m)) => {
@@ -223,6 +235,7 @@ impl CreatePaymentBody {
 /// `POST /payments/{id}/refunds`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(example = json!({"amount_minor": 1000, "reason": "damaged in transit"}))]
+#[serde(deny_unknown_fields)]
 pub struct CreateRefundBody {
     /// Positive, in minor units of the payment's currency; at most what is left to refund.
     pub amount_minor: i64,
@@ -362,12 +375,14 @@ pub struct PaymentList {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only the payment of this order.
     pub order_id: Option<String>,
     /// Only this customer's payments (customers always see only their own).
     pub customer_id: Option<String>,
     /// 1–100, default 20.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100, default = 20)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,

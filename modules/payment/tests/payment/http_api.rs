@@ -287,6 +287,25 @@ async fn invalid_payment_bodies_answer_422_listing_every_field_and_change_nothin
     )
     .await;
     assert_problem(s, &hd, &b, 422);
+    // A method that is neither a tok_ test token nor a pm_ PaymentMethod id,
+    // and a field the API does not know.
+    let (s, hd, b) = call(
+        &app,
+        post(
+            "/payments",
+            SERVICE,
+            Some("bad3"),
+            &charge_body("alice", 100, "visa"),
+        ),
+    )
+    .await;
+    assert_problem(s, &hd, &b, 422);
+    assert!(b["errors"]["payment_method"].is_array(), "{b}");
+    let mut extra = charge_body("alice", 100, "tok_visa");
+    extra["amount"] = json!(100);
+    let (s, hd, b) = call(&app, post("/payments", SERVICE, Some("bad4"), &extra)).await;
+    assert_problem(s, &hd, &b, 422);
+    assert!(b["errors"]["amount"].is_array(), "{b}");
     let (_, _, list) = call(&app, get("/payments", STAFF)).await;
     assert_eq!(list["items"], json!([]), "nothing was created");
 }

@@ -1,0 +1,460 @@
+//! The JSON log line: one object per event, carrying the event's fields and
+//! the fields of every span it happened in — so a line written deep inside a
+//! request (an order transition, a provider retry) carries the request's
+//! `request_id`, `method`, `route` and `module`, plus whatever inner spans add
+//! (`order_id`, `customer`). On a name clash the event wins over its spans,
+//! an inner span over an outer one; each name appears once.
+//!
+//! ```json
+//! {"timestamp":"2026-01-31T12:00:00.123456Z","level":"INFO","message":"order transition",
+//!  "order_id":"0190…","from":"pending","to":"awaiting_payment","request_id":"0190…",
+//!  "method":"POST","route":"/api/v1/orders","module":"order","span":"place","target":"agora_order::domain::service"}
+//! ```
+//!
+//! What it costs: a span renders its own fields once, when it is created, and
+//! merges them with its parent's (sharing the parent's list when it adds
+//! none); an event writes its fields and copies that pre-rendered list into a
+//! per-thread buffer. Nothing is re-parsed, and no span list is walked, per
+//! line.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+
+/// Keys of the line itself; a span field of that name is left out.
+const RESERVED: [&str; 5] = ["timestamp", "level", "message", "span", "target"];
+
+/// A span's fields and its ancestors', outermost first, each value already
+/// rendered as JSON.
+#[derive(Clone, Default)]
+struct SpanFields(Arc<Vec<(&'static str, String)>>);
+
+impl SpanFields {
+    /// `self` with `own` added, replacing fields of the same name.
+    fn with(&self, own: Vec<(&'static str, String)>) -> SpanFields {
+        if own.is_empty() {
+            return self.clone();
+        }
+        let mut merged: Vec<(&'static str, String)> = self
+            .0
+            .iter()
+            .filter(|(name, _)| !own.iter().any(|(n, _)| n == name))
+            .cloned()
+            .collect();
+        merged.extend(own);
+        SpanFields(Arc::new(merged))
+    }
+}
+
+/// A `tracing` layer writing one JSON line per event to `make_writer`.
+pub struct JsonLayer<W> {
+    make_writer: W,
+}
+
+impl<W> JsonLayer<W> {
+    pub fn new(make_writer: W) -> Self {
+        Self { make_writer }
+    }
+}
+
+impl<S, W> Layer<S> for JsonLayer<W>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let inherited = span
+            .parent()
+            .and_then(|p| p.extensions().get::<SpanFields>().cloned())
+            .unwrap_or_default();
+        let mut own = RenderFields::default();
+        attrs.record(&mut own);
+        let fields = inherited.with(own.0);
+        span.extensions_mut().insert(fields);
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut own = RenderFields::default();
+        values.record(&mut own);
+        if own.0.is_empty() {
+            return;
+        }
+        let mut extensions = span.extensions_mut();
+        match extensions.get_mut::<SpanFields>() {
+            Some(fields) => *fields = fields.with(own.0),
+            None => extensions.insert(SpanFields::default().with(own.0)),
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        thread_local! {
+            static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+        }
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => self.write(&mut scratch, event, &ctx),
+            // Only if writing a line logged itself: use a fresh buffer.
+            Err(_) => self.write(&mut Scratch::default(), event, &ctx),
+        });
+    }
+}
+
+/// Per-thread buffers, reused from line to line.
+#[derive(Default)]
+struct Scratch {
+    line: String,
+    names: Vec<&'static str>,
+}
+
+impl<W> JsonLayer<W>
+where
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    fn write<S>(&self, scratch: &mut Scratch, event: &Event<'_>, ctx: &Context<'_, S>)
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let Scratch { line, names } = scratch;
+        line.clear();
+        names.clear();
+        let meta = event.metadata();
+        line.push_str("{\"timestamp\":\"");
+        let _ = write!(
+            line,
+            "{}",
+            humantime::format_rfc3339_micros(SystemTime::now())
+        );
+        line.push_str("\",\"level\":\"");
+        line.push_str(meta.level().as_str());
+        line.push('"');
+        let mut fields = WriteFields {
+            line,
+            names,
+            log_target: None,
+        };
+        event.record(&mut fields);
+        let WriteFields {
+            line,
+            names,
+            log_target,
+        } = fields;
+        if let Some(span) = ctx.event_span(event) {
+            if let Some(inherited) = span.extensions().get::<SpanFields>() {
+                for (name, value) in inherited.0.iter() {
+                    if !names.contains(name) && !RESERVED.contains(name) {
+                        line.push(',');
+                        push_json_str(line, name);
+                        line.push(':');
+                        line.push_str(value);
+                    }
+                }
+            }
+            line.push_str(",\"span\":");
+            push_json_str(line, span.name());
+        }
+        line.push_str(",\"target\":");
+        push_json_str(line, log_target.as_deref().unwrap_or(meta.target()));
+        line.push_str("}\n");
+        let _ = self
+            .make_writer
+            .make_writer_for(meta)
+            .write_all(line.as_bytes());
+    }
+}
+
+/// Renders a span's fields as `(name, JSON value)` pairs.
+#[derive(Default)]
+struct RenderFields(Vec<(&'static str, String)>);
+
+impl RenderFields {
+    fn put(&mut self, field: &Field, value: String) {
+        let name = field.name();
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+}
+
+impl Visit for RenderFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let mut s = String::with_capacity(value.len() + 2);
+        push_json_str(&mut s, value);
+        self.put(field, s);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, value.to_string());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, value.to_string());
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        let mut s = String::new();
+        push_f64(&mut s, value);
+        self.put(field, s);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, value.to_string());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let mut s = String::new();
+        push_json_debug(&mut s, value);
+        self.put(field, s);
+    }
+}
+
+/// Writes an event's fields straight into the line, remembering their names.
+struct WriteFields<'a> {
+    line: &'a mut String,
+    names: &'a mut Vec<&'static str>,
+    /// Events bridged from the `log` crate carry their target as a field.
+    log_target: Option<String>,
+}
+
+impl WriteFields<'_> {
+    /// Start `"name":`; false for the `log.*` fields of bridged `log` records.
+    fn key(&mut self, field: &Field) -> bool {
+        let name = field.name();
+        if name.starts_with("log.") {
+            return false;
+        }
+        self.names.push(name);
+        self.line.push(',');
+        push_json_str(self.line, name);
+        self.line.push(':');
+        true
+    }
+}
+
+impl Visit for WriteFields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "log.target" {
+            self.log_target = Some(value.to_owned());
+        }
+        if self.key(field) {
+            push_json_str(self.line, value);
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if self.key(field) {
+            let _ = write!(self.line, "{value}");
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.key(field) {
+            let _ = write!(self.line, "{value}");
+        }
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if self.key(field) {
+            push_f64(self.line, value);
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if self.key(field) {
+            self.line.push_str(if value { "true" } else { "false" });
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if self.key(field) {
+            push_json_debug(self.line, value);
+        }
+    }
+}
+
+fn push_f64(out: &mut String, value: f64) {
+    if value.is_finite() {
+        let _ = write!(out, "{value}");
+    } else {
+        let _ = write!(out, "\"{value}\"");
+    }
+}
+
+/// `value`'s `Debug` text (for `%x` fields and messages, their `Display`) as
+/// a JSON string, escaped as it is written.
+fn push_json_debug(out: &mut String, value: &dyn std::fmt::Debug) {
+    struct Escaping<'a>(&'a mut String);
+    impl std::fmt::Write for Escaping<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            escape_into(self.0, s);
+            Ok(())
+        }
+    }
+    out.push('"');
+    let _ = write!(Escaping(out), "{value:?}");
+    out.push('"');
+}
+
+/// `s` as a JSON string.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    escape_into(out, s);
+    out.push('"');
+}
+
+fn escape_into(out: &mut String, s: &str) {
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escaped);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut b) = self.0.lock() {
+                b.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> MakeWriter<'w> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'w self) -> Capture {
+            self.clone()
+        }
+    }
+
+    /// The lines `f` logs, raw and parsed.
+    fn lines(f: impl FnOnce()) -> Vec<(String, serde_json::Value)> {
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::registry().with(JsonLayer::new(capture.clone()));
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = capture.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(|l| {
+                let v = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+                (l.to_owned(), v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_line_deep_inside_a_request_carries_the_request_spans_fields() {
+        let got = lines(|| {
+            let request = tracing::info_span!("http_request", request_id = %"req-1", route = "/api/v1/orders");
+            let _r = request.enter();
+            let handler = tracing::info_span!("place");
+            let _h = handler.enter();
+            let step = tracing::info_span!("step", order_id = "o-1", attempt = 2_u64);
+            let _s = step.enter();
+            tracing::info!(
+                from = "pending",
+                to = "awaiting_payment",
+                "order transition"
+            );
+        });
+        assert_eq!(got.len(), 1);
+        let v = &got[0].1;
+        assert_eq!(v["message"], "order transition");
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["request_id"], "req-1");
+        assert_eq!(v["route"], "/api/v1/orders");
+        assert_eq!(v["order_id"], "o-1");
+        assert_eq!(v["attempt"], 2);
+        assert_eq!(v["from"], "pending");
+        assert_eq!(v["span"], "step");
+        assert!(v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+        assert!(v["target"].as_str().is_some_and(|t| t.contains("json")));
+    }
+
+    #[test]
+    fn the_event_wins_over_its_spans_and_each_name_appears_once() {
+        let got = lines(|| {
+            let outer = tracing::info_span!("outer", order_id = "outer", message = "not me");
+            let _o = outer.enter();
+            let inner = tracing::info_span!("inner", order_id = "inner");
+            let _i = inner.enter();
+            tracing::warn!(order_id = "event", "clash");
+        });
+        let (raw, v) = &got[0];
+        assert_eq!(v["order_id"], "event");
+        assert_eq!(v["message"], "clash");
+        assert_eq!(raw.matches("\"order_id\"").count(), 1, "{raw}");
+        assert_eq!(raw.matches("\"message\"").count(), 1, "{raw}");
+    }
+
+    #[test]
+    fn an_explicit_parent_and_later_recorded_fields_count_too() {
+        let got = lines(|| {
+            let request = tracing::info_span!(
+                "http_request",
+                request_id = "req-2",
+                status = tracing::field::Empty
+            );
+            request.record("status", 201_u64);
+            tracing::info!(parent: &request, latency_ms = 1.5, "request completed");
+            tracing::info!("outside any span");
+        });
+        assert_eq!(got[0].1["request_id"], "req-2");
+        assert_eq!(got[0].1["status"], 201);
+        assert_eq!(got[0].1["latency_ms"], 1.5);
+        assert!(got[1].1.get("request_id").is_none());
+        assert!(got[1].1.get("span").is_none());
+    }
+
+    #[test]
+    fn strings_are_escaped_into_valid_json() {
+        let got = lines(|| {
+            let s = tracing::info_span!("s", note = "tab\there \"quoted\"");
+            let _s = s.enter();
+            tracing::error!(error = %"line 1\nline 2 \\ \u{1}", "it said \"no\"");
+        });
+        let v = &got[0].1;
+        assert_eq!(v["message"], "it said \"no\"");
+        assert_eq!(v["error"], "line 1\nline 2 \\ \u{1}");
+        assert_eq!(v["note"], "tab\there \"quoted\"");
+    }
+}
