@@ -181,26 +181,29 @@ pub fn error_example(method: &str, path: &str, status: StatusCode) -> Problem {
                     "lines[0].quantity".to_owned(),
                     vec!["TSHIRT-RED-M of 500 requested, 65 available".to_owned()],
                 );
-                p
+                p.with_extension(
+                    "shortages",
+                    serde_json::json!([{"line": 0, "sku": "TSHIRT-RED-M", "requested": 500, "available": 65}]),
+                )
             }
-            "reservations" => Problem::new(
-                StatusCode::CONFLICT,
-                "reservation-expired",
-                "Reservation expired",
-                "reservation 0191d0c4-8a47-7c3e-9b5e-2f1d8a3c4b5a expired",
-            ),
+            "reservations" => Problem::conflict(
+                "reservation 0191d0c4-8a47-7c3e-9b5e-2f1d8a3c4b5a is released and cannot be confirmed",
+            )
+            .with_extension("reservation_status", serde_json::json!("released")),
             "payments" if path.ends_with("/refunds") => Problem::new(
                 StatusCode::CONFLICT,
                 "refund-exceeds-payment",
                 "Refund exceeds the payment",
-                "a refund of 5000 exceeds the 3990 left to refund",
-            ),
+                "the refund exceeds what is left to refund (3990 minor units)",
+            )
+            .with_extension("refundable_minor", serde_json::json!(3990)),
             "payments" => Problem::new(
                 StatusCode::CONFLICT,
                 "order-already-charged",
                 "Order already charged",
-                "the order already has a payment with other details",
-            ),
+                "order 0190c1d2-7b8e-7a3c-9f00-1a2b3c4d5e6f already has payment 0190c1d2-7b8e-7a3c-9f00-1a2b3c4d5e70 with other details",
+            )
+            .with_extension("payment_id", serde_json::json!("0190c1d2-7b8e-7a3c-9f00-1a2b3c4d5e70")),
             "notifications" => {
                 Problem::conflict("only a dead notification can be retried; this one is sent")
             }

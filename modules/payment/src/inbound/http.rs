@@ -185,6 +185,36 @@ impl From<ListPaymentsError> for ApiError {
     }
 }
 
+/// A 409 of `POST /payments`: problem+json with the payment concerned.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChargeConflict {
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// The order's payment (`order-already-charged`, or the charge in progress).
+    pub payment_id: Option<Uuid>,
+}
+
+/// A 409 of a refund: problem+json with what a client needs to act on it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RefundConflict {
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// `refund-exceeds-payment`: what is left to refund, in minor units.
+    pub refundable_minor: Option<i64>,
+    /// `payment-not-refundable`: the payment's status.
+    pub payment_status: Option<String>,
+    /// `refund-rejected` and in progress: the refund concerned.
+    pub refund_id: Option<Uuid>,
+    /// `refund-rejected`: the provider's code.
+    pub code: Option<String>,
+}
+
 /// `POST /payments`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(example = json!({"order_id": "0190c1d2-7b8e-7a3c-9f00-1a2b3c4d5e6f", "customer_id": "alice", "amount_minor": 4990, "currency": "EUR", "payment_method": "tok_visa"}))]
@@ -413,7 +443,7 @@ fn location(p: &Payment) -> String {
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The order has a payment with other details, or one is in progress", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order has a payment with other details, or one is in progress", body = ChargeConflict, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Provider unavailable (breaker open, fault); `Retry-After` says when; the payment stays pending", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -524,7 +554,7 @@ pub async fn get_payment(
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Exceeds what is left to refund, payment not refundable, refused by the provider, or in progress", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Exceeds what is left to refund, payment not refundable, refused by the provider, or in progress", body = RefundConflict, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Provider unavailable; `Retry-After` says when; retry with the same key", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -591,6 +621,8 @@ pub async fn create_refund(
         PaymentList,
         PaymentStatusBody,
         RefundStatusBody,
+        ChargeConflict,
+        RefundConflict,
         Problem
     )),
     tags((name = "payments", description = "Charges and refunds through the payment provider"))
