@@ -600,3 +600,48 @@ async fn a_module_hosted_here_is_canaried_to_remote_instances_and_extracted() {
     assert_eq!(o["status"], "confirmed");
     assert_eq!(charges_served(remote).await, before, "local again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollout_command_drives_the_admin_api_of_each_process_given() {
+    let Some(s) = shop(2, 1, &[], false).await else {
+        return;
+    };
+    let agora = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_agora"))
+            .arg("rollout")
+            .args(args)
+            .env_remove("AGORA__HTTP__ADDR")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let admin = s.shop.admin.as_str();
+    let (ok, out) = agora(&["status", "--module", "payment", "--admin", admin]);
+    assert!(!ok, "no rollout yet: {out}");
+    assert!(out.contains("404"), "{out}");
+    let green = s.payments[1].base.as_str();
+    let (ok, out) = agora(&[
+        "start",
+        "--module",
+        "payment",
+        "--strategy",
+        "blue-green",
+        "--url",
+        green,
+        "--admin",
+        admin,
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("201"), "{out}");
+    settled(&s.shop, "payment", Duration::from_secs(20)).await;
+    let (ok, out) = agora(&[
+        "status", "--module", "payment", "--admin", admin, "--admin", admin,
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(out.matches(r#""state":"promoted""#).count(), 2, "{out}");
+    let (ok, out) = agora(&["rollback", "--module", "payment", "--admin", admin]);
+    assert!(ok && out.contains(r#""state":"rolled_back""#), "{out}");
+}
