@@ -174,7 +174,7 @@ impl Application {
     /// # Errors
     /// A store that cannot be reached or migrated, an address in use, a bad key.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let metrics = telemetry::metrics_handle();
+        telemetry::metrics_handle();
         settings.check_serving_secret()?;
         if settings.uses_default_secret() {
             tracing::warn!(
@@ -333,7 +333,7 @@ impl Application {
                     web::get().to(move || async move {
                         HttpResponse::Ok()
                             .content_type("text/plain; version=0.0.4")
-                            .body(metrics.render())
+                            .body(telemetry::render_metrics())
                     }),
                 )
                 .configure(crate::upstream::admin::routes)

@@ -7,7 +7,10 @@
 //!   `info,sqlx=warn`).
 //! - Traces: OpenTelemetry OTLP/HTTP export when `OTEL_EXPORTER_OTLP_ENDPOINT`
 //!   is set (Jaeger and Zipkin both accept OTLP); nothing is installed otherwise.
-//! - Metrics: one Prometheus recorder per process, rendered by the admin listener.
+//! - Metrics: one Prometheus recorder per process, rendered by the admin listener,
+//!   with the standard `process_*` series (CPU seconds, resident memory, open
+//!   file descriptors, threads) and `agora_cpu_cores`, the CPUs this process may
+//!   use, so that CPU utilisation is `rate(process_cpu_seconds_total) / agora_cpu_cores`.
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
@@ -116,4 +119,74 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
         let _ = metrics::set_global_recorder(recorder);
         handle
     })
+}
+
+/// Render the metrics for a scrape, the process's own series refreshed first.
+pub fn render_metrics() -> String {
+    static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+    let collector = PROCESS.get_or_init(|| {
+        let c = metrics_process::Collector::default();
+        c.describe();
+        metrics::describe_gauge!(
+            "agora_cpu_cores",
+            "CPUs available to this process: the cgroup quota when one is set, else the core count"
+        );
+        c
+    });
+    collector.collect();
+    metrics::gauge!("agora_cpu_cores").set(cpu_cores());
+    metrics_handle().render()
+}
+
+/// The CPUs this process may use: a cgroup CPU quota (v2 `cpu.max`, v1
+/// `cpu.cfs_quota_us`/`cpu.cfs_period_us`) when one is set, which may be a
+/// fraction, else what the scheduler lets it run on.
+pub fn cpu_cores() -> f64 {
+    let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+    match cgroup_quota() {
+        Some(q) if q > 0.0 => q.min(cores),
+        _ => cores,
+    }
+}
+
+fn cgroup_quota() -> Option<f64> {
+    if let Ok(max) = std::fs::read_to_string("/sys/fs/cgroup/cpu.max") {
+        return parse_cpu_max(&max);
+    }
+    let quota: f64 = std::fs::read_to_string("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let period: f64 = std::fs::read_to_string("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (quota > 0.0 && period > 0.0).then(|| quota / period)
+}
+
+/// `cpu.max` holds `<quota> <period>` or `max <period>`.
+fn parse_cpu_max(text: &str) -> Option<f64> {
+    let mut parts = text.split_whitespace();
+    let quota = parts.next()?;
+    let period: f64 = parts.next()?.parse().ok()?;
+    if quota == "max" || period <= 0.0 {
+        return None;
+    }
+    Some(quota.parse::<f64>().ok()? / period)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cgroup_quota_is_read_as_cores_and_max_means_none() {
+        assert_eq!(parse_cpu_max("150000 100000\n"), Some(1.5));
+        assert_eq!(parse_cpu_max("50000 100000"), Some(0.5));
+        assert_eq!(parse_cpu_max("max 100000"), None);
+        assert_eq!(parse_cpu_max("garbage"), None);
+        assert!(cpu_cores() > 0.0);
+    }
 }

@@ -25,11 +25,7 @@ import tomllib
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PROCESS = {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds",
            "process_max_fds", "process_virtual_memory_bytes", "process_start_time_seconds",
-           "process_threads",
-           # Exported beside the process_* metrics (the CPUs available to the
-           # process); listed here until the Rust side that exports it has
-           # landed, after which the grep of the sources finds it too.
-           "agora_cpu_cores"}
+           "process_threads"}
 SUFFIXES = ("_bucket", "_count", "_sum")
 KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
             "group_right", "offset", "bool", "inf", "nan"}

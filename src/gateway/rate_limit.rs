@@ -138,6 +138,8 @@ impl RateLimits {
     /// The limiters of these settings; the key gauge belongs to the metrics
     /// recorder installed when this is called.
     pub fn from_settings(s: &RateLimitSettings) -> Self {
+        // At zero from the start (a series for alerts before the first 429).
+        metrics::counter!("agora_rate_limit_rejections_total", "route" => "").increment(0);
         let count = Arc::new(KeyCount {
             keys: AtomicUsize::new(0),
             gauge: metrics::gauge!("agora_rate_limit_keys"),

@@ -367,6 +367,32 @@ async fn the_suite_passes_on_one_process_per_module_behind_an_edge() {
         modules["items"][2]["instances"][0]["url"],
         t.procs["payment"].base.as_str()
     );
+    dashboard_queries_name_only_exported_metrics(&t).await;
+}
+
+/// deploy/grafana/agora.json against what these processes export, live: every
+/// metric a panel queries is in one of their scrapes.
+async fn dashboard_queries_name_only_exported_metrics(t: &Topology) {
+    let mut scrape = String::new();
+    for p in t.procs.values() {
+        scrape.push_str(&p.metrics().await);
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &scrape).unwrap();
+    let python = std::env::var("AGORA_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = std::process::Command::new(python)
+        .arg(format!("{root}/deploy/checks/dashboard.py"))
+        .arg("--metrics")
+        .arg(file.path())
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Orders from `range` customers, each of one MUG, all at once; the answers.

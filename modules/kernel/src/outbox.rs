@@ -146,6 +146,9 @@ impl OutboxRelay {
         bus: Arc<dyn EventBus>,
         config: RelayConfig,
     ) -> Self {
+        metrics::counter!("agora_outbox_publish_failures_total", "module" => module).increment(0);
+        metrics::counter!(crate::events::DEAD_LETTERED, "module" => module, "type" => "")
+            .increment(0);
         Self {
             module,
             store,

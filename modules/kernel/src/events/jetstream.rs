@@ -527,6 +527,7 @@ impl EventBus for JetStreamBus {
             "handler `{}` names no sources",
             handler.name()
         );
+        super::register_consumer(handler.name());
         for source in handler.sources() {
             anyhow::ensure!(valid_name(source), "source `{source}` cannot name a stream");
             let stream = self.inner.stream_name(source);

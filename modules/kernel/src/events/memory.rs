@@ -104,6 +104,7 @@ impl EventBus for InMemoryBus {
     }
 
     async fn subscribe(&self, handler: Arc<dyn EventHandler>) -> anyhow::Result<()> {
+        super::register_consumer(handler.name());
         InMemoryBus::subscribe(self, handler);
         Ok(())
     }

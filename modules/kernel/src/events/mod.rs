@@ -168,6 +168,14 @@ pub trait EventBus: Send + Sync {
 }
 
 /// Count a delivery outcome: `agora_events_{consumed,redelivered,dead_lettered}_total{module,type}`.
+/// A subscriber's failure counters at zero from the start, so dashboards and
+/// alerts see a series (without an event type) before the first failure.
+pub(crate) fn register_consumer(handler: &str) {
+    for metric in [REDELIVERED, DEAD_LETTERED] {
+        metrics::counter!(metric, "module" => handler.to_owned(), "type" => "").increment(0);
+    }
+}
+
 pub(crate) fn count(metric: &'static str, module: &str, event_type: &str) {
     metrics::counter!(metric, "module" => module.to_owned(), "type" => event_type.to_owned())
         .increment(1);

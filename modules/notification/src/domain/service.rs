@@ -139,6 +139,13 @@ impl NotificationService {
         channels: Channels,
         policy: DeliveryPolicy,
     ) -> anyhow::Result<Self> {
+        // Every channel's counters at zero from the start, so a dashboard or an
+        // alert on a dead notification has a series before the first one.
+        for channel in Channel::ALL {
+            for metric in [SENT_METRIC, DEAD_METRIC, FAILED_ATTEMPTS_METRIC] {
+                metrics::counter!(metric, "channel" => channel.as_str()).increment(0);
+            }
+        }
         Ok(Self {
             store,
             channels,
