@@ -4,7 +4,13 @@
 //!
 //! ```sh
 //! cargo run --release --example load -- [--orders 5000] [--concurrency 64] [--stores sqlite|production]
+//! cargo run --release --example load -- --url http://127.0.0.1:8080 --rate 500 --seconds 10
 //! ```
+//!
+//! `--rate R` is open-loop (wrk2-style): a request is started every 1/R s
+//! whether or not the earlier ones have answered, and each latency is taken
+//! from when its request was *due*, so a stall is not hidden by the load
+//! generator waiting (no coordinated omission).
 //!
 //! By default it starts agora in-process on the embedded SQLite stores in a
 //! temporary directory. `--stores production` puts order, payment and
@@ -29,6 +35,8 @@ struct Args {
     concurrency: usize,
     stores: String,
     url: Option<String>,
+    rate: Option<u32>,
+    seconds: u64,
 }
 
 fn args() -> Args {
@@ -37,6 +45,8 @@ fn args() -> Args {
         concurrency: 64,
         stores: "sqlite".into(),
         url: None,
+        rate: None,
+        seconds: 10,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -47,6 +57,8 @@ fn args() -> Args {
             "--concurrency" => a.concurrency = value.parse().expect("--concurrency N"),
             "--stores" => a.stores = value,
             "--url" => a.url = Some(value),
+            "--rate" => a.rate = Some(value.parse().expect("--rate N per second")),
+            "--seconds" => a.seconds = value.parse().expect("--seconds N"),
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -183,6 +195,10 @@ async fn main() {
     let customers = Arc::new(customers);
     let skus = Arc::new(skus);
 
+    if let Some(rate) = a.rate {
+        open_loop(&client, &base, &customers, &skus, rate, a.seconds).await;
+        return;
+    }
     let started = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = Vec::new();
@@ -254,6 +270,82 @@ async fn main() {
     );
     println!(
         "latency p50: {:.1} ms  p95: {:.1} ms  p99: {:.1} ms  max: {:.1} ms",
+        percentile(&latencies, 50.0).as_secs_f64() * 1000.0,
+        percentile(&latencies, 95.0).as_secs_f64() * 1000.0,
+        percentile(&latencies, 99.0).as_secs_f64() * 1000.0,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+    );
+    println!("outcomes: {statuses:?}");
+}
+
+fn order_body(sku: &str) -> serde_json::Value {
+    json!({
+        "items": [{"sku": sku, "quantity": 1}],
+        "shipping_address": {"name": "Load", "line1": "1 St", "city": "Berlin", "postal_code": "10115", "country": "DE"},
+        "payment_method": "tok_visa",
+    })
+}
+
+/// A fixed offered rate: one order due every 1/rate s for `seconds`, each
+/// sent at its due time on its own task; latency counted from the due time.
+async fn open_loop(
+    client: &reqwest::Client,
+    base: &str,
+    customers: &Arc<Vec<String>>,
+    skus: &Arc<Vec<String>>,
+    rate: u32,
+    seconds: u64,
+) {
+    let total = (u64::from(rate) * seconds) as usize;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let started = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let due = started + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due).await;
+        let (client, base, customers, skus, run) = (
+            client.clone(),
+            base.to_owned(),
+            customers.clone(),
+            skus.clone(),
+            run.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let res = client
+                .post(format!("{base}/api/v1/orders"))
+                .bearer_auth(&customers[i % customers.len()])
+                .header("idempotency-key", format!("open-{run}-{i}"))
+                .json(&order_body(&skus[i % skus.len()]))
+                .send()
+                .await;
+            let outcome = match res {
+                Ok(r) if r.status().as_u16() == 201 => {
+                    let v: serde_json::Value = r.json().await.unwrap_or_default();
+                    v["status"].as_str().unwrap_or("?").to_owned()
+                }
+                Ok(r) => format!("http {}", r.status().as_u16()),
+                Err(e) => format!("error {e}"),
+            };
+            (due.elapsed(), outcome)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
+    for t in tasks {
+        let (l, s) = t.await.unwrap();
+        latencies.push(l);
+        *statuses.entry(s).or_default() += 1;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    println!("open loop: offered {rate} orders/s for {seconds} s ({total} orders)");
+    println!(
+        "achieved: {:.0} orders/s",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "latency from due time p50: {:.1} ms  p95: {:.1} ms  p99: {:.1} ms  max: {:.1} ms",
         percentile(&latencies, 50.0).as_secs_f64() * 1000.0,
         percentile(&latencies, 95.0).as_secs_f64() * 1000.0,
         percentile(&latencies, 99.0).as_secs_f64() * 1000.0,

@@ -138,14 +138,16 @@ macro_rules! sql_idempotency {
                 ) -> anyhow::Result<Begin> {
                     let now_ms = epoch_ms(now);
                     let expired_before = now_ms - ttl.as_millis() as i64;
-                    sqlx::query(&format!("DELETE FROM idempotency_keys WHERE {WHERE_SCOPE} AND created_at < $5"))
-                        .bind(&s.principal).bind(&s.method).bind(&s.route).bind(&s.key).bind(expired_before)
-                        .execute(&self.pool).await.context("failed to expire an idempotency key")?;
+                    // Claim the key, or take over an expired record of it, in one write.
                     let inserted = sqlx::query(
                         "INSERT INTO idempotency_keys (principal, method, route, idem_key, request_hash, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (principal, method, route, idem_key) DO NOTHING",
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (principal, method, route, idem_key) DO UPDATE \
+                         SET request_hash = excluded.request_hash, created_at = excluded.created_at, status = NULL, \
+                         content_type = NULL, location = NULL, body = NULL, completed_at = NULL \
+                         WHERE idempotency_keys.created_at < $7",
                     )
                     .bind(&s.principal).bind(&s.method).bind(&s.route).bind(&s.key).bind(request_hash).bind(now_ms)
+                    .bind(expired_before)
                     .execute(&self.pool).await.context("failed to claim an idempotency key")?;
                     if inserted.rows_affected() == 1 {
                         return Ok(Begin::Started);

@@ -648,8 +648,13 @@ impl InventoryStore for SqliteStore {
         }
         let mut plan = Vec::with_capacity(r.lines.len());
         let mut short = Vec::new();
+        // What each sku has available before this reservation, from the levels
+        // read here (no second read inside the same write transaction).
+        let mut free: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
         for (i, line) in r.lines.iter().enumerate() {
             let levels = levels(&mut tx, &line.sku).await?;
+            free.entry(line.sku.as_str())
+                .or_insert_with(|| levels.iter().map(StockLevel::available).sum());
             match allocate(&levels, line.quantity.get()) {
                 Some(allocations) => plan.push(ReservedLine {
                     sku: line.sku.clone(),
@@ -678,7 +683,11 @@ impl InventoryStore for SqliteStore {
         };
         let mut low = Vec::new();
         for (line, threshold) in reservation.lines.iter().zip(thresholds) {
-            let before = available(&mut tx, &line.sku).await?;
+            let left = free
+                .get_mut(line.sku.as_str())
+                .context("a line's sku was not read")?;
+            let before = *left;
+            *left -= line.quantity;
             for alloc in &line.allocations {
                 let level = shift_level(&mut tx, &line.sku, &alloc.warehouse, 0, alloc.quantity)
                     .await?

@@ -41,6 +41,8 @@ pub struct Change {
     /// When set, the change applies only while this owner holds the order's
     /// lease: a saga step that outlived its lease cannot finish.
     pub lease_owner: Option<String>,
+    /// Free the lease in the same write (the saga's last step of a request).
+    pub release_lease: bool,
 }
 
 /// A lease on an order: who holds it, until when.
@@ -88,18 +90,16 @@ pub trait OrderStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<Order>, StoreError>;
 
-    /// Apply `change` if the order is still at `expected_version` (and, when
-    /// `change.lease_owner` is set, still leased to that owner); bumps the version.
+    /// Apply `change` to `current` (the order as the caller read it) if the
+    /// stored order is still at `current.version` (and, when
+    /// `change.lease_owner` is set, still leased to that owner); bumps the
+    /// version. One conditional write: the version guard makes the caller's
+    /// copy the stored one, so nothing is read first.
     ///
     /// # Errors
     /// [`StoreError::Conflict`] when the version moved or the lease was lost,
     /// [`StoreError::NotFound`].
-    async fn apply(
-        &self,
-        id: OrderId,
-        expected_version: i64,
-        change: &Change,
-    ) -> Result<Order, StoreError>;
+    async fn apply(&self, current: &Order, change: &Change) -> Result<Order, StoreError>;
 
     /// # Errors
     /// Store failures.

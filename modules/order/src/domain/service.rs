@@ -22,8 +22,8 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::models::{
-    Order, OrderFilter, OrderId, OrderRequest, OrderStatus, ShippingAddress, Sku, Transition,
-    price_lines,
+    Order, OrderFilter, OrderId, OrderLine, OrderRequest, OrderStatus, ShippingAddress, Sku,
+    Transition, price_lines,
 };
 use super::ports::{
     Catalogue, Change, ChargeOutcome, ChargeRequest, Lease, OrderStore, PaymentState, Payments,
@@ -264,13 +264,80 @@ impl OrderService {
         ctx.principal
             .require_any(&[Role::Customer])
             .map_err(|p| OrderError::Forbidden(p.detail))?;
-        let before = match &request.idempotency_key {
-            Some(key) => self.store.find_by_key(&ctx.principal.subject, key).await?,
-            None => None,
+        // A replay of a placed order is caught by the idempotency layer and, past
+        // it, by the unique key on insert; only a replay that would now fail
+        // validation (a sku retired since) needs the lookup.
+        let (items, total) = match self.price(ctx, &request).await {
+            Ok(priced) => priced,
+            Err(e) => {
+                if let Some(key) = &request.idempotency_key
+                    && let Some(existing) =
+                        self.store.find_by_key(&ctx.principal.subject, key).await?
+                {
+                    return Ok(existing);
+                }
+                return Err(e);
+            }
         };
-        if let Some(existing) = before {
-            return Ok(existing);
+        let now = self.now();
+        let mut order = Order {
+            id: OrderId::new(),
+            customer_id: ctx.principal.subject.clone(),
+            customer_email: ctx.principal.email.clone(),
+            correlation_id: ctx.correlation_id.clone(),
+            idempotency_key: request.idempotency_key.clone(),
+            status: OrderStatus::Pending,
+            items,
+            total,
+            shipping_address: request.shipping_address,
+            payment_method: request.payment_method,
+            payment_id: None,
+            failure_reason: None,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+            attempts: 0,
+            next_attempt_at: Some(now),
+            payment_deadline: now
+                + chrono::Duration::from_std(self.config.payment_deadline).unwrap_or_default(),
+        };
+        let transition = Transition {
+            from: None,
+            to: OrderStatus::Pending,
+            at: now,
+            actor: ctx.principal.subject.clone(),
+            reason: None,
+            correlation_id: ctx.correlation_id.clone(),
+        };
+        let placed = event(&order, "order.placed.v1", &ctx.correlation_id, None)?;
+        match self
+            .store
+            .insert(&order, &transition, &[placed], &self.lease())
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::DuplicateKey) => return self.placed_before(ctx, &order).await,
+            Err(e) => return Err(e.into()),
         }
+        self.wake_relay();
+        let id = order.id;
+        order = self
+            .renewing(id, self.advance(order, &ctx.correlation_id))
+            .await;
+        if order.status.in_flight() {
+            // A settled order's last transition freed the lease already.
+            self.release(id).await;
+        }
+        Ok(order)
+    }
+
+    /// Price the request's lines from the catalogue: the order's items and
+    /// total, or why they cannot be sold.
+    async fn price(
+        &self,
+        ctx: &CallContext,
+        request: &OrderRequest,
+    ) -> Result<(Vec<OrderLine>, agora_kernel::Money), OrderError> {
         let skus: Vec<Sku> = request
             .lines
             .iter()
@@ -329,53 +396,7 @@ impl OrderService {
             e.add("items", "the order total must be more than zero");
             return Err(OrderError::Validation(e.into_map()));
         }
-        let now = self.now();
-        let mut order = Order {
-            id: OrderId::new(),
-            customer_id: ctx.principal.subject.clone(),
-            customer_email: ctx.principal.email.clone(),
-            correlation_id: ctx.correlation_id.clone(),
-            idempotency_key: request.idempotency_key.clone(),
-            status: OrderStatus::Pending,
-            items,
-            total,
-            shipping_address: request.shipping_address,
-            payment_method: request.payment_method,
-            payment_id: None,
-            failure_reason: None,
-            created_at: now,
-            updated_at: now,
-            version: 1,
-            attempts: 0,
-            next_attempt_at: Some(now),
-            payment_deadline: now
-                + chrono::Duration::from_std(self.config.payment_deadline).unwrap_or_default(),
-        };
-        let transition = Transition {
-            from: None,
-            to: OrderStatus::Pending,
-            at: now,
-            actor: ctx.principal.subject.clone(),
-            reason: None,
-            correlation_id: ctx.correlation_id.clone(),
-        };
-        let placed = event(&order, "order.placed.v1", &ctx.correlation_id, None)?;
-        match self
-            .store
-            .insert(&order, &transition, &[placed], &self.lease())
-            .await
-        {
-            Ok(()) => {}
-            Err(StoreError::DuplicateKey) => return self.placed_before(ctx, &order).await,
-            Err(e) => return Err(e.into()),
-        }
-        self.wake_relay();
-        let id = order.id;
-        order = self
-            .renewing(id, self.advance(order, &ctx.correlation_id))
-            .await;
-        self.release(id).await;
-        Ok(order)
+        Ok((items, total))
     }
 
     /// The order this customer already placed with the same idempotency key.
@@ -434,10 +455,12 @@ impl OrderService {
         ));
         if to.is_final() || to == OrderStatus::Confirmed {
             change.next_attempt_at = Some(None);
+            // Nothing is left to do for the saga: the lease goes in the same write.
+            change.release_lease = true;
         }
         // Every transition happens under this instance's lease.
         change.lease_owner = Some(self.owner.clone());
-        let saved = self.store.apply(order.id, order.version, &change).await?;
+        let saved = self.store.apply(order, &change).await?;
         if !change.events.is_empty() {
             self.wake_relay();
         }
@@ -449,6 +472,11 @@ impl OrderService {
     }
 
     async fn schedule_retry(&self, order: &Order, why: &str) -> Order {
+        self.retry_with(order, why, None).await
+    }
+
+    /// Schedule a retry, recording a payment the step took on the way.
+    async fn retry_with(&self, order: &Order, why: &str, payment_id: Option<String>) -> Order {
         let attempts = order.attempts + 1;
         let delay = backoff(attempts, self.config.retry_base, self.config.retry_max);
         let mut at = self.now() + chrono::Duration::from_std(delay).unwrap_or_default();
@@ -464,9 +492,10 @@ impl OrderService {
             attempts: Some(attempts),
             next_attempt_at: Some(Some(at)),
             lease_owner: Some(self.owner.clone()),
+            payment_id,
             ..Change::default()
         };
-        match self.store.apply(order.id, order.version, &change).await {
+        match self.store.apply(order, &change).await {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(order_id = %order.id, error = %e, "failed to record a retry; the recovery worker picks it up");
@@ -690,12 +719,21 @@ impl OrderService {
     }
 
     async fn step_charge(&self, order: &Order, corr: &str) -> Result<Next, Step> {
-        if self.now() >= order.payment_deadline && order.payment_id.is_none() {
-            return self
-                .fail_payment(order, corr, None, "the payment deadline passed".into())
-                .await;
-        }
         let ctx = CallContext::service(crate::NAME, corr);
+        if self.now() >= order.payment_deadline && order.payment_id.is_none() {
+            // Past the deadline with no payment recorded: fail, unless a charge
+            // took money before a crash kept it from being recorded; then the
+            // charge below replays it (same key) and the money goes back.
+            let taken = matches!(
+                self.payments.find(&ctx, order.id).await,
+                Ok(Some((_, PaymentState::Captured)))
+            );
+            if !taken {
+                return self
+                    .fail_payment(order, corr, None, "the payment deadline passed".into())
+                    .await;
+            }
+        }
         let request = ChargeRequest {
             order_id: order.id,
             customer_id: order.customer_id.clone(),
@@ -705,25 +743,10 @@ impl OrderService {
         };
         match self.payments.charge(&ctx, &request).await {
             Ok(ChargeOutcome::Succeeded { payment_id }) => {
-                // Record the payment at once, so a cancel or a crash from here on
-                // knows there is money to give back.
-                let saved;
-                let order = if order.payment_id.as_deref() == Some(payment_id.as_str()) {
-                    order
-                } else {
-                    let change = Change {
-                        payment_id: Some(payment_id.clone()),
-                        lease_owner: Some(self.owner.clone()),
-                        ..Change::default()
-                    };
-                    saved = self
-                        .store
-                        .apply(order.id, order.version, &change)
-                        .await
-                        .map_err(|e| Step::Failed(e.into()))?;
-                    &saved
-                };
-                // Paid: the reservation must stop expiring before the order is confirmed.
+                // Paid: the reservation must stop expiring before the order is
+                // confirmed. The payment is recorded with whatever happens next
+                // (confirmed, failed with a refund, or a retry), in that write;
+                // a crash before it is caught by the replayed charge (same key).
                 match self.stock.confirm(&ctx, &order.reservation_id()).await {
                     Ok(()) => {
                         let change = Change {
@@ -749,8 +772,12 @@ impl OrderService {
                             .await;
                         if let Err(e) = refund {
                             return Err(Step::retry(
-                                self.schedule_retry(order, &format!("refund failed: {e}"))
-                                    .await,
+                                self.retry_with(
+                                    order,
+                                    &format!("refund failed: {e}"),
+                                    Some(payment_id),
+                                )
+                                .await,
                             ));
                         }
                         self.fail_payment(
@@ -762,8 +789,12 @@ impl OrderService {
                         .await
                     }
                     Err(e) => Err(Step::retry(
-                        self.schedule_retry(order, &format!("confirming stock failed: {e}"))
-                            .await,
+                        self.retry_with(
+                            order,
+                            &format!("confirming stock failed: {e}"),
+                            Some(payment_id),
+                        )
+                        .await,
                     )),
                 }
             }
@@ -824,7 +855,10 @@ impl OrderService {
             } else {
                 order.correlation_id.clone()
             };
-            self.renewing(id, self.advance(order, &corr)).await;
+            let order = self.renewing(id, self.advance(order, &corr)).await;
+            if !order.status.in_flight() {
+                return;
+            }
         }
         self.release(id).await;
     }
@@ -1071,7 +1105,7 @@ impl OrderService {
             shipping_address: Some(address),
             ..Change::default()
         };
-        match self.store.apply(id, expected_version, &change).await {
+        match self.store.apply(&order, &change).await {
             Ok(o) => Ok(o),
             Err(StoreError::Conflict) => {
                 let current = self

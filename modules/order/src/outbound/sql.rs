@@ -1,8 +1,10 @@
 //! The order store on SQLite and PostgreSQL: one SQL text for both (numbered
 //! parameters, epoch-millisecond times), generated twice by a macro. The only
 //! differences are how a write transaction starts (`BEGIN IMMEDIATE` on
-//! SQLite, whose single writer then serialises it) and the row lock PostgreSQL
-//! takes when reading the row it is about to change.
+//! SQLite, whose single writer then serialises it) and the `SKIP LOCKED` with
+//! which PostgreSQL instances claim due orders without waiting on each other.
+//! A change is one version-guarded `UPDATE` (no read first): the caller's copy
+//! of the order is the stored one exactly when the version still matches.
 
 use agora_kernel::db::{epoch_ms, from_epoch_ms};
 use agora_kernel::{Currency, EventEnvelope, Money};
@@ -114,7 +116,7 @@ fn changed(order: &Order, change: &Change, now: DateTime<Utc>) -> Order {
 }
 
 macro_rules! sql_order_store {
-    ($module:ident, $db:ty, $pool:ty, begin = |$p:ident| $begin:expr, lock = $lock:literal, lock_skip = $lock_skip:literal, enqueue = $enqueue:path) => {
+    ($module:ident, $db:ty, $pool:ty, begin = |$p:ident| $begin:expr, lock_skip = $lock_skip:literal, enqueue = $enqueue:path) => {
         pub mod $module {
             use super::*;
 
@@ -244,22 +246,15 @@ macro_rules! sql_order_store {
                     rows.into_iter().map(|r| r.into_order().map_err(StoreError::from)).collect()
                 }
 
-                async fn apply(&self, id: OrderId, expected_version: i64, change: &Change) -> Result<Order, StoreError> {
+                async fn apply(&self, current: &Order, change: &Change) -> Result<Order, StoreError> {
                     let $p = &self.pool;
+                    let id = current.id;
                     let mut tx = $begin.await.context("failed to start a transaction")?;
-                    let row: Option<OrderRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1 {}", $lock))
-                        .bind(id.to_string())
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .context("failed to read an order")?;
-                    let current = row.ok_or(StoreError::NotFound)?.into_order()?;
-                    if current.version != expected_version {
-                        return Err(StoreError::Conflict);
-                    }
-                    let next = changed(&current, change, Utc::now());
+                    let next = changed(current, change, Utc::now());
                     let done = sqlx::query(
                         "UPDATE orders SET status = $1, payment_id = $2, failure_reason = $3, attempts = $4, \
-                         next_attempt_at = $5, shipping_address = $6, version = $7, updated_at = $8 \
+                         next_attempt_at = $5, shipping_address = $6, version = $7, updated_at = $8, \
+                         lease_until = CASE WHEN $12 THEN 0 ELSE lease_until END \
                          WHERE id = $9 AND version = $10 AND ($11 IS NULL OR lease_owner = $11)",
                     )
                     .bind(next.status.as_str())
@@ -271,13 +266,20 @@ macro_rules! sql_order_store {
                     .bind(next.version)
                     .bind(epoch_ms(next.updated_at))
                     .bind(id.to_string())
-                    .bind(expected_version)
+                    .bind(current.version)
                     .bind(&change.lease_owner)
+                    .bind(change.release_lease)
                     .execute(&mut *tx)
                     .await
                     .context("failed to update an order")?;
                     if done.rows_affected() != 1 {
-                        return Err(StoreError::Conflict);
+                        // Only on this (rare) path: is it gone, or did it move on?
+                        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders WHERE id = $1")
+                            .bind(id.to_string())
+                            .fetch_one(&mut *tx)
+                            .await
+                            .context("failed to read an order")?;
+                        return Err(if n == 0 { StoreError::NotFound } else { StoreError::Conflict });
                     }
                     if let Some((_, t)) = &change.status {
                         insert_history(&mut tx, id, t).await?;
@@ -380,7 +382,6 @@ sql_order_store!(
     sqlx::Sqlite,
     sqlx::SqlitePool,
     begin = |pool| pool.begin_with("BEGIN IMMEDIATE"),
-    lock = "",
     lock_skip = "",
     enqueue = agora_kernel::outbox::sqlite::enqueue
 );
@@ -389,7 +390,6 @@ sql_order_store!(
     sqlx::Postgres,
     sqlx::PgPool,
     begin = |pool| pool.begin(),
-    lock = "FOR UPDATE",
     lock_skip = "FOR UPDATE SKIP LOCKED",
     enqueue = agora_kernel::outbox::postgres::enqueue
 );

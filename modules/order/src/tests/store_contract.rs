@@ -128,18 +128,26 @@ async fn a_change_is_a_compare_and_swap_on_version(
         events: vec![e],
         ..Change::default()
     };
-    let next = store.apply(o.id, 1, &change).await.unwrap();
+    let next = store.apply(&o, &change).await.unwrap();
     assert_eq!(
         (next.status, next.version),
         (OrderStatus::AwaitingPayment, 2)
     );
     // The same change at the old version conflicts and writes nothing.
     assert!(matches!(
-        store.apply(o.id, 1, &change).await,
+        store.apply(&o, &change).await,
         Err(StoreError::Conflict)
     ));
     assert!(matches!(
-        store.apply(OrderId::new(), 1, &change).await,
+        store
+            .apply(
+                &Order {
+                    id: OrderId::new(),
+                    ..o.clone()
+                },
+                &change
+            )
+            .await,
         Err(StoreError::NotFound)
     ));
     assert_eq!(store.history(o.id).await.unwrap().len(), 2);
@@ -334,10 +342,10 @@ async fn only_the_lease_holder_renews_releases_or_changes_the_order_under_it(
         ..Change::default()
     };
     assert!(matches!(
-        store.apply(o.id, 1, &under("b")).await,
+        store.apply(&o, &under("b")).await,
         Err(StoreError::Conflict)
     ));
-    let o = store.apply(o.id, 1, &under("a")).await.unwrap();
+    let o = store.apply(&o, &under("a")).await.unwrap();
     // a's lease runs out (a crashed, or its step outlived it); b takes over.
     let later = now + Span::seconds(41);
     assert!(
@@ -355,12 +363,30 @@ async fn only_the_lease_holder_renews_releases_or_changes_the_order_under_it(
     );
     assert!(
         matches!(
-            store.apply(o.id, o.version, &under("a")).await,
+            store.apply(&o, &under("a")).await,
             Err(StoreError::Conflict)
         ),
         "a step that outlived its lease cannot finish"
     );
-    assert!(store.apply(o.id, o.version, &under("b")).await.is_ok());
+    let o = store.apply(&o, &under("b")).await.unwrap();
+    // A change that frees the lease: another instance may take the order now.
+    let o = store
+        .apply(
+            &o,
+            &Change {
+                release_lease: true,
+                ..under("b")
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .try_lease(o.id, later, &held_by("c", later + Span::seconds(30)))
+            .await
+            .unwrap(),
+        "the releasing change freed the lease"
+    );
 }
 
 contract!(listing_is_newest_first_filtered_and_paged_by_id, leases_exclude_each_other_and_the_recovery_worker,
