@@ -603,57 +603,15 @@ impl OrderService {
                 // A replay after the reservation ran out: it holds no stock, and
                 // this order, still unpaid, will never be paid for in time.
                 let reason = "the stock reservation ended before the order was paid".to_owned();
-                let change = Change {
-                    failure_reason: Some(reason.clone()),
-                    ..Change::default()
-                };
-                Ok(Next::Settled(
-                    self.transition(
-                        order,
-                        OrderStatus::Rejected,
-                        SYSTEM,
-                        Some(&reason),
-                        corr,
-                        change,
-                    )
-                    .await?,
-                ))
+                self.reject(order, corr, reason).await
             }
             Ok(ReserveOutcome::Insufficient(skus)) => {
                 let reason = format!("out of stock: {}", skus.join(", "));
-                let change = Change {
-                    failure_reason: Some(reason.clone()),
-                    ..Change::default()
-                };
-                Ok(Next::Settled(
-                    self.transition(
-                        order,
-                        OrderStatus::Rejected,
-                        SYSTEM,
-                        Some(&reason),
-                        corr,
-                        change,
-                    )
-                    .await?,
-                ))
+                self.reject(order, corr, reason).await
             }
             Err(PortError::Refused(m)) => {
                 let reason = format!("stock could not be reserved: {m}");
-                let change = Change {
-                    failure_reason: Some(reason.clone()),
-                    ..Change::default()
-                };
-                Ok(Next::Settled(
-                    self.transition(
-                        order,
-                        OrderStatus::Rejected,
-                        SYSTEM,
-                        Some(&reason),
-                        corr,
-                        change,
-                    )
-                    .await?,
-                ))
+                self.reject(order, corr, reason).await
             }
             Err(e) if self.now() >= order.payment_deadline => {
                 // The reservation may have been made even though the call failed.
@@ -664,26 +622,38 @@ impl OrderService {
                     ));
                 }
                 let reason = format!("stock could not be reserved before the deadline: {e}");
-                let change = Change {
-                    failure_reason: Some(reason.clone()),
-                    ..Change::default()
-                };
-                Ok(Next::Settled(
-                    self.transition(
-                        order,
-                        OrderStatus::Rejected,
-                        SYSTEM,
-                        Some(&reason),
-                        corr,
-                        change,
-                    )
-                    .await?,
-                ))
+                self.reject(order, corr, reason).await
             }
             Err(e) => Err(Step::retry(
                 self.schedule_retry(order, &e.to_string()).await,
             )),
         }
+    }
+
+    /// Settle the order `rejected` for `reason`; nothing is reserved.
+    async fn reject(&self, order: &Order, corr: &str, reason: String) -> Result<Next, Step> {
+        self.settle_failed(order, corr, OrderStatus::Rejected, None, reason)
+            .await
+    }
+
+    /// Settle the order in the failed status `to` for `reason`.
+    async fn settle_failed(
+        &self,
+        order: &Order,
+        corr: &str,
+        to: OrderStatus,
+        payment_id: Option<String>,
+        reason: String,
+    ) -> Result<Next, Step> {
+        let change = Change {
+            payment_id,
+            failure_reason: Some(reason.clone()),
+            ..Change::default()
+        };
+        let settled = self
+            .transition(order, to, SYSTEM, Some(&reason), corr, change)
+            .await?;
+        Ok(Next::Settled(settled))
     }
 
     async fn fail_payment(
@@ -700,22 +670,8 @@ impl OrderService {
                     .await,
             ));
         }
-        let change = Change {
-            payment_id,
-            failure_reason: Some(reason.clone()),
-            ..Change::default()
-        };
-        Ok(Next::Settled(
-            self.transition(
-                order,
-                OrderStatus::PaymentFailed,
-                SYSTEM,
-                Some(&reason),
-                corr,
-                change,
-            )
-            .await?,
-        ))
+        self.settle_failed(order, corr, OrderStatus::PaymentFailed, payment_id, reason)
+            .await
     }
 
     async fn step_charge(&self, order: &Order, corr: &str) -> Result<Next, Step> {
