@@ -517,8 +517,7 @@ impl Rollouts {
             route.set_canary(None, 0);
             route.reset_stats();
         }
-        view.state = State::Aborted;
-        view.weight = 0;
+        Self::settle(module, &mut view, State::Aborted, 0);
         self.decide(
             module,
             &mut view,
@@ -526,8 +525,6 @@ impl Rollouts {
             (0, 0.0, 0.0),
             "aborted by an operator".into(),
         );
-        metrics::gauge!("agora_rollout_state", "module" => module.to_owned())
-            .set(State::Aborted.gauge());
         Ok(view.clone())
     }
 
@@ -547,8 +544,7 @@ impl Rollouts {
         if let Some(route) = self.routes.get(module) {
             route.switch(previous);
         }
-        view.state = State::RolledBack;
-        view.weight = 0;
+        Self::settle(module, &mut view, State::RolledBack, 0);
         self.decide(
             module,
             &mut view,
@@ -556,8 +552,6 @@ impl Rollouts {
             (0, 0.0, 0.0),
             "rolled back by an operator to the previous pool".into(),
         );
-        metrics::gauge!("agora_rollout_state", "module" => module.to_owned())
-            .set(State::RolledBack.gauge());
         Ok(view.clone())
     }
 
@@ -591,6 +585,11 @@ impl Rollouts {
 
     fn finish(&self, module: &str, rollout: &Rollout, state: State, weight: u8) {
         let mut view = rollout.view.lock().unwrap_or_else(|p| p.into_inner());
+        Self::settle(module, &mut view, state, weight);
+    }
+
+    /// The rollout ended in `state` with the canary at `weight`.
+    fn settle(module: &str, view: &mut RolloutView, state: State, weight: u8) {
         view.state = state;
         view.weight = weight;
         metrics::gauge!("agora_rollout_state", "module" => module.to_owned()).set(state.gauge());
