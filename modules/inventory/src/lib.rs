@@ -146,7 +146,13 @@ impl InventoryModule {
                     anyhow::bail!("not an SQLite URL");
                 };
                 outbound::sqlite::migrate(pool).await?;
-                let port = Arc::new(outbound::sqlite::SqliteStore::new(pool.clone()));
+                let mut store = outbound::sqlite::SqliteStore::new(pool.clone());
+                if let Some(readers) =
+                    agora_kernel::db::connect_sqlite_readers(database_url).await?
+                {
+                    store = store.with_readers(readers);
+                }
+                let port = Arc::new(store);
                 let outbox = db.outbox();
                 (Store::Sql(db), port, outbox)
             }

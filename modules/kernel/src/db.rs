@@ -67,6 +67,33 @@ pub async fn connect_sqlite(url: &str, max_connections: u32) -> anyhow::Result<S
 /// Connections to a module's SQLite database: one, its single writer.
 pub const SQLITE_CONNECTIONS: u32 = 1;
 
+/// Read-only connections a module may open beside its writer for reads that
+/// should not queue behind writes (WAL readers never block the writer).
+pub const SQLITE_READERS: u32 = 4;
+
+/// A pool of read-only connections to the SQLite database at `url`, which the
+/// writer has created and migrated; `None` for an in-memory database, which
+/// another connection would not see.
+///
+/// # Errors
+/// A bad URL or a database that cannot be opened.
+pub async fn connect_sqlite_readers(url: &str) -> anyhow::Result<Option<SqlitePool>> {
+    if url.contains(":memory:") || url.contains("mode=memory") {
+        return Ok(None);
+    }
+    let options = SqliteConnectOptions::from_str(url)
+        .context("invalid SQLite URL")?
+        .read_only(true)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(SQLITE_READERS)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await
+        .context("failed to open the SQLite database for reading")?;
+    Ok(Some(pool))
+}
+
 /// Connect to PostgreSQL. The pool connects lazily so that start-up and
 /// readiness can report an unreachable server instead of hanging.
 pub async fn connect_postgres(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {

@@ -38,12 +38,25 @@ pub async fn migrate(pool: &SqlitePool) -> anyhow::Result<()> {
 
 #[derive(Clone)]
 pub struct SqliteStore {
+    /// The writer (and reads inside write transactions).
     pool: SqlitePool,
+    /// Catalogue, stock and reservation reads: read-only connections, so a
+    /// product page does not queue behind the writer.
+    read: SqlitePool,
 }
 
 impl SqliteStore {
     pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+        Self {
+            read: pool.clone(),
+            pool,
+        }
+    }
+
+    /// Serve reads from `read` (read-only connections to the same file).
+    pub fn with_readers(mut self, read: SqlitePool) -> Self {
+        self.read = read;
+        self
     }
 
     async fn begin(&self) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
@@ -374,7 +387,7 @@ impl InventoryStore for SqliteStore {
 
     async fn product(&self, sku: &Sku) -> anyhow::Result<Option<Product>> {
         let mut conn = self
-            .pool
+            .read
             .acquire()
             .await
             .context("failed to get a connection")?;
@@ -393,7 +406,7 @@ impl InventoryStore for SqliteStore {
         .bind(after.map_or("", Sku::as_str))
         .bind(include_inactive)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await
         .context("failed to list products")?;
         rows.into_iter().map(Product::try_from).collect()
@@ -470,7 +483,7 @@ impl InventoryStore for SqliteStore {
         )
         .bind(after.map_or("", WarehouseCode::as_str))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await
         .context("failed to list warehouses")?;
         rows.into_iter().map(Warehouse::try_from).collect()
@@ -583,7 +596,7 @@ impl InventoryStore for SqliteStore {
 
     async fn stock(&self, sku: &Sku) -> anyhow::Result<Option<StockSummary>> {
         let mut conn = self
-            .pool
+            .read
             .acquire()
             .await
             .context("failed to get a connection")?;
@@ -611,7 +624,7 @@ impl InventoryStore for SqliteStore {
         .bind(sku.as_str())
         .bind(before)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await
         .context("failed to list movements")?;
         rows.into_iter().map(Movement::try_from).collect()
@@ -741,7 +754,7 @@ impl InventoryStore for SqliteStore {
 
     async fn reservation(&self, id: ReservationId) -> anyhow::Result<Option<Reservation>> {
         let mut conn = self
-            .pool
+            .read
             .acquire()
             .await
             .context("failed to get a connection")?;
