@@ -20,6 +20,8 @@ pub const MODULES: [&str; 4] = ["order", "inventory", "payment", "notification"]
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
     pub data_dir: PathBuf,
+    /// How SQLite databases reach the disk.
+    pub sqlite: SqliteSettings,
     pub http: HttpSettings,
     pub admin: AdminSettings,
     pub log: LogSettings,
@@ -39,6 +41,13 @@ pub struct Settings {
     pub inventory: agora_inventory::Settings,
     pub payment: agora_payment::Settings,
     pub notification: agora_notification::Settings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SqliteSettings {
+    /// `normal` (default: a power cut may lose the last ~100 ms of commits,
+    /// never corrupts) or `full` (every commit is synced before it returns).
+    pub synchronous: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -538,6 +547,9 @@ impl Settings {
     }
 
     fn validate_databases(&self) -> Result<(), SettingsError> {
+        if agora_kernel::sqlite::Synchronous::parse(&self.sqlite.synchronous).is_none() {
+            return Err(invalid("sqlite.synchronous", "must be normal or full"));
+        }
         let mut seen: Vec<(&str, String)> = Vec::new();
         // Only the hosted modules' stores are this process's business.
         for module in self.hosted() {
@@ -585,10 +597,19 @@ impl Settings {
         .expose_secret()
         .trim()
         .to_owned();
-        if configured.is_empty() {
+        let url = if configured.is_empty() {
             format!("sqlite://{}/{module}.db", self.data_dir.display())
         } else {
             configured
+        };
+        // `sqlite.synchronous = "full"` applies to every SQLite URL that does
+        // not choose for itself.
+        let full = self.sqlite.synchronous.eq_ignore_ascii_case("full");
+        if full && url.starts_with("sqlite:") && !url.contains("synchronous=") {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}synchronous=full")
+        } else {
+            url
         }
     }
 
@@ -764,6 +785,35 @@ mod tests {
             assert_eq!(s.database_url("order"), "sqlite://./data/order.db");
             assert!(s.uses_default_secret());
         }
+    }
+
+    #[test]
+    fn sqlite_synchronous_full_reaches_every_sqlite_url_and_nothing_else_is_accepted() {
+        let s = load(&[
+            ("AGORA__SQLITE__SYNCHRONOUS", "full"),
+            ("AGORA__DATA_DIR", "/tmp/x"),
+            ("AGORA__ORDER__DATABASE_URL", "sqlite:///tmp/o.db?mode=rwc"),
+        ])
+        .map_err(|e| e.0);
+        assert_eq!(
+            s.as_ref()
+                .map(|s| s.database_url("payment"))
+                .ok()
+                .as_deref(),
+            Some("sqlite:///tmp/x/payment.db?synchronous=full")
+        );
+        assert_eq!(
+            s.map(|s| s.database_url("order")).ok().as_deref(),
+            Some("sqlite:///tmp/o.db?mode=rwc&synchronous=full")
+        );
+        let e = load(&[("AGORA__SQLITE__SYNCHRONOUS", "off")])
+            .map(|_| ())
+            .map_err(|e| e.0);
+        assert!(
+            e.as_ref()
+                .is_err_and(|e| e.contains("AGORA__SQLITE__SYNCHRONOUS")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -33,6 +33,10 @@ fn fast_rollouts() -> Vec<(&'static str, String)> {
         ("AGORA__ROLLOUT__ROLLBACK_P99_MS", "20000".into()),
         ("AGORA__UPSTREAM__HEALTH_INTERVAL_MS", "200".into()),
         ("AGORA__UPSTREAM__TIMEOUT_MS", "5000".into()),
+        // Orders a failing canary left waiting are retried within seconds, not
+        // after the default back-off of up to a minute.
+        ("AGORA__ORDER__RETRY_BASE_MS", "200".into()),
+        ("AGORA__ORDER__RETRY_MAX_SECS", "2".into()),
     ]
 }
 

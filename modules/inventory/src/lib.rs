@@ -142,17 +142,11 @@ impl InventoryModule {
         ) = match Backend::of_url(database_url) {
             Some(Backend::Sqlite) => {
                 let db = SqlDatabase::connect(database_url).await?;
-                let SqlDatabase::Sqlite(pool) = &db else {
+                let SqlDatabase::Sqlite(sqlite) = &db else {
                     anyhow::bail!("not an SQLite URL");
                 };
-                outbound::sqlite::migrate(pool).await?;
-                let mut store = outbound::sqlite::SqliteStore::new(pool.clone());
-                if let Some(readers) =
-                    agora_kernel::db::connect_sqlite_readers(database_url).await?
-                {
-                    store = store.with_readers(readers);
-                }
-                let port = Arc::new(store);
+                outbound::sqlite::migrate(sqlite).await?;
+                let port = Arc::new(outbound::sqlite::SqliteStore::new(sqlite.clone()));
                 let outbox = db.outbox();
                 (Store::Sql(db), port, outbox)
             }

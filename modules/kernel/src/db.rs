@@ -5,9 +5,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
+use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, SqlitePool};
+
+use crate::sqlite::Sqlite;
 
 /// Which kind of store a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,61 +40,6 @@ impl Backend {
     }
 }
 
-/// Open (creating when missing) an SQLite database in WAL mode with a busy
-/// timeout. Write transactions must start with `BEGIN IMMEDIATE`.
-///
-/// A module's own database gets one connection ([`SQLITE_CONNECTIONS`]): SQLite
-/// has one writer, and several pooled connections only fight for its lock in
-/// the busy handler, which sleeps (1, 2, 5 … 100 ms) while it waits. With one
-/// connection, statements queue in the pool instead, in arrival order, with no
-/// sleeping; the busy timeout is left for other processes on the same file.
-pub async fn connect_sqlite(url: &str, max_connections: u32) -> anyhow::Result<SqlitePool> {
-    let options = SqliteConnectOptions::from_str(url)
-        .context("invalid SQLite URL")?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(5))
-        .foreign_keys(true);
-    SqlitePoolOptions::new()
-        .max_connections(max_connections)
-        .min_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect_with(options)
-        .await
-        .context("failed to open the SQLite database")
-}
-
-/// Connections to a module's SQLite database: one, its single writer.
-pub const SQLITE_CONNECTIONS: u32 = 1;
-
-/// Read-only connections a module may open beside its writer for reads that
-/// should not queue behind writes (WAL readers never block the writer).
-pub const SQLITE_READERS: u32 = 4;
-
-/// A pool of read-only connections to the SQLite database at `url`, which the
-/// writer has created and migrated; `None` for an in-memory database, which
-/// another connection would not see.
-///
-/// # Errors
-/// A bad URL or a database that cannot be opened.
-pub async fn connect_sqlite_readers(url: &str) -> anyhow::Result<Option<SqlitePool>> {
-    if url.contains(":memory:") || url.contains("mode=memory") {
-        return Ok(None);
-    }
-    let options = SqliteConnectOptions::from_str(url)
-        .context("invalid SQLite URL")?
-        .read_only(true)
-        .busy_timeout(Duration::from_secs(5));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(SQLITE_READERS)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect_with(options)
-        .await
-        .context("failed to open the SQLite database for reading")?;
-    Ok(Some(pool))
-}
-
 /// Connect to PostgreSQL. The pool connects lazily so that start-up and
 /// readiness can report an unreachable server instead of hanging.
 pub async fn connect_postgres(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
@@ -119,15 +65,12 @@ pub fn from_epoch_ms(ms: i64) -> chrono::DateTime<chrono::Utc> {
 }
 
 /// The kernel tables (outbox, inbox, idempotency keys) for SQLite. Run before a
-/// module's own migrations; both migrators ignore each other's versions.
+/// module's own migrations; both share sqlx's bookkeeping table.
 ///
 /// # Errors
 /// Migration failures.
-pub async fn migrate_kernel_sqlite(pool: &SqlitePool) -> anyhow::Result<()> {
-    let mut migrator = sqlx::migrate!("../../migrations/kernel/sqlite");
-    migrator.set_ignore_missing(true);
-    migrator
-        .run(pool)
+pub async fn migrate_kernel_sqlite(db: &Sqlite) -> anyhow::Result<()> {
+    db.migrate(&sqlx::migrate!("../../migrations/kernel/sqlite"))
         .await
         .context("failed to create the kernel tables")
 }
@@ -149,7 +92,7 @@ pub async fn migrate_kernel_postgres(pool: &PgPool) -> anyhow::Result<()> {
 /// tables in place.
 #[derive(Clone)]
 pub enum SqlDatabase {
-    Sqlite(SqlitePool),
+    Sqlite(Sqlite),
     Postgres(PgPool),
 }
 
@@ -161,14 +104,9 @@ impl SqlDatabase {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         match Backend::of_url(url) {
             Some(Backend::Sqlite) => {
-                if let Some(dir) = sqlite_parent_dir(url) {
-                    std::fs::create_dir_all(&dir).with_context(|| {
-                        format!("failed to create the data directory {}", dir.display())
-                    })?;
-                }
-                let pool = connect_sqlite(url, SQLITE_CONNECTIONS).await?;
-                migrate_kernel_sqlite(&pool).await?;
-                Ok(Self::Sqlite(pool))
+                let db = Sqlite::open(url).await?;
+                migrate_kernel_sqlite(&db).await?;
+                Ok(Self::Sqlite(db))
             }
             Some(Backend::Postgres) => {
                 let pool = connect_postgres(url, 16).await?;
@@ -189,8 +127,8 @@ impl SqlDatabase {
         postgres: &sqlx::migrate::Migrator,
     ) -> anyhow::Result<()> {
         match self {
-            Self::Sqlite(pool) => sqlite.run(pool).await,
-            Self::Postgres(pool) => postgres.run(pool).await,
+            Self::Sqlite(db) => db.migrate(sqlite).await,
+            Self::Postgres(pool) => postgres.run(pool).await.map_err(anyhow::Error::from),
         }
         .context("failed to migrate the module's database")
     }
@@ -209,8 +147,12 @@ impl SqlDatabase {
     pub async fn ping(&self, timeout: Duration) -> anyhow::Result<()> {
         let fut = async {
             match self {
-                Self::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
-                Self::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
+                Self::Sqlite(db) => db.ping().await,
+                Self::Postgres(pool) => sqlx::query("SELECT 1")
+                    .execute(pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(anyhow::Error::from),
             }
         };
         tokio::time::timeout(timeout, fut)
@@ -221,9 +163,7 @@ impl SqlDatabase {
 
     pub fn outbox(&self) -> std::sync::Arc<dyn crate::outbox::OutboxStore> {
         match self {
-            Self::Sqlite(pool) => {
-                std::sync::Arc::new(crate::outbox::sqlite::Store::new(pool.clone()))
-            }
+            Self::Sqlite(db) => std::sync::Arc::new(crate::outbox::sqlite::Store::new(db.clone())),
             Self::Postgres(pool) => {
                 std::sync::Arc::new(crate::outbox::postgres::Store::new(pool.clone()))
             }
@@ -232,8 +172,8 @@ impl SqlDatabase {
 
     pub fn idempotency(&self) -> std::sync::Arc<dyn crate::idempotency::IdempotencyStore> {
         match self {
-            Self::Sqlite(pool) => {
-                std::sync::Arc::new(crate::idempotency::sqlite::Store::new(pool.clone()))
+            Self::Sqlite(db) => {
+                std::sync::Arc::new(crate::idempotency::sqlite::Store::new(db.clone()))
             }
             Self::Postgres(pool) => {
                 std::sync::Arc::new(crate::idempotency::postgres::Store::new(pool.clone()))
@@ -243,9 +183,7 @@ impl SqlDatabase {
 
     pub fn inbox(&self) -> std::sync::Arc<dyn crate::inbox::InboxStore> {
         match self {
-            Self::Sqlite(pool) => {
-                std::sync::Arc::new(crate::inbox::sqlite::Store::new(pool.clone()))
-            }
+            Self::Sqlite(db) => std::sync::Arc::new(crate::inbox::sqlite::Store::new(db.clone())),
             Self::Postgres(pool) => {
                 std::sync::Arc::new(crate::inbox::postgres::Store::new(pool.clone()))
             }
@@ -254,22 +192,11 @@ impl SqlDatabase {
 
     pub async fn close(&self) {
         match self {
-            Self::Sqlite(pool) => pool.close().await,
+            // Its connections close when the last handle drops.
+            Self::Sqlite(_) => {}
             Self::Postgres(pool) => pool.close().await,
         }
     }
-}
-
-fn sqlite_parent_dir(url: &str) -> Option<std::path::PathBuf> {
-    let path = url.strip_prefix("sqlite:")?.trim_start_matches("//");
-    let path = path.split('?').next()?;
-    if path.is_empty() || path == ":memory:" {
-        return None;
-    }
-    std::path::Path::new(path)
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(|p| p.to_path_buf())
 }
 
 /// A module backed by one [`SqlDatabase`] and its outbox relay: the shape every

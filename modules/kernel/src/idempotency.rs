@@ -213,7 +213,158 @@ macro_rules! sql_idempotency {
     };
 }
 
-sql_idempotency!(sqlite, sqlx::SqlitePool);
+/// Idempotency keys on SQLite ([`crate::sqlite::Sqlite`]): the claim, and the
+/// read of the record when the claim finds one, in one write transaction.
+pub mod sqlite {
+    use super::*;
+    use crate::db::epoch_ms;
+    use crate::sqlite::{Sqlite, rusqlite};
+    use anyhow::Context;
+    use rusqlite::OptionalExtension;
+
+    #[derive(Clone)]
+    pub struct Store {
+        db: Sqlite,
+    }
+
+    impl Store {
+        pub fn new(db: Sqlite) -> Self {
+            Self { db }
+        }
+    }
+
+    type Row = (
+        String,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        i64,
+    );
+
+    const WHERE_SCOPE: &str = "principal = ?1 AND method = ?2 AND route = ?3 AND idem_key = ?4";
+
+    #[async_trait]
+    impl IdempotencyStore for Store {
+        async fn begin(
+            &self,
+            s: &IdempotencyScope,
+            request_hash: &str,
+            now: DateTime<Utc>,
+            ttl: Duration,
+            lock_timeout: Duration,
+        ) -> anyhow::Result<Begin> {
+            let now_ms = epoch_ms(now);
+            let expired_before = now_ms - ttl.as_millis() as i64;
+            let stale_before = now_ms - lock_timeout.as_millis() as i64;
+            self.db
+                .write(|tx| {
+                    // Claim the key, or take over an expired record of it, in one write.
+                    let claimed = tx
+                        .prepare_cached(
+                            "INSERT INTO idempotency_keys (principal, method, route, idem_key, request_hash, created_at) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (principal, method, route, idem_key) DO UPDATE \
+                             SET request_hash = excluded.request_hash, created_at = excluded.created_at, status = NULL, \
+                             content_type = NULL, location = NULL, body = NULL, completed_at = NULL \
+                             WHERE idempotency_keys.created_at < ?7",
+                        )?
+                        .execute(rusqlite::params![s.principal, s.method, s.route, s.key, request_hash, now_ms, expired_before])
+                        .context("failed to claim an idempotency key")?;
+                    if claimed == 1 {
+                        return Ok(Begin::Started);
+                    }
+                    let row: Option<Row> = tx
+                        .prepare_cached(&format!(
+                            "SELECT request_hash, status, content_type, location, body, created_at \
+                             FROM idempotency_keys WHERE {WHERE_SCOPE}"
+                        ))?
+                        .query_row(rusqlite::params![s.principal, s.method, s.route, s.key], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                        })
+                        .optional()
+                        .context("failed to read an idempotency key")?;
+                    let Some((hash, status, content_type, location, body, created_at)) = row else {
+                        return Ok(Begin::InFlight);
+                    };
+                    if hash != request_hash {
+                        return Ok(Begin::Mismatch);
+                    }
+                    match status {
+                        Some(status) => Ok(Begin::Replay(StoredResponse {
+                            status: u16::try_from(status).unwrap_or(500),
+                            content_type,
+                            location,
+                            body: body.unwrap_or_default(),
+                        })),
+                        None if created_at < stale_before => {
+                            // Its request crashed: take it over (the same transaction, so no race).
+                            tx.prepare_cached(&format!(
+                                "UPDATE idempotency_keys SET created_at = ?5 WHERE {WHERE_SCOPE} AND status IS NULL"
+                            ))?
+                            .execute(rusqlite::params![s.principal, s.method, s.route, s.key, now_ms])
+                            .context("failed to take over an idempotency key")?;
+                            Ok(Begin::Started)
+                        }
+                        None => Ok(Begin::InFlight),
+                    }
+                })
+                .await
+        }
+
+        async fn complete(
+            &self,
+            s: &IdempotencyScope,
+            r: &StoredResponse,
+            now: DateTime<Utc>,
+        ) -> anyhow::Result<()> {
+            self.db
+                .write(|tx| {
+                    tx.prepare_cached(&format!(
+                        "UPDATE idempotency_keys SET status = ?5, content_type = ?6, location = ?7, body = ?8, \
+                         completed_at = ?9 WHERE {WHERE_SCOPE}"
+                    ))?
+                    .execute(rusqlite::params![
+                        s.principal, s.method, s.route, s.key,
+                        i64::from(r.status), r.content_type, r.location, r.body, epoch_ms(now)
+                    ])
+                })
+                .await
+                .context("failed to store an idempotent response")?;
+            Ok(())
+        }
+
+        async fn release(&self, s: &IdempotencyScope) -> anyhow::Result<()> {
+            self.db
+                .write(|tx| {
+                    tx.prepare_cached(&format!(
+                        "DELETE FROM idempotency_keys WHERE {WHERE_SCOPE} AND status IS NULL"
+                    ))?
+                    .execute(rusqlite::params![
+                        s.principal,
+                        s.method,
+                        s.route,
+                        s.key
+                    ])
+                })
+                .await
+                .context("failed to release an idempotency key")?;
+            Ok(())
+        }
+
+        async fn purge_older_than(&self, cutoff: DateTime<Utc>) -> anyhow::Result<u64> {
+            let n = self
+                .db
+                .write(|tx| {
+                    tx.prepare_cached("DELETE FROM idempotency_keys WHERE created_at < ?1")?
+                        .execute([epoch_ms(cutoff)])
+                })
+                .await
+                .context("failed to purge idempotency keys")?;
+            Ok(n as u64)
+        }
+    }
+}
+
 sql_idempotency!(postgres, sqlx::PgPool);
 
 /// Settings of the middleware.

@@ -2,7 +2,8 @@
 //! at-least-once bus delivering an event twice changes nothing the second time.
 //!
 //! Record the event id in the *same transaction* as the consumer's own writes:
-//! `if !inbox::sqlite::record(&mut tx, "notification", id).await? { return Ok(()) }`.
+//! `if !inbox::postgres::record(&mut tx, "notification", id).await? { return Ok(()) }`
+//! (on SQLite, inside [`crate::sqlite::Sqlite::write`]: `inbox::sqlite::record(tx, …)?`).
 //! Table: `inbox(consumer, event_id, handled_at)` with primary key
 //! `(consumer, event_id)`.
 
@@ -78,5 +79,55 @@ macro_rules! sql_inbox {
     };
 }
 
-sql_inbox!(sqlite, sqlx::SqlitePool, sqlx::SqliteConnection);
+/// The inbox on SQLite ([`crate::sqlite::Sqlite`]).
+pub mod sqlite {
+    use super::*;
+    use crate::sqlite::{Sqlite, rusqlite};
+    use anyhow::Context;
+
+    /// Record inside the caller's transaction; `false` means a duplicate.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub fn record(
+        tx: &rusqlite::Connection,
+        consumer: &str,
+        event_id: Uuid,
+    ) -> anyhow::Result<bool> {
+        let n = tx
+            .prepare_cached(
+                "INSERT INTO inbox (consumer, event_id, handled_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (consumer, event_id) DO NOTHING",
+            )
+            .and_then(|mut s| {
+                s.execute(rusqlite::params![
+                    consumer,
+                    event_id.to_string(),
+                    crate::db::epoch_ms(chrono::Utc::now())
+                ])
+            })
+            .context("failed to write to the inbox")?;
+        Ok(n == 1)
+    }
+
+    /// The inbox of one module's database.
+    #[derive(Clone)]
+    pub struct Store {
+        db: Sqlite,
+    }
+
+    impl Store {
+        pub fn new(db: Sqlite) -> Self {
+            Self { db }
+        }
+    }
+
+    #[async_trait]
+    impl InboxStore for Store {
+        async fn record_once(&self, consumer: &str, event_id: Uuid) -> anyhow::Result<bool> {
+            self.db.write(|tx| record(tx, consumer, event_id)).await
+        }
+    }
+}
+
 sql_inbox!(postgres, sqlx::PgPool, sqlx::PgConnection);

@@ -20,6 +20,7 @@ pub mod pagination;
 pub mod principal;
 pub mod problem;
 pub mod remote;
+pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -460,19 +460,195 @@ macro_rules! sql_outbox {
     };
 }
 
-sql_outbox!(
-    sqlite,
-    sqlx::Sqlite,
-    sqlx::SqlitePool,
-    sqlx::SqliteConnection,
-    // One statement, and SQLite has one writer: nothing to race.
-    claim = |pool, until, now, limit| sqlx::query_as(CLAIM_SQL)
-        .bind(until)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(pool)
-        .await
-);
+/// The outbox on SQLite ([`crate::sqlite::Sqlite`]): the same statements as
+/// PostgreSQL's, run in place on the writer. SQLite has one writer, so a claim
+/// cannot race another relay's.
+pub mod sqlite {
+    use super::*;
+    use crate::db::epoch_ms;
+    use crate::sqlite::{Sqlite, placeholders, rusqlite};
+    use anyhow::Context;
+
+    /// Write an event to the outbox inside the caller's transaction.
+    ///
+    /// # Errors
+    /// Store failures; the caller's transaction must then roll back.
+    pub fn enqueue(tx: &rusqlite::Connection, event: &EventEnvelope) -> anyhow::Result<()> {
+        let now = epoch_ms(Utc::now());
+        let envelope = serde_json::to_string(event).context("failed to serialise the event")?;
+        tx.prepare_cached(
+            "INSERT INTO outbox (id, event_type, envelope, created_at, available_at, attempts) \
+             VALUES (?1, ?2, ?3, ?4, ?4, 0)",
+        )
+        .and_then(|mut s| {
+            s.execute(rusqlite::params![
+                event.id.to_string(),
+                event.event_type,
+                envelope,
+                now
+            ])
+        })
+        .context("failed to write to the outbox")?;
+        Ok(())
+    }
+
+    /// Every event in `events`, in order, inside the caller's transaction.
+    ///
+    /// # Errors
+    /// See [`enqueue`].
+    pub fn enqueue_all(tx: &rusqlite::Connection, events: &[EventEnvelope]) -> anyhow::Result<()> {
+        events.iter().try_for_each(|e| enqueue(tx, e))
+    }
+
+    /// The outbox of one module's database.
+    #[derive(Clone)]
+    pub struct Store {
+        db: Sqlite,
+    }
+
+    impl Store {
+        pub fn new(db: Sqlite) -> Self {
+            Self { db }
+        }
+    }
+
+    fn ids(ids: &[Uuid]) -> Vec<String> {
+        ids.iter().map(Uuid::to_string).collect()
+    }
+
+    #[async_trait]
+    impl OutboxStore for Store {
+        async fn claim(
+            &self,
+            limit: u32,
+            lease: Duration,
+            now: DateTime<Utc>,
+        ) -> anyhow::Result<Vec<OutboxMessage>> {
+            let now = epoch_ms(now);
+            let until = now + lease.as_millis() as i64;
+            let rows = self
+                .db
+                .write(|tx| {
+                    let mut s = tx.prepare_cached(CLAIM_SQL)?;
+                    let rows = s
+                        .query_map(rusqlite::params![until, now, i64::from(limit)], |r| {
+                            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                        })?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .await
+                .context("failed to claim outbox rows")?;
+            to_messages(rows)
+        }
+
+        async fn mark_published(&self, ids_: &[Uuid], now: DateTime<Utc>) -> anyhow::Result<()> {
+            if ids_.is_empty() {
+                return Ok(());
+            }
+            let now = epoch_ms(now);
+            let list = ids(ids_);
+            self.db
+                .write(|tx| {
+                    let sql = format!(
+                        "UPDATE outbox SET published_at = ?1, last_error = NULL WHERE id IN ({})",
+                        placeholders(2, list.len())
+                    );
+                    let mut s = tx.prepare_cached(&sql)?;
+                    s.raw_bind_parameter(1, now)?;
+                    for (i, id) in list.iter().enumerate() {
+                        s.raw_bind_parameter(i + 2, id)?;
+                    }
+                    s.raw_execute()
+                })
+                .await
+                .context("failed to mark outbox rows published")?;
+            Ok(())
+        }
+
+        async fn mark_failed(
+            &self,
+            id: Uuid,
+            error: &str,
+            retry_at: DateTime<Utc>,
+            deferred: &[Uuid],
+        ) -> anyhow::Result<()> {
+            let error: String = error.chars().take(2000).collect();
+            let retry_at = epoch_ms(retry_at);
+            let deferred = ids(deferred);
+            self.db
+                .write(|tx| {
+                    tx.prepare_cached(
+                        "UPDATE outbox SET available_at = ?1, last_error = ?2 WHERE id = ?3",
+                    )?
+                    .execute(rusqlite::params![
+                        retry_at,
+                        error,
+                        id.to_string()
+                    ])?;
+                    if !deferred.is_empty() {
+                        let sql = format!(
+                            "UPDATE outbox SET available_at = ?1, attempts = attempts - 1 \
+                             WHERE published_at IS NULL AND id IN ({})",
+                            placeholders(2, deferred.len())
+                        );
+                        let mut s = tx.prepare(&sql)?;
+                        s.raw_bind_parameter(1, retry_at)?;
+                        for (i, id) in deferred.iter().enumerate() {
+                            s.raw_bind_parameter(i + 2, id)?;
+                        }
+                        s.raw_execute()?;
+                    }
+                    Ok::<_, rusqlite::Error>(())
+                })
+                .await
+                .context("failed to record an outbox failure")?;
+            Ok(())
+        }
+
+        async fn mark_dead(&self, id: Uuid, error: &str, now: DateTime<Utc>) -> anyhow::Result<()> {
+            let error: String = error.chars().take(2000).collect();
+            let now = epoch_ms(now);
+            self.db
+                .write(|tx| {
+                    tx.prepare_cached(
+                        "UPDATE outbox SET dead_at = ?1, last_error = ?2 WHERE id = ?3",
+                    )?
+                    .execute(rusqlite::params![now, error, id.to_string()])
+                })
+                .await
+                .context("failed to dead-letter an outbox row")?;
+            Ok(())
+        }
+
+        async fn backlog(&self) -> anyhow::Result<u64> {
+            let n: i64 = self
+                .db
+                .read(|c| {
+                    c.prepare_cached("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL AND dead_at IS NULL")?
+                        .query_row([], |r| r.get(0))
+                })
+                .await
+                .context("failed to count the outbox backlog")?;
+            Ok(n.max(0) as u64)
+        }
+
+        async fn purge_published(&self, cutoff: DateTime<Utc>) -> anyhow::Result<u64> {
+            let cutoff = epoch_ms(cutoff);
+            let n = self
+                .db
+                .write(|tx| {
+                    tx.prepare_cached(
+                        "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?1",
+                    )?
+                    .execute([cutoff])
+                })
+                .await
+                .context("failed to purge published outbox rows")?;
+            Ok(n as u64)
+        }
+    }
+}
+
 sql_outbox!(
     postgres,
     sqlx::Postgres,

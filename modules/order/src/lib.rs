@@ -141,7 +141,7 @@ impl OrderModule {
         postgres.set_ignore_missing(true);
         base.db.migrate(&sqlite, &postgres).await?;
         let store: Arc<dyn domain::ports::OrderStore> = match &base.db {
-            SqlDatabase::Sqlite(pool) => Arc::new(outbound::sql::sqlite::Store::new(pool.clone())),
+            SqlDatabase::Sqlite(db) => Arc::new(outbound::sql::sqlite::Store::new(db.clone())),
             SqlDatabase::Postgres(pool) => {
                 Arc::new(outbound::sql::postgres::Store::new(pool.clone()))
             }

@@ -14,9 +14,9 @@ use agora_kernel::events::jetstream::{JetStreamBus, JetStreamConfig};
 use agora_kernel::events::{DeliveryPolicy, EventBus, EventEnvelope, EventHandler, InMemoryBus};
 use agora_kernel::inbox;
 use agora_kernel::outbox::{self, OutboxRelay, RelayConfig};
+use agora_kernel::sqlite::{Sqlite, rusqlite};
 use agora_kernel::testing::{NatsServer, nats_namespace};
 use async_trait::async_trait;
-use sqlx::SqlitePool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -51,8 +51,8 @@ struct Consumer {
 impl Consumer {
     async fn new(name: &'static str) -> Arc<Self> {
         let db = TestDb::new().await;
-        sqlx::query("CREATE TABLE effects (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, aggregate TEXT NOT NULL, n INTEGER NOT NULL)")
-            .execute(&db.pool)
+        db.pool
+            .write(|tx| tx.execute_batch("CREATE TABLE effects (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, aggregate TEXT NOT NULL, n INTEGER NOT NULL)"))
             .await
             .unwrap();
         Arc::new(Self {
@@ -95,8 +95,13 @@ impl Consumer {
 
     /// The effects in the order they were committed: (aggregate, n).
     async fn effects(&self) -> Vec<(String, i64)> {
-        sqlx::query_as("SELECT aggregate, n FROM effects ORDER BY seq")
-            .fetch_all(&self.db.pool)
+        self.db
+            .pool
+            .read(|c| {
+                c.prepare("SELECT aggregate, n FROM effects ORDER BY seq")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
             .await
             .unwrap()
     }
@@ -137,16 +142,18 @@ impl EventHandler for Consumer {
             .unwrap_or_default()
             .to_owned();
         let n = event.payload["n"].as_i64().unwrap_or_default();
-        let mut tx = self.db.pool.begin().await?;
-        if inbox::sqlite::record(&mut tx, self.name, event.id).await? {
-            sqlx::query("INSERT INTO effects (event_id, aggregate, n) VALUES ($1, $2, $3)")
-                .bind(event.id.to_string())
-                .bind(aggregate)
-                .bind(n)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
+        self.db
+            .pool
+            .write(|tx| {
+                if inbox::sqlite::record(tx, self.name, event.id)? {
+                    tx.execute(
+                        "INSERT INTO effects (event_id, aggregate, n) VALUES (?1, ?2, ?3)",
+                        rusqlite::params![event.id.to_string(), aggregate, n],
+                    )?;
+                }
+                anyhow::Ok(())
+            })
+            .await?;
         if Self::take_failure(&self.fail_after, event.id) {
             anyhow::bail!("{} died before acknowledging", self.name);
         }
@@ -235,12 +242,10 @@ impl Drop for Harness {
     }
 }
 
-async fn commit(pool: &SqlitePool, events: &[EventEnvelope]) {
-    let mut tx = pool.begin().await.unwrap();
-    for e in events {
-        outbox::sqlite::enqueue(&mut tx, e).await.unwrap();
-    }
-    tx.commit().await.unwrap();
+async fn commit(db: &Sqlite, events: &[EventEnvelope]) {
+    db.write(|tx| outbox::sqlite::enqueue_all(tx, events))
+        .await
+        .unwrap();
 }
 
 fn nats() -> Option<Arc<Mutex<NatsServer>>> {
@@ -367,12 +372,18 @@ async fn a_poison_event_is_dead_lettered_and_the_rest_flow(kind: Kind) {
     );
     match kind {
         Kind::Memory => {
-            let (dead,): (i64,) =
-                sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL AND id = $1")
-                    .bind(poison.id.to_string())
-                    .fetch_one(&h.outbox.pool)
-                    .await
-                    .unwrap();
+            let dead: i64 = h
+                .outbox
+                .pool
+                .read(|c| {
+                    c.query_row(
+                        "SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL AND id = ?1",
+                        [poison.id.to_string()],
+                        |r| r.get(0),
+                    )
+                })
+                .await
+                .unwrap();
             assert_eq!(dead, 1, "the outbox row is marked dead");
         }
         Kind::JetStream => {}

@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::SqlitePool;
+use agora_kernel::sqlite::Sqlite;
 use tempfile::TempDir;
 
 /// A new SQLite file in its own temporary directory, deleted when dropped.
 pub struct TestDb {
-    pub pool: SqlitePool,
+    pub pool: Sqlite,
     _dir: TempDir,
 }
 
@@ -17,9 +17,7 @@ impl TestDb {
     pub async fn new() -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let url = format!("sqlite://{}/k.db", dir.path().display());
-        let pool = agora_kernel::db::connect_sqlite(&url, 4)
-            .await
-            .expect("the SQLite file opens");
+        let pool = Sqlite::open(&url).await.expect("the SQLite file opens");
         agora_kernel::db::migrate_kernel_sqlite(&pool)
             .await
             .expect("the kernel tables are created");

@@ -30,13 +30,14 @@ async fn an_inbox_record_in_a_rolled_back_transaction_is_forgotten() {
     let db = TestDb::new().await;
     let event = Uuid::now_v7();
 
-    let mut tx = db.pool.begin().await.unwrap();
-    assert!(
-        inbox::sqlite::record(&mut tx, "notification", event)
-            .await
-            .unwrap()
-    );
-    tx.rollback().await.unwrap();
+    let rolled_back: anyhow::Result<()> = db
+        .pool
+        .write(|tx| {
+            assert!(inbox::sqlite::record(tx, "notification", event)?);
+            anyhow::bail!("the consumer's own write failed")
+        })
+        .await;
+    assert!(rolled_back.is_err());
 
     let store = inbox::sqlite::Store::new(db.pool.clone());
     assert!(store.record_once("notification", event).await.unwrap());

@@ -9,9 +9,9 @@ use std::time::Duration;
 use agora_kernel::events::{EventEnvelope, EventHandler, InMemoryBus};
 use agora_kernel::inbox;
 use agora_kernel::outbox::{self, OutboxRelay, OutboxStore, RelayConfig};
+use agora_kernel::sqlite::Sqlite;
 use async_trait::async_trait;
 use chrono::Utc;
-use sqlx::SqlitePool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -91,14 +91,13 @@ impl EventHandler for Recorder {
 /// A consumer that records the event in its inbox and writes its own row in the
 /// same transaction, as the inbox module documentation prescribes.
 struct Shipping {
-    pool: SqlitePool,
+    pool: Sqlite,
     deliveries: AtomicUsize,
 }
 
 impl Shipping {
-    async fn new(pool: SqlitePool) -> Arc<Self> {
-        sqlx::query("CREATE TABLE shipments (event_id TEXT NOT NULL)")
-            .execute(&pool)
+    async fn new(pool: Sqlite) -> Arc<Self> {
+        pool.write(|tx| tx.execute_batch("CREATE TABLE shipments (event_id TEXT NOT NULL)"))
             .await
             .unwrap();
         Arc::new(Self {
@@ -108,11 +107,10 @@ impl Shipping {
     }
 
     async fn shipments(&self) -> i64 {
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM shipments")
-            .fetch_one(&self.pool)
+        self.pool
+            .read(|c| c.query_row("SELECT COUNT(*) FROM shipments", [], |r| r.get(0)))
             .await
-            .unwrap();
-        n
+            .unwrap()
     }
 }
 
@@ -132,15 +130,17 @@ impl EventHandler for Shipping {
 
     async fn handle(&self, event: &EventEnvelope) -> anyhow::Result<()> {
         self.deliveries.fetch_add(1, Ordering::SeqCst);
-        let mut tx = self.pool.begin().await?;
-        if inbox::sqlite::record(&mut tx, self.name(), event.id).await? {
-            sqlx::query("INSERT INTO shipments (event_id) VALUES ($1)")
-                .bind(event.id.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.pool
+            .write(|tx| {
+                if inbox::sqlite::record(tx, self.name(), event.id)? {
+                    tx.execute(
+                        "INSERT INTO shipments (event_id) VALUES (?1)",
+                        [event.id.to_string()],
+                    )?;
+                }
+                anyhow::Ok(())
+            })
+            .await
     }
 }
 
@@ -155,12 +155,10 @@ fn order_confirmed(n: u32) -> EventEnvelope {
 }
 
 /// Enqueue `events` in one committed transaction.
-async fn enqueue_committed(pool: &SqlitePool, events: &[EventEnvelope]) {
-    let mut tx = pool.begin().await.unwrap();
-    for event in events {
-        outbox::sqlite::enqueue(&mut tx, event).await.unwrap();
-    }
-    tx.commit().await.unwrap();
+async fn enqueue_committed(pool: &Sqlite, events: &[EventEnvelope]) {
+    pool.write(|tx| outbox::sqlite::enqueue_all(tx, events))
+        .await
+        .unwrap();
 }
 
 /// The relay-visible state of one outbox row.
@@ -172,19 +170,22 @@ struct Row {
     last_error: Option<String>,
 }
 
-async fn row(pool: &SqlitePool, id: Uuid) -> Row {
+async fn row(pool: &Sqlite, id: Uuid) -> Row {
     let (attempts, available_at, published_at, last_error): (
         i64,
         i64,
         Option<i64>,
         Option<String>,
-    ) = sqlx::query_as(
-        "SELECT attempts, available_at, published_at, last_error FROM outbox WHERE id = $1",
-    )
-    .bind(id.to_string())
-    .fetch_one(pool)
-    .await
-    .unwrap();
+    ) = pool
+        .read(|c| {
+            c.query_row(
+                "SELECT attempts, available_at, published_at, last_error FROM outbox WHERE id = ?1",
+                [id.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+        })
+        .await
+        .unwrap();
     Row {
         attempts,
         available_at,
@@ -193,16 +194,14 @@ async fn row(pool: &SqlitePool, id: Uuid) -> Row {
     }
 }
 
-async fn outbox_rows(pool: &SqlitePool) -> i64 {
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox")
-        .fetch_one(pool)
+async fn outbox_rows(pool: &Sqlite) -> i64 {
+    pool.read(|c| c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0)))
         .await
-        .unwrap();
-    n
+        .unwrap()
 }
 
 fn relay(
-    pool: &SqlitePool,
+    pool: &Sqlite,
     bus: Arc<InMemoryBus>,
     config: RelayConfig,
 ) -> (OutboxRelay, Arc<outbox::sqlite::Store>) {
@@ -254,11 +253,14 @@ async fn an_event_of_a_rolled_back_transaction_is_never_written_nor_published() 
     bus.subscribe(a.clone());
     let (relay, store) = relay(&db.pool, bus, RelayConfig::default());
 
-    let mut tx = db.pool.begin().await.unwrap();
-    outbox::sqlite::enqueue(&mut tx, &order_confirmed(1))
-        .await
-        .unwrap();
-    tx.rollback().await.unwrap();
+    let rolled_back: anyhow::Result<()> = db
+        .pool
+        .write(|tx| {
+            outbox::sqlite::enqueue(tx, &order_confirmed(1))?;
+            anyhow::bail!("the caller's own write failed")
+        })
+        .await;
+    assert!(rolled_back.is_err());
     let kept = order_confirmed(2);
     enqueue_committed(&db.pool, std::slice::from_ref(&kept)).await;
 

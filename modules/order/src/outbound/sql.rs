@@ -1,8 +1,9 @@
-//! The order store on SQLite and PostgreSQL: one SQL text for both (numbered
-//! parameters, epoch-millisecond times), generated twice by a macro. The only
-//! differences are how a write transaction starts (`BEGIN IMMEDIATE` on
-//! SQLite, whose single writer then serialises it) and the `SKIP LOCKED` with
-//! which PostgreSQL instances claim due orders without waiting on each other.
+//! The order store on SQLite and PostgreSQL: the same SQL for both (numbered
+//! parameters, epoch-millisecond times). PostgreSQL runs on sqlx (a macro
+//! generated the store for both backends when SQLite was on sqlx too); SQLite
+//! runs in place on `agora_kernel::sqlite`, whose single writer serialises
+//! writes, while PostgreSQL instances claim due orders with `SKIP LOCKED` so
+//! they do not wait on each other.
 //! A change is one version-guarded `UPDATE` (no read first): the caller's copy
 //! of the order is the stored one exactly when the version still matches.
 
@@ -81,6 +82,19 @@ struct HistoryRow {
     actor: String,
     reason: Option<String>,
     correlation_id: String,
+}
+
+impl HistoryRow {
+    fn into_transition(self) -> Result<Transition, StoreError> {
+        Ok(Transition {
+            from: self.from_status.as_deref().map(parse_status).transpose()?,
+            to: parse_status(&self.to_status)?,
+            at: from_epoch_ms(self.at),
+            actor: self.actor,
+            reason: self.reason,
+            correlation_id: self.correlation_id,
+        })
+    }
 }
 
 fn parse_status(s: &str) -> Result<OrderStatus, StoreError> {
@@ -298,18 +312,7 @@ macro_rules! sql_order_store {
                     .fetch_all(&self.pool)
                     .await
                     .context("failed to read order history")?;
-                    rows.into_iter()
-                        .map(|r| {
-                            Ok(Transition {
-                                from: r.from_status.as_deref().map(parse_status).transpose()?,
-                                to: parse_status(&r.to_status)?,
-                                at: from_epoch_ms(r.at),
-                                actor: r.actor,
-                                reason: r.reason,
-                                correlation_id: r.correlation_id,
-                            })
-                        })
-                        .collect()
+                    rows.into_iter().map(HistoryRow::into_transition).collect()
                 }
 
                 async fn try_lease(&self, id: OrderId, now: DateTime<Utc>, lease: &Lease) -> Result<bool, StoreError> {
@@ -377,14 +380,372 @@ macro_rules! sql_order_store {
     };
 }
 
-sql_order_store!(
-    sqlite,
-    sqlx::Sqlite,
-    sqlx::SqlitePool,
-    begin = |pool| pool.begin_with("BEGIN IMMEDIATE"),
-    lock_skip = "",
-    enqueue = agora_kernel::outbox::sqlite::enqueue
-);
+/// The order store on SQLite ([`agora_kernel::sqlite::Sqlite`]): the same
+/// statements as PostgreSQL's, each write one transaction run in place on the
+/// single writer (which also serialises the claims: no `SKIP LOCKED` needed).
+pub mod sqlite {
+    use super::*;
+    use agora_kernel::outbox::sqlite::enqueue_all;
+    use agora_kernel::sqlite::{Sqlite, is_unique_violation, rusqlite};
+    use rusqlite::OptionalExtension;
+
+    /// The order store on SQLite.
+    #[derive(Clone)]
+    pub struct Store {
+        db: Sqlite,
+    }
+
+    impl Store {
+        pub fn new(db: Sqlite) -> Self {
+            Self { db }
+        }
+    }
+
+    fn order_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrderRow> {
+        Ok(OrderRow {
+            id: r.get(0)?,
+            customer_id: r.get(1)?,
+            customer_email: r.get(2)?,
+            status: r.get(3)?,
+            items: r.get(4)?,
+            total_minor: r.get(5)?,
+            currency: r.get(6)?,
+            shipping_address: r.get(7)?,
+            payment_method: r.get(8)?,
+            payment_id: r.get(9)?,
+            failure_reason: r.get(10)?,
+            created_at: r.get(11)?,
+            updated_at: r.get(12)?,
+            version: r.get(13)?,
+            attempts: r.get(14)?,
+            next_attempt_at: r.get(15)?,
+            payment_deadline: r.get(16)?,
+            correlation_id: r.get(17)?,
+            idempotency_key: r.get(18)?,
+        })
+    }
+
+    fn insert_history(
+        tx: &rusqlite::Connection,
+        id: OrderId,
+        t: &Transition,
+    ) -> anyhow::Result<()> {
+        tx.prepare_cached(
+            "INSERT INTO order_history (order_id, from_status, to_status, at, actor, reason, correlation_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(rusqlite::params![
+            id.to_string(),
+            t.from.map(|s| s.as_str()),
+            t.to.as_str(),
+            epoch_ms(t.at),
+            t.actor,
+            t.reason,
+            t.correlation_id
+        ])
+        .context("failed to write order history")?;
+        Ok(())
+    }
+
+    /// The database's own failures inside a write are unexpected ones.
+    impl From<rusqlite::Error> for StoreError {
+        fn from(e: rusqlite::Error) -> Self {
+            StoreError::Unexpected(e.into())
+        }
+    }
+
+    fn unexpected(e: rusqlite::Error, what: &'static str) -> StoreError {
+        StoreError::Unexpected(anyhow::Error::new(e).context(what))
+    }
+
+    #[async_trait]
+    impl OrderStore for Store {
+        async fn insert(
+            &self,
+            o: &Order,
+            t: &Transition,
+            events: &[EventEnvelope],
+            lease: &Lease,
+        ) -> Result<(), StoreError> {
+            let items = serde_json::to_string(&o.items).context("items")?;
+            let address = serde_json::to_string(&o.shipping_address).context("address")?;
+            self.db
+                .write(|tx| {
+                    tx.prepare_cached(&format!(
+                        "INSERT INTO orders ({COLUMNS}, lease_until, lease_owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
+                         ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
+                    ))
+                    .and_then(|mut s| {
+                        s.execute(rusqlite::params![
+                            o.id.to_string(),
+                            o.customer_id,
+                            o.customer_email,
+                            o.status.as_str(),
+                            items,
+                            o.total.minor(),
+                            o.total.currency().to_string(),
+                            address,
+                            o.payment_method,
+                            o.payment_id,
+                            o.failure_reason,
+                            epoch_ms(o.created_at),
+                            epoch_ms(o.updated_at),
+                            o.version,
+                            i64::from(o.attempts),
+                            o.next_attempt_at.map(epoch_ms),
+                            epoch_ms(o.payment_deadline),
+                            o.correlation_id,
+                            o.idempotency_key,
+                            epoch_ms(lease.until),
+                            lease.owner
+                        ])
+                    })
+                    .map_err(|e| {
+                        if is_unique_violation(&e) {
+                            StoreError::DuplicateKey
+                        } else {
+                            unexpected(e, "failed to insert an order")
+                        }
+                    })?;
+                    insert_history(tx, o.id, t)?;
+                    enqueue_all(tx, events)?;
+                    Ok(())
+                })
+                .await
+        }
+
+        async fn get(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+            let row = self
+                .db
+                .read(|c| {
+                    c.prepare_cached(&format!("SELECT {COLUMNS} FROM orders WHERE id = ?1"))?
+                        .query_row([id.to_string()], order_row)
+                        .optional()
+                })
+                .await
+                .context("failed to read an order")?;
+            Ok(row.map(OrderRow::into_order).transpose()?)
+        }
+
+        async fn find_by_key(
+            &self,
+            customer_id: &str,
+            key: &str,
+        ) -> Result<Option<Order>, StoreError> {
+            let row = self
+                .db
+                .read(|c| {
+                    c.prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM orders WHERE customer_id = ?1 AND idempotency_key = ?2"
+                    ))?
+                    .query_row([customer_id, key], order_row)
+                    .optional()
+                })
+                .await
+                .context("failed to find an order by idempotency key")?;
+            Ok(row.map(OrderRow::into_order).transpose()?)
+        }
+
+        async fn list(
+            &self,
+            f: &OrderFilter,
+            before: Option<OrderId>,
+            limit: u32,
+        ) -> Result<Vec<Order>, StoreError> {
+            let mut sql = format!("SELECT {COLUMNS} FROM orders WHERE 1 = 1");
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+                args.push(v);
+                sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+            };
+            if let Some(c) = &f.customer_id {
+                arg(&mut sql, "customer_id =", c.clone().into());
+            }
+            if let Some(s) = f.status {
+                arg(&mut sql, "status =", s.as_str().to_string().into());
+            }
+            if let Some(t) = f.created_after {
+                arg(&mut sql, "created_at >", epoch_ms(t).into());
+            }
+            if let Some(t) = f.created_before {
+                arg(&mut sql, "created_at <", epoch_ms(t).into());
+            }
+            if let Some(b) = before {
+                arg(&mut sql, "id <", b.to_string().into());
+            }
+            args.push(i64::from(limit).into());
+            sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
+            let rows = self
+                .db
+                .read(|c| {
+                    c.prepare_cached(&sql)?
+                        .query_map(rusqlite::params_from_iter(args.iter()), order_row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .await
+                .context("failed to list orders")?;
+            rows.into_iter()
+                .map(|r| r.into_order().map_err(StoreError::from))
+                .collect()
+        }
+
+        async fn apply(&self, current: &Order, change: &Change) -> Result<Order, StoreError> {
+            let id = current.id;
+            let next = changed(current, change, Utc::now());
+            let address = serde_json::to_string(&next.shipping_address).context("address")?;
+            self.db
+                .write(|tx| {
+                    let done = tx
+                        .prepare_cached(
+                            "UPDATE orders SET status = ?1, payment_id = ?2, failure_reason = ?3, attempts = ?4, \
+                             next_attempt_at = ?5, shipping_address = ?6, version = ?7, updated_at = ?8, \
+                             lease_until = CASE WHEN ?12 THEN 0 ELSE lease_until END \
+                             WHERE id = ?9 AND version = ?10 AND (?11 IS NULL OR lease_owner = ?11)",
+                        )?
+                        .execute(rusqlite::params![
+                            next.status.as_str(),
+                            next.payment_id,
+                            next.failure_reason,
+                            i64::from(next.attempts),
+                            next.next_attempt_at.map(epoch_ms),
+                            address,
+                            next.version,
+                            epoch_ms(next.updated_at),
+                            id.to_string(),
+                            current.version,
+                            change.lease_owner,
+                            change.release_lease
+                        ])
+                        .map_err(|e| unexpected(e, "failed to update an order"))?;
+                    if done != 1 {
+                        // Only on this (rare) path: is it gone, or did it move on?
+                        let n: i64 = tx
+                            .prepare_cached("SELECT COUNT(*) FROM orders WHERE id = ?1")?
+                            .query_row([id.to_string()], |r| r.get(0))
+                            .map_err(|e| unexpected(e, "failed to read an order"))?;
+                        return Err(if n == 0 { StoreError::NotFound } else { StoreError::Conflict });
+                    }
+                    if let Some((_, t)) = &change.status {
+                        insert_history(tx, id, t)?;
+                    }
+                    enqueue_all(tx, &change.events)?;
+                    Ok(next)
+                })
+                .await
+        }
+
+        async fn history(&self, id: OrderId) -> Result<Vec<Transition>, StoreError> {
+            let rows = self
+                .db
+                .read(|c| {
+                    c.prepare_cached(
+                        "SELECT from_status, to_status, at, actor, reason, correlation_id FROM order_history \
+                         WHERE order_id = ?1 ORDER BY seq",
+                    )?
+                    .query_map([id.to_string()], |r| {
+                        Ok(HistoryRow {
+                            from_status: r.get(0)?,
+                            to_status: r.get(1)?,
+                            at: r.get(2)?,
+                            actor: r.get(3)?,
+                            reason: r.get(4)?,
+                            correlation_id: r.get(5)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .await
+                .context("failed to read order history")?;
+            rows.into_iter().map(HistoryRow::into_transition).collect()
+        }
+
+        async fn try_lease(
+            &self,
+            id: OrderId,
+            now: DateTime<Utc>,
+            lease: &Lease,
+        ) -> Result<bool, StoreError> {
+            let n = self
+                .db
+                .write(|tx| {
+                    tx.prepare_cached("UPDATE orders SET lease_until = ?1, lease_owner = ?2 WHERE id = ?3 AND lease_until < ?4")?
+                        .execute(rusqlite::params![epoch_ms(lease.until), lease.owner, id.to_string(), epoch_ms(now)])
+                })
+                .await
+                .context("failed to lease an order")?;
+            Ok(n == 1)
+        }
+
+        async fn renew_lease(&self, id: OrderId, lease: &Lease) -> Result<bool, StoreError> {
+            let n = self
+                .db
+                .write(|tx| {
+                    tx.prepare_cached(
+                        "UPDATE orders SET lease_until = ?1 WHERE id = ?2 AND lease_owner = ?3 AND lease_until > 0",
+                    )?
+                    .execute(rusqlite::params![epoch_ms(lease.until), id.to_string(), lease.owner])
+                })
+                .await
+                .context("failed to renew an order lease")?;
+            Ok(n == 1)
+        }
+
+        async fn release_lease(&self, id: OrderId, owner: &str) -> Result<(), StoreError> {
+            self.db
+                .write(|tx| {
+                    tx.prepare_cached(
+                        "UPDATE orders SET lease_until = 0 WHERE id = ?1 AND lease_owner = ?2",
+                    )?
+                    .execute(rusqlite::params![id.to_string(), owner])
+                })
+                .await
+                .context("failed to release an order lease")?;
+            Ok(())
+        }
+
+        async fn claim_due(
+            &self,
+            now: DateTime<Utc>,
+            lease: &Lease,
+            limit: u32,
+        ) -> Result<Vec<OrderId>, StoreError> {
+            let ids = self
+                .db
+                .write(|tx| {
+                    tx.prepare_cached(
+                        "UPDATE orders SET lease_until = ?1, lease_owner = ?4 WHERE lease_until < ?2 AND id IN (\
+                         SELECT id FROM orders WHERE status IN ('pending', 'awaiting_payment') \
+                         AND next_attempt_at <= ?2 AND lease_until < ?2 ORDER BY next_attempt_at LIMIT ?3) RETURNING id",
+                    )?
+                    .query_map(
+                        rusqlite::params![epoch_ms(lease.until), epoch_ms(now), i64::from(limit), lease.owner],
+                        |r| r.get::<_, String>(0),
+                    )?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .await
+                .context("failed to claim due orders")?;
+            ids.into_iter()
+                .map(|id| {
+                    OrderId::parse(&id).map_err(|e| StoreError::Unexpected(anyhow::anyhow!(e)))
+                })
+                .collect()
+        }
+
+        async fn count_in_status(&self, status: OrderStatus) -> Result<i64, StoreError> {
+            let n = self
+                .db
+                .read(|c| {
+                    c.prepare_cached("SELECT COUNT(*) FROM orders WHERE status = ?1")?
+                        .query_row([status.as_str()], |r| r.get(0))
+                })
+                .await
+                .context("failed to count orders")?;
+            Ok(n)
+        }
+    }
+}
+
 sql_order_store!(
     postgres,
     sqlx::Postgres,

@@ -18,11 +18,11 @@ pub(crate) async fn sqlite_store() -> (Arc<dyn OrderStore>, SqlDatabase, tempfil
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/order.db", dir.path().display());
     let db = migrated(&url).await;
-    let SqlDatabase::Sqlite(pool) = &db else {
+    let SqlDatabase::Sqlite(sqlite) = &db else {
         unreachable!()
     };
     (
-        Arc::new(crate::outbound::sql::sqlite::Store::new(pool.clone())),
+        Arc::new(crate::outbound::sql::sqlite::Store::new(sqlite.clone())),
         db,
         dir,
     )

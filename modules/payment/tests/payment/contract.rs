@@ -670,29 +670,34 @@ async fn the_ledger_is_append_only(b: Backend) {
         .payment;
     let id = p.id.to_string();
     let (update, delete) = match h.db() {
-        agora_kernel::db::SqlDatabase::Sqlite(pool) => (
-            sqlx::query("UPDATE payment_ledger SET amount_minor = 1 WHERE payment_id = $1")
-                .bind(&id)
-                .execute(pool)
+        agora_kernel::db::SqlDatabase::Sqlite(db) => (
+            db.write(|tx| {
+                tx.execute(
+                    "UPDATE payment_ledger SET amount_minor = 1 WHERE payment_id = ?1",
+                    [&id],
+                )
+            })
+            .await
+            .map(|_| ())
+            .map_err(anyhow::Error::from),
+            db.write(|tx| tx.execute("DELETE FROM payment_ledger WHERE payment_id = ?1", [&id]))
                 .await
-                .map(|_| ()),
-            sqlx::query("DELETE FROM payment_ledger WHERE payment_id = $1")
-                .bind(&id)
-                .execute(pool)
-                .await
-                .map(|_| ()),
+                .map(|_| ())
+                .map_err(anyhow::Error::from),
         ),
         agora_kernel::db::SqlDatabase::Postgres(pool) => (
             sqlx::query("UPDATE payment_ledger SET amount_minor = 1 WHERE payment_id = $1")
                 .bind(&id)
                 .execute(pool)
                 .await
-                .map(|_| ()),
+                .map(|_| ())
+                .map_err(anyhow::Error::from),
             sqlx::query("DELETE FROM payment_ledger WHERE payment_id = $1")
                 .bind(&id)
                 .execute(pool)
                 .await
-                .map(|_| ()),
+                .map(|_| ())
+                .map_err(anyhow::Error::from),
         ),
     };
     assert!(update.unwrap_err().to_string().contains("append-only"));

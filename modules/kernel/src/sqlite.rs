@@ -1,0 +1,456 @@
+//! SQLite, the embedded default, used in place: no thread hand-off per statement.
+//!
+//! sqlx runs each SQLite connection on a worker thread and passes every
+//! statement to it, and every row back, through channels: two context switches
+//! per statement, which at ~40 statements per order cost far more than the
+//! database work itself (see docs/performance.md). Here a module's database is a
+//! few [`rusqlite`] connections used directly by the task that needs them:
+//!
+//! - **one writer** behind an async mutex. [`Sqlite::write`] takes it, runs the
+//!   caller's closure in one `BEGIN IMMEDIATE` transaction on the caller's own
+//!   thread, and commits (or rolls back on `Err`). Writers queue on the mutex in
+//!   arrival order, so SQLite's busy handler (which sleeps) is never involved
+//!   inside the process; its 5 s timeout is left for other processes.
+//! - **read-only connections** ([`SQLITE_READERS`]) that [`Sqlite::read`] uses in
+//!   place; WAL readers never block the writer nor wait for it.
+//! - **a checkpointer thread**: the writer does not checkpoint on commit
+//!   (`wal_autocheckpoint=0`); every 100 ms a passive checkpoint copies committed
+//!   WAL pages into the database file, so that copy and its `fsync` stay off the
+//!   request path.
+//!
+//! Statements are compiled once per connection (`prepare_cached`). Work inside a
+//! closure is synchronous and short (microseconds at `synchronous=NORMAL`); do not
+//! call out of the process while holding it.
+//!
+//! Durability: `synchronous=NORMAL` (default) in WAL mode never corrupts the
+//! database, but a power cut (not a process crash) can lose the transactions
+//! committed since the last checkpoint's `fsync` (≤ ~100 ms of commits).
+//! `?synchronous=full` on the URL (or `AGORA__SQLITE__SYNCHRONOUS=full`) makes
+//! every commit `fsync` the WAL before it returns, on the committing thread.
+//!
+//! Migrations stay sqlx's files and bookkeeping table (`_sqlx_migrations`), so
+//! databases created by earlier versions open unchanged: [`Sqlite::migrate`].
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+pub use rusqlite;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+/// Read-only connections beside the writer.
+pub const SQLITE_READERS: usize = 4;
+
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 128;
+
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// How commits reach the disk (`PRAGMA synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// WAL is synced at checkpoints: a power cut can lose the last commits.
+    #[default]
+    Normal,
+    /// Every commit syncs the WAL before it returns.
+    Full,
+}
+
+impl Synchronous {
+    /// `normal` or `full` (any case).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "normal" => Some(Self::Normal),
+            "full" => Some(Self::Full),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Normal => "NORMAL",
+            Self::Full => "FULL",
+        }
+    }
+}
+
+/// Where an `sqlite:` URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    /// `None`: a private in-memory database.
+    path: Option<PathBuf>,
+    synchronous: Synchronous,
+}
+
+fn parse_url(url: &str) -> anyhow::Result<Target> {
+    let rest = url
+        .strip_prefix("sqlite:")
+        .with_context(|| format!("not an SQLite URL: {url}"))?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut memory = path.is_empty() || path == ":memory:";
+    let mut synchronous = Synchronous::Normal;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "mode" if v == "memory" => memory = true,
+            "synchronous" => {
+                synchronous = Synchronous::parse(v).with_context(|| {
+                    format!("synchronous must be normal or full in the SQLite URL, not {v:?}")
+                })?;
+            }
+            // sqlx's options that change nothing here (files are always created).
+            "mode" | "cache" => {}
+            _ => anyhow::bail!("unknown SQLite URL parameter {k:?}"),
+        }
+    }
+    Ok(Target {
+        path: (!memory).then(|| PathBuf::from(path)),
+        synchronous,
+    })
+}
+
+struct Inner {
+    writer: tokio::sync::Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+    path: Option<PathBuf>,
+    synchronous: Synchronous,
+    /// Dropping it stops the checkpointer.
+    _checkpointer: Option<mpsc::Sender<()>>,
+}
+
+/// A module's SQLite database: one writer, read-only connections, a checkpointer.
+#[derive(Clone)]
+pub struct Sqlite {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Sqlite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sqlite")
+            .field("path", &self.inner.path)
+            .field("synchronous", &self.inner.synchronous)
+            .finish_non_exhaustive()
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(())
+}
+
+impl Sqlite {
+    /// Open (creating it and its directory when missing) the database an
+    /// `sqlite:` URL names: `sqlite://path/to/file.db`, `sqlite::memory:`,
+    /// optionally `?synchronous=full`.
+    ///
+    /// # Errors
+    /// A bad URL, a directory or file that cannot be created or opened.
+    pub async fn open(url: &str) -> anyhow::Result<Self> {
+        let target = parse_url(url)?;
+        // Opening touches the disk: keep it off the async threads.
+        tokio::task::spawn_blocking(move || Self::open_blocking(target))
+            .await
+            .context("the SQLite opener panicked")?
+    }
+
+    fn open_blocking(target: Target) -> anyhow::Result<Self> {
+        let Some(path) = target.path.clone() else {
+            let writer = Connection::open_in_memory()
+                .context("failed to open an in-memory SQLite database")?;
+            configure(&writer)?;
+            writer.pragma_update(None, "foreign_keys", true)?;
+            return Ok(Self {
+                inner: Arc::new(Inner {
+                    writer: tokio::sync::Mutex::new(writer),
+                    readers: Vec::new(),
+                    next_reader: AtomicUsize::new(0),
+                    path: None,
+                    synchronous: target.synchronous,
+                    _checkpointer: None,
+                }),
+            });
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!("failed to create the data directory {}", dir.display())
+            })?;
+        }
+        let writer = Connection::open(&path)
+            .with_context(|| format!("failed to open the SQLite database {}", path.display()))?;
+        configure(&writer)?;
+        let mode: String =
+            writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        anyhow::ensure!(
+            mode.eq_ignore_ascii_case("wal"),
+            "{} cannot use WAL mode (journal_mode is {mode})",
+            path.display()
+        );
+        writer.pragma_update(None, "synchronous", target.synchronous.as_str())?;
+        writer.pragma_update(None, "foreign_keys", true)?;
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let readers = (0..SQLITE_READERS)
+            .map(|_| {
+                let c = Connection::open_with_flags(
+                    &path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                configure(&c)?;
+                Ok(Mutex::new(c))
+            })
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .with_context(|| format!("failed to open {} for reading", path.display()))?;
+        let checkpointer = spawn_checkpointer(&path)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                writer: tokio::sync::Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+                path: Some(path),
+                synchronous: target.synchronous,
+                _checkpointer: Some(checkpointer),
+            }),
+        })
+    }
+
+    /// The database file (`None` in memory).
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.inner.path.as_deref()
+    }
+
+    pub fn synchronous(&self) -> Synchronous {
+        self.inner.synchronous
+    }
+
+    /// Run `f` in one `BEGIN IMMEDIATE` transaction on the writer: committed
+    /// when it returns `Ok`, rolled back when it returns `Err` (or panics).
+    ///
+    /// # Errors
+    /// `f`'s own error, or the database's on begin or commit.
+    pub async fn write<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<R, E> + Send,
+        E: From<rusqlite::Error>,
+    {
+        let mut conn = self.inner.writer.lock().await;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Run `f` on a read-only connection. Each statement sees the latest
+    /// commit; for several statements that must agree, open a transaction in
+    /// `f` (`conn.unchecked_transaction()`).
+    ///
+    /// # Errors
+    /// `f`'s own error.
+    pub async fn read<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&Connection) -> Result<R, E> + Send,
+    {
+        let readers = &self.inner.readers;
+        if readers.is_empty() {
+            // In memory: only the writer's connection sees the data.
+            let conn = self.inner.writer.lock().await;
+            return f(&conn);
+        }
+        let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed);
+        for i in 0..readers.len() {
+            if let Ok(conn) = readers[(start + i) % readers.len()].try_lock() {
+                return f(&conn);
+            }
+        }
+        // Every reader is in use on another thread, each for microseconds.
+        let conn = readers[start % readers.len()]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&conn)
+    }
+
+    /// One statement's round trip, for readiness.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        self.read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))
+            .await
+            .context("the SQLite database cannot be read")?;
+        Ok(())
+    }
+
+    /// Apply sqlx migrations that have not run yet, recording them in sqlx's
+    /// `_sqlx_migrations` table exactly as sqlx does. Versions recorded by other
+    /// migrators on the same database (the kernel's and the module's share it)
+    /// are left alone; a changed migration that already ran is refused.
+    ///
+    /// # Errors
+    /// A failing migration (rolled back) or a checksum mismatch.
+    pub async fn migrate(&self, migrator: &sqlx::migrate::Migrator) -> anyhow::Result<()> {
+        let mut conn = self.inner.writer.lock().await;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+                version BIGINT PRIMARY KEY,
+                description TEXT NOT NULL,
+                installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+                success BOOLEAN NOT NULL,
+                checksum BLOB NOT NULL,
+                execution_time BIGINT NOT NULL
+            );",
+        )
+        .context("failed to create the migrations table")?;
+        for m in migrator.iter() {
+            if m.migration_type.is_down_migration() {
+                continue;
+            }
+            let applied: Option<(Vec<u8>, bool)> = conn
+                .query_row(
+                    "SELECT checksum, success FROM _sqlx_migrations WHERE version = ?1",
+                    [m.version],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            match applied {
+                Some((checksum, true)) if checksum == *m.checksum => continue,
+                Some((_, true)) => anyhow::bail!(
+                    "migration {} ({}) was changed after it ran",
+                    m.version,
+                    m.description
+                ),
+                Some((_, false)) => anyhow::bail!(
+                    "migration {} ({}) failed earlier and left the database dirty",
+                    m.version,
+                    m.description
+                ),
+                None => {}
+            }
+            let started = Instant::now();
+            if m.no_tx {
+                conn.execute_batch(&m.sql).with_context(|| {
+                    format!("migration {} ({}) failed", m.version, m.description)
+                })?;
+            }
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if !m.no_tx {
+                tx.execute_batch(&m.sql).with_context(|| {
+                    format!("migration {} ({}) failed", m.version, m.description)
+                })?;
+            }
+            tx.execute(
+                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                 VALUES (?1, ?2, TRUE, ?3, ?4)",
+                rusqlite::params![
+                    m.version,
+                    m.description.as_ref(),
+                    m.checksum.as_ref(),
+                    i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX)
+                ],
+            )?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+}
+
+/// Passive checkpoints every [`CHECKPOINT_EVERY`] on a connection of their own,
+/// until the returned sender is dropped.
+fn spawn_checkpointer(path: &std::path::Path) -> anyhow::Result<mpsc::Sender<()>> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("failed to open {} for checkpoints", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let (stop, stopped) = mpsc::channel::<()>();
+    let name = format!(
+        "sqlite-checkpoint-{}",
+        path.file_stem().and_then(|s| s.to_str()).unwrap_or("db")
+    );
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY)
+            {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "SQLite checkpoint failed");
+                }
+            }
+        })
+        .context("failed to start the SQLite checkpointer")?;
+    Ok(stop)
+}
+
+/// Whether `e` is a unique or primary-key violation.
+pub fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
+}
+
+/// `?1, ?2, …` for an `IN (…)` list of `n` values starting at parameter `from`.
+pub fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_a_file_or_memory_and_a_sync_level() {
+        let t = parse_url("sqlite://./data/order.db").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.path, Some(PathBuf::from("./data/order.db")));
+        assert_eq!(t.synchronous, Synchronous::Normal);
+        let t = parse_url("sqlite:///tmp/x.db?synchronous=FULL&mode=rwc")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.path, Some(PathBuf::from("/tmp/x.db")));
+        assert_eq!(t.synchronous, Synchronous::Full);
+        assert_eq!(
+            parse_url("sqlite::memory:").ok().map(|t| t.path),
+            Some(None)
+        );
+        assert!(parse_url("sqlite://x.db?synchronous=off").is_err());
+        assert!(parse_url("sqlite://x.db?journal=delete").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_changes_nothing_and_readers_see_commits() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let db = Sqlite::open(&url).await.unwrap_or_else(|e| panic!("{e}"));
+        db.write(|tx| tx.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        db.write(|tx| tx.execute("INSERT INTO t (v) VALUES (1)", []))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let failed: Result<(), rusqlite::Error> = db
+            .write(|tx| {
+                tx.execute("INSERT INTO t (v) VALUES (2)", [])?;
+                tx.execute("INSERT INTO t (v) VALUES (1)", []).map(|_| ())
+            })
+            .await;
+        assert!(
+            failed.as_ref().is_err_and(is_unique_violation),
+            "{failed:?}"
+        );
+        let n: i64 = db
+            .read(|c| c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            n, 1,
+            "the failed transaction's first insert was rolled back"
+        );
+    }
+}
