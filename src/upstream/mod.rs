@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::body::SizedStream;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use agora_kernel::breaker::{BreakerConfig, CircuitBreaker, SystemClock};
 use agora_kernel::remote::{RemoteError, RemoteRequest, RemoteResponse, Transport};
@@ -177,9 +177,48 @@ fn transport_reason(e: &reqwest::Error, timeout: Duration) -> String {
     }
 }
 
-/// Every module's route and breaker, the HTTP client, the service tokens.
+/// HTTP clients, one per thread: a pooled connection's task runs on the
+/// runtime that opened it, so a client shared by the actix workers (each a
+/// runtime of its own) would pass most calls to another thread and back. Per
+/// thread, a call and its connection stay on one thread.
+struct Clients {
+    connect_timeout: Duration,
+}
+
+impl Clients {
+    fn get(&self) -> reqwest::Client {
+        thread_local! {
+            static CLIENT: std::cell::RefCell<Option<(Duration, reqwest::Client)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        CLIENT.with(|c| {
+            let mut c = c.borrow_mut();
+            match c.as_ref() {
+                Some((t, client)) if *t == self.connect_timeout => client.clone(),
+                _ => {
+                    // Building only fails as it would have at start-up, where it
+                    // was checked; a default client then beats failing the call.
+                    let client = build_client(self.connect_timeout).unwrap_or_default();
+                    *c = Some((self.connect_timeout, client.clone()));
+                    client
+                }
+            }
+        })
+    }
+}
+
+fn build_client(connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
+/// Every module's route and breaker, the HTTP clients, the service tokens.
 pub struct Upstreams {
-    client: reqwest::Client,
+    clients: Clients,
     /// Service tokens; an error (a missing key pair) surfaces when this
     /// process first calls another one.
     tokens: Result<ServiceTokens, String>,
@@ -219,13 +258,9 @@ impl Upstreams {
     /// parse when this process calls others.
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Arc<Self>> {
         let timeout = Duration::from_millis(settings.upstream.timeout_ms);
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeout.min(Duration::from_secs(2)))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .context("failed to build the upstream HTTP client")?;
+        let connect_timeout = timeout.min(Duration::from_secs(2));
+        build_client(connect_timeout).context("failed to build the upstream HTTP client")?;
+        let clients = Clients { connect_timeout };
         let mut routes = BTreeMap::new();
         let mut breakers = BTreeMap::new();
         let mut calls_others = false;
@@ -255,7 +290,7 @@ impl Upstreams {
             anyhow::bail!("{e}");
         }
         Ok(Arc::new(Self {
-            client,
+            clients,
             tokens,
             timeout,
             body_limit: settings.http.body_limit_bytes,
@@ -311,7 +346,8 @@ impl Upstreams {
                 .collect();
             let checks = instances.iter().map(|i| {
                 let request = self
-                    .client
+                    .clients
+                    .get()
                     .get(format!("{}/health/ready", i.base()))
                     .timeout(timeout)
                     .send();
@@ -426,7 +462,8 @@ impl Upstreams {
             .unwrap_or(reqwest::Method::GET);
         let send = |instance: Arc<Instance>, _retry: bool| {
             let mut rb = self
-                .client
+                .clients
+                .get()
                 .request(
                     method.clone(),
                     format!("{}/api/v1{}", instance.base(), request.path),
@@ -542,13 +579,22 @@ impl Upstreams {
             .path_and_query()
             .map_or_else(|| req.path().to_owned(), |pq| pq.as_str().to_owned());
 
-        // Pump the body into the first attempt as it arrives, keeping a copy
-        // (up to the body limit) in case an idempotent request must be sent
-        // again to another instance.
+        // A request without a body (most GETs) goes on without one: no pump
+        // task, and no chunked body the client never sent.
+        let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+            || req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > 0);
+        // Otherwise pump the body into the first attempt as it arrives, keeping
+        // a copy (up to the body limit) in case an idempotent request must be
+        // sent again to another instance.
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(16);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Option<Vec<web::Bytes>>>();
         let limit = self.body_limit;
-        actix_web::rt::spawn(async move {
+        let pump = async move {
             let mut copy = Some(Vec::new());
             let mut kept = 0usize;
             while let Some(chunk) = payload.next().await {
@@ -569,7 +615,12 @@ impl Upstreams {
                 }
             }
             let _ = done_tx.send(copy);
-        });
+        };
+        if has_body {
+            actix_web::rt::spawn(pump);
+        } else {
+            drop(pump);
+        }
         let first =
             reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|item| (item, rx))
@@ -588,11 +639,13 @@ impl Upstreams {
                 None
             };
             let rb = self
-                .client
+                .clients
+                .get()
                 .request(method.clone(), format!("{}{target}", instance.base()))
                 .headers(headers.clone());
             async move {
                 let body = match (body, copy) {
+                    _ if !has_body => reqwest::Body::from(Vec::new()),
                     (Some(b), _) => b,
                     // A retry: the copy, once the whole body has arrived.
                     (None, Some(rx)) => match rx.await.ok().flatten() {
@@ -660,7 +713,8 @@ impl rollout::SmokeTest for HttpSmoke {
         let token = up.token("service:gateway").map_err(|e| format!("{e:#}"))?;
         for i in pool.instances() {
             let ready = up
-                .client
+                .clients
+                .get()
                 .get(format!("{}/health/ready", i.base()))
                 .timeout(up.timeout)
                 .send()
@@ -680,7 +734,8 @@ impl rollout::SmokeTest for HttpSmoke {
                 ));
             }
             let read = up
-                .client
+                .clients
+                .get()
                 .get(format!("{}/api/v1{}", i.base(), smoke_read(module)))
                 .bearer_auth(&token)
                 .timeout(up.timeout)

@@ -137,9 +137,20 @@ impl std::fmt::Debug for Sqlite {
     }
 }
 
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
+/// Every statement a connection starts, BEGIN and COMMIT included, at `debug`
+/// under `agora_kernel::sqlite::statement` (`bench/statements` counts them:
+/// `RUST_LOG=warn,agora_kernel::sqlite::statement=debug`).
+fn log_statement(sql: &str) {
+    tracing::debug!(target: "agora_kernel::sqlite::statement", statement = sql, "sqlite statement");
+}
+
+fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // Decided when the connection opens, so that it costs nothing otherwise.
+    if tracing::enabled!(target: "agora_kernel::sqlite::statement", tracing::Level::DEBUG) {
+        conn.trace(Some(log_statement));
+    }
     Ok(())
 }
 
@@ -160,9 +171,9 @@ impl Sqlite {
 
     fn open_blocking(target: Target) -> anyhow::Result<Self> {
         let Some(path) = target.path.clone() else {
-            let writer = Connection::open_in_memory()
+            let mut writer = Connection::open_in_memory()
                 .context("failed to open an in-memory SQLite database")?;
-            configure(&writer)?;
+            configure(&mut writer)?;
             writer.pragma_update(None, "foreign_keys", true)?;
             return Ok(Self {
                 inner: Arc::new(Inner {
@@ -180,9 +191,9 @@ impl Sqlite {
                 format!("failed to create the data directory {}", dir.display())
             })?;
         }
-        let writer = Connection::open(&path)
+        let mut writer = Connection::open(&path)
             .with_context(|| format!("failed to open the SQLite database {}", path.display()))?;
-        configure(&writer)?;
+        configure(&mut writer)?;
         let mode: String =
             writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         anyhow::ensure!(
@@ -195,11 +206,11 @@ impl Sqlite {
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         let readers = (0..SQLITE_READERS)
             .map(|_| {
-                let c = Connection::open_with_flags(
+                let mut c = Connection::open_with_flags(
                     &path,
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
-                configure(&c)?;
+                configure(&mut c)?;
                 Ok(Mutex::new(c))
             })
             .collect::<rusqlite::Result<Vec<_>>>()
