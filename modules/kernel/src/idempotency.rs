@@ -352,15 +352,14 @@ pub mod sqlite {
         }
 
         async fn purge_older_than(&self, cutoff: DateTime<Utc>) -> anyhow::Result<u64> {
-            let n = self
-                .db
-                .write(|tx| {
-                    tx.prepare_cached("DELETE FROM idempotency_keys WHERE created_at < ?1")?
-                        .execute([epoch_ms(cutoff)])
-                })
+            self.db
+                .delete_in_batches(
+                    "DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys \
+                     WHERE created_at < ?1 LIMIT ?2)",
+                    epoch_ms(cutoff),
+                )
                 .await
-                .context("failed to purge idempotency keys")?;
-            Ok(n as u64)
+                .context("failed to purge idempotency keys")
         }
     }
 }

@@ -633,18 +633,14 @@ pub mod sqlite {
         }
 
         async fn purge_published(&self, cutoff: DateTime<Utc>) -> anyhow::Result<u64> {
-            let cutoff = epoch_ms(cutoff);
-            let n = self
-                .db
-                .write(|tx| {
-                    tx.prepare_cached(
-                        "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?1",
-                    )?
-                    .execute([cutoff])
-                })
+            self.db
+                .delete_in_batches(
+                    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox \
+                     WHERE published_at IS NOT NULL AND published_at < ?1 LIMIT ?2)",
+                    epoch_ms(cutoff),
+                )
                 .await
-                .context("failed to purge published outbox rows")?;
-            Ok(n as u64)
+                .context("failed to purge published outbox rows")
         }
     }
 }

@@ -43,6 +43,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 /// Read-only connections beside the writer.
 pub const SQLITE_READERS: usize = 4;
 
+/// Rows one purge transaction deletes ([`Sqlite::delete_in_batches`]).
+pub const DELETE_BATCH: usize = 2000;
+
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 128;
 
@@ -95,21 +98,53 @@ fn parse_url(url: &str) -> anyhow::Result<Target> {
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
-            "mode" if v == "memory" => memory = true,
+            "mode" => match v {
+                "memory" => memory = true,
+                // Files are always created when missing.
+                "rwc" | "rw" => {}
+                _ => anyhow::bail!(
+                    "a module's SQLite database must be writable: mode={v} is not supported"
+                ),
+            },
             "synchronous" => {
                 synchronous = Synchronous::parse(v).with_context(|| {
                     format!("synchronous must be normal or full in the SQLite URL, not {v:?}")
                 })?;
             }
-            // sqlx's options that change nothing here (files are always created).
-            "mode" | "cache" => {}
+            // Shared cache changes nothing here: every connection is our own.
+            "cache" => {}
             _ => anyhow::bail!("unknown SQLite URL parameter {k:?}"),
         }
     }
     Ok(Target {
-        path: (!memory).then(|| PathBuf::from(path)),
+        path: (!memory).then(|| PathBuf::from(percent_decoded(path))),
         synchronous,
     })
+}
+
+/// `%20` and friends in a URL's path, as sqlx decoded them.
+fn percent_decoded(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).and_then(|b| hex(*b)),
+            bytes.get(i + 2).and_then(|b| hex(*b)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 struct Inner {
@@ -283,6 +318,31 @@ impl Sqlite {
         f(&conn)
     }
 
+    /// Delete in batches of [`DELETE_BATCH`] rows, one write transaction per
+    /// batch, so that a large purge never holds the writer (nor the thread it
+    /// runs on) for long. `sql` deletes at most one batch, binding `param` as
+    /// `?1` and the batch size as `?2`, e.g.
+    /// `DELETE FROM t WHERE rowid IN (SELECT rowid FROM t WHERE at < ?1 LIMIT ?2)`.
+    ///
+    /// # Errors
+    /// A failing batch; the batches before it stay deleted.
+    pub async fn delete_in_batches(&self, sql: &'static str, param: i64) -> rusqlite::Result<u64> {
+        let mut total = 0u64;
+        loop {
+            let n = self
+                .write(|tx| {
+                    tx.prepare_cached(sql)?
+                        .execute(rusqlite::params![param, DELETE_BATCH])
+                })
+                .await?;
+            total += n as u64;
+            if n < DELETE_BATCH {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// One statement's round trip, for readiness.
     ///
     /// # Errors
@@ -314,6 +374,17 @@ impl Sqlite {
             );",
         )
         .context("failed to create the migrations table")?;
+        // As sqlx does: a migration that failed earlier (any migrator's) stops all.
+        let dirty: Option<i64> = conn
+            .query_row(
+                "SELECT version FROM _sqlx_migrations WHERE success = 0 LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(v) = dirty {
+            anyhow::bail!("migration {v} failed earlier and left the database dirty");
+        }
         for m in migrator.iter() {
             if m.migration_type.is_down_migration() {
                 continue;
@@ -432,6 +503,9 @@ mod tests {
         );
         assert!(parse_url("sqlite://x.db?synchronous=off").is_err());
         assert!(parse_url("sqlite://x.db?journal=delete").is_err());
+        assert!(parse_url("sqlite://x.db?mode=ro").is_err());
+        let t = parse_url("sqlite:///srv/my%20data/order.db").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.path, Some(PathBuf::from("/srv/my data/order.db")));
     }
 
     #[tokio::test]
@@ -463,5 +537,35 @@ mod tests {
             n, 1,
             "the failed transaction's first insert was rolled back"
         );
+    }
+
+    #[tokio::test]
+    async fn a_purge_deletes_every_matching_row_in_batches() {
+        let db = Sqlite::open("sqlite::memory:")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let rows = 2 * DELETE_BATCH + 7;
+        db.write(|tx| {
+            tx.execute_batch("CREATE TABLE t (at INTEGER NOT NULL)")?;
+            for i in 0..rows {
+                tx.execute("INSERT INTO t (at) VALUES (?1)", [i as i64 % 2])?;
+            }
+            Ok::<_, rusqlite::Error>(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let deleted = db
+            .delete_in_batches(
+                "DELETE FROM t WHERE rowid IN (SELECT rowid FROM t WHERE at < ?1 LIMIT ?2)",
+                1,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(deleted as usize, rows.div_ceil(2));
+        let left: i64 = db
+            .read(|c| c.query_row("SELECT COUNT(*) FROM t WHERE at = 0", [], |r| r.get(0)))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(left, 0);
     }
 }

@@ -591,10 +591,17 @@ pub mod sqlite {
 
         async fn apply(&self, current: &Order, change: &Change) -> Result<Order, StoreError> {
             let id = current.id;
-            let next = changed(current, change, Utc::now());
-            let address = serde_json::to_string(&next.shipping_address).context("address")?;
+            let address = serde_json::to_string(
+                change
+                    .shipping_address
+                    .as_ref()
+                    .unwrap_or(&current.shipping_address),
+            )
+            .context("address")?;
             self.db
                 .write(|tx| {
+                    // Stamped once the writer is ours, so `updated_at` follows commit order.
+                    let next = changed(current, change, Utc::now());
                     let done = tx
                         .prepare_cached(
                             "UPDATE orders SET status = ?1, payment_id = ?2, failure_reason = ?3, attempts = ?4, \

@@ -326,7 +326,7 @@ pub mod sqlite {
     impl From<rusqlite::Error> for Abort {
         fn from(e: rusqlite::Error) -> Self {
             anyhow::Error::from(e)
-                .context("failed to commit a refund reservation")
+                .context("failed to start or commit a refund reservation")
                 .into()
         }
     }
