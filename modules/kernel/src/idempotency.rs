@@ -242,7 +242,12 @@ pub mod sqlite {
         i64,
     );
 
-    const WHERE_SCOPE: &str = "principal = ?1 AND method = ?2 AND route = ?3 AND idem_key = ?4";
+    /// A key's scope, as a literal so statements are built at compile time.
+    macro_rules! where_scope {
+        () => {
+            "principal = ?1 AND method = ?2 AND route = ?3 AND idem_key = ?4"
+        };
+    }
 
     #[async_trait]
     impl IdempotencyStore for Store {
@@ -274,10 +279,8 @@ pub mod sqlite {
                         return Ok(Begin::Started);
                     }
                     let row: Option<Row> = tx
-                        .prepare_cached(&format!(
-                            "SELECT request_hash, status, content_type, location, body, created_at \
-                             FROM idempotency_keys WHERE {WHERE_SCOPE}"
-                        ))?
+                        .prepare_cached(concat!("SELECT request_hash, status, content_type, location, body, created_at \
+                             FROM idempotency_keys WHERE ", where_scope!()))?
                         .query_row(rusqlite::params![s.principal, s.method, s.route, s.key], |r| {
                             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
                         })
@@ -298,9 +301,7 @@ pub mod sqlite {
                         })),
                         None if created_at < stale_before => {
                             // Its request crashed: take it over (the same transaction, so no race).
-                            tx.prepare_cached(&format!(
-                                "UPDATE idempotency_keys SET created_at = ?5 WHERE {WHERE_SCOPE} AND status IS NULL"
-                            ))?
+                            tx.prepare_cached(concat!("UPDATE idempotency_keys SET created_at = ?5 WHERE ", where_scope!(), " AND status IS NULL"))?
                             .execute(rusqlite::params![s.principal, s.method, s.route, s.key, now_ms])
                             .context("failed to take over an idempotency key")?;
                             Ok(Begin::Started)
@@ -319,10 +320,8 @@ pub mod sqlite {
         ) -> anyhow::Result<()> {
             self.db
                 .write(|tx| {
-                    tx.prepare_cached(&format!(
-                        "UPDATE idempotency_keys SET status = ?5, content_type = ?6, location = ?7, body = ?8, \
-                         completed_at = ?9 WHERE {WHERE_SCOPE}"
-                    ))?
+                    tx.prepare_cached(concat!("UPDATE idempotency_keys SET status = ?5, content_type = ?6, location = ?7, body = ?8, \
+                         completed_at = ?9 WHERE ", where_scope!()))?
                     .execute(rusqlite::params![
                         s.principal, s.method, s.route, s.key,
                         i64::from(r.status), r.content_type, r.location, r.body, epoch_ms(now)
@@ -336,8 +335,10 @@ pub mod sqlite {
         async fn release(&self, s: &IdempotencyScope) -> anyhow::Result<()> {
             self.db
                 .write(|tx| {
-                    tx.prepare_cached(&format!(
-                        "DELETE FROM idempotency_keys WHERE {WHERE_SCOPE} AND status IS NULL"
+                    tx.prepare_cached(concat!(
+                        "DELETE FROM idempotency_keys WHERE ",
+                        where_scope!(),
+                        " AND status IS NULL"
                     ))?
                     .execute(rusqlite::params![
                         s.principal,

@@ -512,6 +512,19 @@ pub mod sqlite {
         }
     }
 
+    /// Run `s` with `first` as `?1` and `ids` as `?2…`.
+    fn execute_with_ids(
+        s: &mut rusqlite::Statement<'_>,
+        first: i64,
+        ids: &[String],
+    ) -> rusqlite::Result<usize> {
+        s.raw_bind_parameter(1, first)?;
+        for (i, id) in ids.iter().enumerate() {
+            s.raw_bind_parameter(i + 2, id)?;
+        }
+        s.raw_execute()
+    }
+
     fn ids(ids: &[Uuid]) -> Vec<String> {
         ids.iter().map(Uuid::to_string).collect()
     }
@@ -553,12 +566,8 @@ pub mod sqlite {
                         "UPDATE outbox SET published_at = ?1, last_error = NULL WHERE id IN ({})",
                         placeholders(2, list.len())
                     );
-                    let mut s = tx.prepare_cached(&sql)?;
-                    s.raw_bind_parameter(1, now)?;
-                    for (i, id) in list.iter().enumerate() {
-                        s.raw_bind_parameter(i + 2, id)?;
-                    }
-                    s.raw_execute()
+                    let mut statement = tx.prepare_cached(&sql)?;
+                    execute_with_ids(&mut statement, now, &list)
                 })
                 .await
                 .context("failed to mark outbox rows published")?;
@@ -591,12 +600,7 @@ pub mod sqlite {
                              WHERE published_at IS NULL AND id IN ({})",
                             placeholders(2, deferred.len())
                         );
-                        let mut s = tx.prepare(&sql)?;
-                        s.raw_bind_parameter(1, retry_at)?;
-                        for (i, id) in deferred.iter().enumerate() {
-                            s.raw_bind_parameter(i + 2, id)?;
-                        }
-                        s.raw_execute()?;
+                        execute_with_ids(&mut tx.prepare(&sql)?, retry_at, &deferred)?;
                     }
                     Ok::<_, rusqlite::Error>(())
                 })

@@ -39,9 +39,17 @@ struct OrderRow {
     idempotency_key: Option<String>,
 }
 
-const COLUMNS: &str = "id, customer_id, customer_email, status, items, total_minor, currency, shipping_address, \
-    payment_method, payment_id, failure_reason, created_at, updated_at, version, attempts, next_attempt_at, payment_deadline, \
-    correlation_id, idempotency_key";
+/// The order columns, as a literal so SQLite's statements are built at compile
+/// time (`concat!`) rather than formatted on every call.
+macro_rules! columns {
+    () => {
+        "id, customer_id, customer_email, status, items, total_minor, currency, shipping_address, \
+         payment_method, payment_id, failure_reason, created_at, updated_at, version, attempts, next_attempt_at, \
+         payment_deadline, correlation_id, idempotency_key"
+    };
+}
+
+const COLUMNS: &str = columns!();
 
 impl OrderRow {
     fn into_order(self) -> anyhow::Result<Order> {
@@ -471,8 +479,10 @@ pub mod sqlite {
             let address = serde_json::to_string(&o.shipping_address).context("address")?;
             self.db
                 .write(|tx| {
-                    tx.prepare_cached(&format!(
-                        "INSERT INTO orders ({COLUMNS}, lease_until, lease_owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
+                    tx.prepare_cached(concat!(
+                        "INSERT INTO orders (",
+                        columns!(),
+                        ", lease_until, lease_owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
                          ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
                     ))
                     .and_then(|mut s| {
@@ -518,7 +528,7 @@ pub mod sqlite {
             let row = self
                 .db
                 .read(|c| {
-                    c.prepare_cached(&format!("SELECT {COLUMNS} FROM orders WHERE id = ?1"))?
+                    c.prepare_cached(concat!("SELECT ", columns!(), " FROM orders WHERE id = ?1"))?
                         .query_row([id.to_string()], order_row)
                         .optional()
                 })
@@ -535,8 +545,10 @@ pub mod sqlite {
             let row = self
                 .db
                 .read(|c| {
-                    c.prepare_cached(&format!(
-                        "SELECT {COLUMNS} FROM orders WHERE customer_id = ?1 AND idempotency_key = ?2"
+                    c.prepare_cached(concat!(
+                        "SELECT ",
+                        columns!(),
+                        " FROM orders WHERE customer_id = ?1 AND idempotency_key = ?2"
                     ))?
                     .query_row([customer_id, key], order_row)
                     .optional()
