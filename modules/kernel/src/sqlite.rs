@@ -16,7 +16,15 @@
 //! - **a checkpointer thread**: the writer does not checkpoint on commit
 //!   (`wal_autocheckpoint=0`); every 100 ms a passive checkpoint copies committed
 //!   WAL pages into the database file, so that copy and its `fsync` stay off the
-//!   request path.
+//!   request path. Under steady writes a passive checkpoint never catches up
+//!   with the log (it copies the log as it was when it began), and SQLite
+//!   starts the log over only once everything is copied: the WAL would grow
+//!   without end (1.5 GB in 10 s at 600 orders/s, each new page zeroed by the
+//!   file system). So after a passive checkpoint the checkpointer takes the
+//!   writer's mutex and finishes with a `RESTART` checkpoint, which copies only
+//!   the frames written meanwhile: the next write starts the log from its
+//!   beginning, and the WAL file stays the size of ~100 ms of writes. Writers
+//!   wait for that tail (a few milliseconds at most), never for the whole copy.
 //!
 //! Statements are compiled once per connection (`prepare_cached`). Work inside a
 //! closure is synchronous and short (microseconds at `synchronous=NORMAL`); do not
@@ -33,7 +41,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, Weak, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -50,6 +58,9 @@ pub const DELETE_BATCH: usize = 2000;
 const STATEMENT_CACHE: usize = 128;
 
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// Bytes a WAL file is cut back to when the log starts over.
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 /// How commits reach the disk (`PRAGMA synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -148,7 +159,8 @@ fn percent_decoded(path: &str) -> String {
 }
 
 struct Inner {
-    writer: tokio::sync::Mutex<Connection>,
+    /// Shared with the checkpointer, which holds it only weakly.
+    writer: Arc<tokio::sync::Mutex<Connection>>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     path: Option<PathBuf>,
@@ -212,7 +224,7 @@ impl Sqlite {
             writer.pragma_update(None, "foreign_keys", true)?;
             return Ok(Self {
                 inner: Arc::new(Inner {
-                    writer: tokio::sync::Mutex::new(writer),
+                    writer: Arc::new(tokio::sync::Mutex::new(writer)),
                     readers: Vec::new(),
                     next_reader: AtomicUsize::new(0),
                     path: None,
@@ -239,6 +251,9 @@ impl Sqlite {
         writer.pragma_update(None, "synchronous", target.synchronous.as_str())?;
         writer.pragma_update(None, "foreign_keys", true)?;
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // A WAL that once grew (a long reader held a restart back) is cut
+        // back to this when the log next starts over.
+        writer.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         let readers = (0..SQLITE_READERS)
             .map(|_| {
                 let mut c = Connection::open_with_flags(
@@ -250,10 +265,11 @@ impl Sqlite {
             })
             .collect::<rusqlite::Result<Vec<_>>>()
             .with_context(|| format!("failed to open {} for reading", path.display()))?;
-        let checkpointer = spawn_checkpointer(&path)?;
+        let writer = Arc::new(tokio::sync::Mutex::new(writer));
+        let checkpointer = spawn_checkpointer(&path, Arc::downgrade(&writer))?;
         Ok(Self {
             inner: Arc::new(Inner {
-                writer: tokio::sync::Mutex::new(writer),
+                writer,
                 readers,
                 next_reader: AtomicUsize::new(0),
                 path: Some(path),
@@ -439,8 +455,12 @@ impl Sqlite {
 }
 
 /// Passive checkpoints every [`CHECKPOINT_EVERY`] on a connection of their own,
-/// until the returned sender is dropped.
-fn spawn_checkpointer(path: &std::path::Path) -> anyhow::Result<mpsc::Sender<()>> {
+/// each finished under the writer's mutex when writes went on meanwhile (see
+/// the module docs), until the returned sender is dropped.
+fn spawn_checkpointer(
+    path: &std::path::Path,
+    writer: Weak<tokio::sync::Mutex<Connection>>,
+) -> anyhow::Result<mpsc::Sender<()>> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -455,15 +475,66 @@ fn spawn_checkpointer(path: &std::path::Path) -> anyhow::Result<mpsc::Sender<()>
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
+            // The log as the last restart left it: no write since, nothing to do.
+            let mut settled = None;
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY)
             {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "SQLite checkpoint failed");
+                let progress = match checkpoint(&conn, Checkpoint::Passive) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "SQLite checkpoint failed");
+                        continue;
+                    }
+                };
+                if progress.log <= 0 || Some(progress) == settled {
+                    continue;
+                }
+                // Writes may have gone on during the copy (a passive
+                // checkpoint copies the log as it was when it began), so the
+                // log cannot start over by itself: finish with writers held.
+                let Some(writer) = writer.upgrade() else {
+                    break;
+                };
+                // A plain thread, not a runtime's: blocking here is fine.
+                let writer = writer.blocking_lock();
+                match checkpoint(&writer, Checkpoint::Restart) {
+                    Ok(p) if !p.busy => settled = Some(p),
+                    Ok(_) => settled = None,
+                    Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed"),
                 }
             }
         })
         .context("failed to start the SQLite checkpointer")?;
     Ok(stop)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Checkpoint {
+    Passive,
+    Restart,
+}
+
+/// What a checkpoint saw: frames in the log when it began, and frames copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Progress {
+    /// The other side held a lock the checkpoint needed.
+    busy: bool,
+    log: i64,
+    copied: i64,
+}
+
+fn checkpoint(conn: &Connection, mode: Checkpoint) -> rusqlite::Result<Progress> {
+    let sql = match mode {
+        Checkpoint::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+        Checkpoint::Restart => "PRAGMA wal_checkpoint(RESTART)",
+    };
+    conn.query_row(sql, [], |r| {
+        Ok(Progress {
+            busy: r.get::<_, i64>(0)? != 0,
+            log: r.get(1)?,
+            copied: r.get(2)?,
+        })
+    })
 }
 
 /// Whether `e` is a unique or primary-key violation.
@@ -567,5 +638,34 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(left, 0);
+    }
+
+    /// Under writes that never pause, the log still starts over: the WAL file
+    /// stays a fraction of what was written, instead of holding all of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_steady_writes_the_wal_starts_over_instead_of_growing() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let db = Sqlite::open(&url).await.unwrap_or_else(|e| panic!("{e}"));
+        db.write(|tx| tx.execute_batch("CREATE TABLE t (v BLOB NOT NULL)"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Each commit appends at least one 4 KiB page (the table's last) to the log.
+        let started = Instant::now();
+        let mut commits = 0u64;
+        while started.elapsed() < Duration::from_secs(2) {
+            db.write(|tx| tx.execute("INSERT INTO t (v) VALUES (zeroblob(100))", []))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            commits += 1;
+        }
+        let written = commits * 4096;
+        let wal = std::fs::metadata(dir.path().join("t.db-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(
+            commits > 200 && wal < written / 4,
+            "{commits} commits wrote {written} bytes of log; the WAL file holds {wal}"
+        );
     }
 }
