@@ -2,7 +2,8 @@
 //!
 //! - Logs: `tracing` JSON lines by default, each carrying the fields of the
 //!   spans it was written in (so every line of a request has its
-//!   `request_id`; see [`json`]); `AGORA__LOG__FORMAT=pretty` for humans,
+//!   `request_id`; see [`json`]), written to stdout in batches every 10 ms
+//!   (warnings and errors at once; see [`batch`]); `AGORA__LOG__FORMAT=pretty` for humans,
 //!   coloured only when stdout is a terminal. Level from `RUST_LOG` (default
 //!   `info,sqlx=warn`).
 //! - Traces: OpenTelemetry OTLP/HTTP export when `OTEL_EXPORTER_OTLP_ENDPOINT`
@@ -24,11 +25,13 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::settings::LogFormat;
 
+pub mod batch;
 pub mod json;
 
-/// Flushes pending spans when dropped at shutdown.
+/// Flushes pending spans and log lines when dropped at shutdown.
 pub struct TelemetryGuard {
     tracer_provider: Option<SdkTracerProvider>,
+    _log_flusher: Option<batch::Flusher>,
 }
 
 impl Drop for TelemetryGuard {
@@ -43,12 +46,20 @@ impl Drop for TelemetryGuard {
 pub fn init(format: LogFormat) -> anyhow::Result<TelemetryGuard> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let fmt_layer = match format {
-        LogFormat::Json => json::JsonLayer::new(std::io::stdout).boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer()
-            .pretty()
-            .with_ansi(colour(std::io::stdout().is_terminal()))
-            .boxed(),
+    let (fmt_layer, log_flusher) = match format {
+        LogFormat::Json => {
+            // Lines go out in batches (see `batch`): no system call per line.
+            let (writer, flusher) = batch::Batched::new(std::io::stdout())?;
+            writer.flush_on_panic();
+            (json::JsonLayer::new(writer).boxed(), Some(flusher))
+        }
+        LogFormat::Pretty => (
+            tracing_subscriber::fmt::layer()
+                .pretty()
+                .with_ansi(colour(std::io::stdout().is_terminal()))
+                .boxed(),
+            None,
+        ),
     };
     let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
         .ok()
@@ -78,7 +89,10 @@ pub fn init(format: LogFormat) -> anyhow::Result<TelemetryGuard> {
         .with(fmt_layer)
         .with(otel_layer)
         .try_init()?;
-    Ok(TelemetryGuard { tracer_provider })
+    Ok(TelemetryGuard {
+        tracer_provider,
+        _log_flusher: log_flusher,
+    })
 }
 
 /// Colour on a terminal, unless `NO_COLOR` is set (<https://no-color.org>);

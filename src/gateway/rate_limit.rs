@@ -98,6 +98,8 @@ pub struct Limit {
     burst: u32,
     per_second: u32,
     limiter: KeyedLimiter,
+    /// The `RateLimit-Policy` header, the same on every answer.
+    policy: Option<HeaderValue>,
 }
 
 impl Limit {
@@ -111,18 +113,27 @@ impl Limit {
         };
         let limiter: RateLimiter<String, CountedStore, DefaultClock> =
             RateLimiter::new(quota, store, DefaultClock::default());
+        // `RateLimit-Policy`: the burst (q) and the seconds to refill it (w).
+        let window = burst.div_ceil(per_second.max(1)).max(1);
+        let policy = HeaderValue::from_str(&format!("\"{name}\";q={burst};w={window}")).ok();
         Self {
             name: name.to_owned(),
             burst,
             per_second,
             limiter: limiter.with_middleware::<StateInformationMiddleware>(),
+            policy,
         }
     }
+}
 
-    /// `RateLimit-Policy`: the burst (q) and the seconds to refill it (w).
-    fn policy(&self) -> String {
-        let window = self.burst.div_ceil(self.per_second).max(1);
-        format!("\"{}\";q={};w={}", self.name, self.burst, window)
+impl Limit {
+    /// The `RateLimit-Policy` header's text.
+    #[cfg(test)]
+    fn policy(&self) -> &str {
+        self.policy
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
     }
 }
 
@@ -246,17 +257,24 @@ pub async fn limit(
                 .unwrap_or_default()
         ),
     };
-    let route = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
-    let limit = limits.limit_for(req.method().as_str(), &route);
-    let policy = limit.policy();
+    // Matching the route walks the routing table again: only for route quotas.
+    let route = match limits.routes.is_empty() {
+        true => None,
+        false => Some(req.match_pattern().unwrap_or_else(|| req.path().to_owned())),
+    };
+    let limit = match &route {
+        Some(route) => limits.limit_for(req.method().as_str(), route),
+        None => &limits.default,
+    };
+    let policy = &limit.policy;
     match limit.limiter.check_key(&key) {
         Ok(snapshot) => {
             let remaining = snapshot.remaining_burst_capacity();
             let reset = (limit.burst.saturating_sub(remaining)).div_ceil(limit.per_second);
             let mut res = next.call(req).await?.map_into_boxed_body();
             let headers = res.headers_mut();
-            if let Ok(v) = HeaderValue::from_str(&policy) {
-                headers.insert(RATELIMIT_POLICY, v);
+            if let Some(v) = policy {
+                headers.insert(RATELIMIT_POLICY, v.clone());
             }
             if let Ok(v) =
                 HeaderValue::from_str(&format!("\"{}\";r={remaining};t={reset}", limit.name))
@@ -269,13 +287,15 @@ pub async fn limit(
             let wait = not_until.wait_time_from(limits.clock.now());
             let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             let retry_after = retry_after.max(1);
+            let route = route
+                .unwrap_or_else(|| req.match_pattern().unwrap_or_else(|| req.path().to_owned()));
             metrics::counter!("agora_rate_limit_rejections_total", "route" => route.clone())
                 .increment(1);
             tracing::info!(route = %route, key = %key, retry_after, "rate limit exceeded");
             let mut res = Problem::too_many_requests(retry_after).to_response();
             let headers = res.headers_mut();
-            if let Ok(v) = HeaderValue::from_str(&policy) {
-                headers.insert(RATELIMIT_POLICY, v);
+            if let Some(v) = policy {
+                headers.insert(RATELIMIT_POLICY, v.clone());
             }
             if let Ok(v) = HeaderValue::from_str(&format!("\"{}\";r=0;t={retry_after}", limit.name))
             {

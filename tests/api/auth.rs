@@ -255,6 +255,85 @@ async fn a_token_minted_by_the_cli_helper_expires() {
     assert!(verifier.authenticate(&token).is_err());
 }
 
+/// Verified tokens are remembered, but expiry is checked on every request:
+/// a token accepted a moment ago is refused once it has expired.
+#[tokio::test]
+async fn a_token_verified_before_is_refused_once_it_expires() {
+    let app = spawn_app().await;
+    let mut strict = app.settings.auth.clone();
+    strict.leeway_secs = 0;
+    let verifier = agora::gateway::auth::Authenticator::from_settings(&strict)
+        .await
+        .unwrap();
+    let token = agora::gateway::auth::mint(
+        &strict,
+        "carol",
+        &[Role::Customer],
+        None,
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    assert_eq!(verifier.authenticate(&token).unwrap().subject, "carol");
+    assert_eq!(verifier.authenticate(&token).unwrap().subject, "carol");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let refused = verifier.authenticate(&token).unwrap_err();
+    assert_eq!(refused.to_string(), "the token has expired");
+}
+
+/// A key taken out of the JWKS stops its tokens at the next refresh, even
+/// tokens that were verified (and remembered) under it.
+#[tokio::test]
+async fn a_key_removed_from_the_jwks_stops_its_tokens_at_the_next_refresh() {
+    let served = std::sync::Arc::new(std::sync::Mutex::new(JWKS.to_owned()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let for_server = served.clone();
+    let server = actix_web::HttpServer::new(move || {
+        let served = for_server.clone();
+        actix_web::App::new().route(
+            "/.well-known/jwks.json",
+            actix_web::web::get().to(move || {
+                let body = served.lock().unwrap().clone();
+                async move {
+                    actix_web::HttpResponse::Ok()
+                        .content_type("application/json")
+                        .body(body)
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let server_handle = server.handle();
+    tokio::spawn(server);
+
+    let app = spawn_app().await;
+    let mut settings = app.settings.auth.clone();
+    settings.algorithm = "RS256".into();
+    settings.jwks_url = format!("http://127.0.0.1:{port}/.well-known/jwks.json");
+    let verifier = agora::gateway::auth::Authenticator::from_settings(&settings)
+        .await
+        .unwrap();
+    let key = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("test-key-1".into());
+    let token = jsonwebtoken::encode(&header, &claims(&app), &key).unwrap();
+    assert_eq!(verifier.authenticate(&token).unwrap().subject, "mallory");
+    assert_eq!(verifier.authenticate(&token).unwrap().subject, "mallory");
+
+    // The provider rotates test-key-1 out.
+    *served.lock().unwrap() = JWKS.replace("test-key-1", "test-key-2");
+    verifier.refresh().await.unwrap();
+    let refused = verifier.authenticate(&token).unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "the token's key id is not in the key set"
+    );
+    server_handle.stop(false).await;
+}
+
 #[tokio::test]
 async fn provider_style_tokens_without_nbf_and_with_an_audience_list_are_accepted() {
     let app = spawn_app().await;
