@@ -11,6 +11,7 @@ WORKDIR /src
 #    (a dependency that does not build, a lock file out of date) fails the
 #    image build.
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo/ .cargo/
 COPY modules/kernel/Cargo.toml modules/kernel/
 COPY modules/order/Cargo.toml modules/order/
 COPY modules/inventory/Cargo.toml modules/inventory/

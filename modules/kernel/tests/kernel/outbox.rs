@@ -470,3 +470,68 @@ async fn waking_the_relay_publishes_at_once_instead_of_at_the_next_poll() {
     );
     assert!(eventually(Duration::from_secs(1), || a.seen().len() == 1).await);
 }
+
+/// A running relay drains a backlog larger than a batch: every batch after the
+/// first is claimed in the write that marks the one before it published, and
+/// in the end every row is published, once, in order.
+#[tokio::test]
+async fn a_running_relay_drains_batch_after_batch_marking_each_as_it_claims_the_next() {
+    let db = TestDb::new().await;
+    let bus = Arc::new(InMemoryBus::new());
+    let a = Recorder::new("a");
+    bus.subscribe(a.clone());
+    let config = RelayConfig {
+        batch_size: 3,
+        poll_interval: Duration::from_secs(60),
+        ..RelayConfig::default()
+    };
+    let (relay, store) = relay(&db.pool, bus, config);
+    let events: Vec<_> = (1..=10).map(order_confirmed).collect();
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    enqueue_committed(&db.pool, &events).await;
+
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    assert!(eventually(Duration::from_secs(5), || a.seen().len() == 10).await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while store.backlog().await.unwrap() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        store.backlog().await.unwrap(),
+        0,
+        "every row is marked published"
+    );
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), running).await;
+    assert_eq!(a.seen(), ids);
+    for id in &ids {
+        let row = row(&db.pool, *id).await;
+        assert!(row.published_at.is_some(), "{id} is marked published");
+        assert_eq!(row.attempts, 1, "{id} was claimed once");
+    }
+
+    // The store's fold on its own: marks the given rows, claims the next due.
+    let more: Vec<_> = (11..=12).map(order_confirmed).collect();
+    enqueue_committed(&db.pool, &more).await;
+    let first = store
+        .claim(1, Duration::from_secs(30), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    let next = store
+        .mark_published_and_claim(
+            &[first[0].envelope.id],
+            10,
+            Duration::from_secs(30),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        next.iter().map(|m| m.envelope.id).collect::<Vec<_>>(),
+        [more[1].id]
+    );
+    assert!(row(&db.pool, more[0].id).await.published_at.is_some());
+    assert_eq!(row(&db.pool, more[1].id).await.published_at, None);
+}
