@@ -108,6 +108,10 @@ pub trait OutboxStore: Send + Sync {
     async fn purge_published(&self, cutoff: DateTime<Utc>) -> anyhow::Result<u64>;
 }
 
+/// How long a relay drains before it looks at its shutdown and purge
+/// schedule again.
+const DRAIN_FOR: Duration = Duration::from_secs(1);
+
 /// Relay tuning.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -204,20 +208,26 @@ impl OutboxRelay {
 
     /// [`run_once`](Self::run_once) until a claim finds nothing due, each
     /// batch's rows marked published in the same transaction as the next
-    /// claim. Returns how many rows were published.
+    /// claim. Under a steady stream of events that could go on for ever, so
+    /// it also stops after [`DRAIN_FOR`] or once `shutdown` is cancelled
+    /// (marking its last batch on its own): true when it stopped with rows
+    /// possibly still due.
     ///
     /// # Errors
     /// Store failures.
-    async fn drain(&self) -> anyhow::Result<usize> {
+    async fn drain(&self, shutdown: &CancellationToken) -> anyhow::Result<bool> {
         let (limit, lease) = (self.config.batch_size, self.config.lease);
+        let started = Instant::now();
         let mut batch = self.store.claim(limit, lease, Utc::now()).await?;
-        let mut total = 0;
         let first_empty = batch.is_empty();
         while !batch.is_empty() {
             let (done, published) = self.publish(&batch).await?;
-            let published = published + done.len();
-            total += published;
-            self.count_published(published);
+            self.count_published(published + done.len());
+            if shutdown.is_cancelled() || started.elapsed() >= DRAIN_FOR {
+                self.store.mark_published(&done, Utc::now()).await?;
+                self.refresh_backlog(false).await;
+                return Ok(true);
+            }
             batch = self
                 .store
                 .mark_published_and_claim(&done, limit, lease, Utc::now())
@@ -226,7 +236,7 @@ impl OutboxRelay {
         // The last claim always finds nothing; only an idle wake zeroes the
         // gauge at once (else it is refreshed at most once a second).
         self.refresh_backlog(first_empty).await;
-        Ok(total)
+        Ok(false)
     }
 
     fn count_published(&self, n: usize) {
@@ -319,9 +329,13 @@ impl OutboxRelay {
         tracing::debug!(module = self.module, "outbox relay started");
         let mut next_purge = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Err(e) = self.drain().await {
-                tracing::error!(module = self.module, error = %format!("{e:#}"), "outbox relay failed to read its store");
-            }
+            let more = match self.drain(&shutdown).await {
+                Ok(more) => more,
+                Err(e) => {
+                    tracing::error!(module = self.module, error = %format!("{e:#}"), "outbox relay failed to read its store");
+                    false
+                }
+            };
             if Instant::now() >= next_purge {
                 next_purge = Instant::now() + Duration::from_secs(3600);
                 let cutoff = Utc::now()
@@ -337,6 +351,12 @@ impl OutboxRelay {
                         tracing::warn!(module = self.module, error = %format!("{e:#}"), "failed to purge the outbox")
                     }
                 }
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if more {
+                continue;
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,

@@ -535,3 +535,51 @@ async fn a_running_relay_drains_batch_after_batch_marking_each_as_it_claims_the_
     assert!(row(&db.pool, more[0].id).await.published_at.is_some());
     assert_eq!(row(&db.pool, more[1].id).await.published_at, None);
 }
+
+/// Events that never stop coming do not keep a draining relay from its
+/// shutdown: it stops within a second or two of being cancelled, with every
+/// event it delivered marked published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_under_a_steady_stream_of_events_still_stops_when_cancelled() {
+    let db = TestDb::new().await;
+    let bus = Arc::new(InMemoryBus::new());
+    let a = Recorder::new("a");
+    bus.subscribe(a.clone());
+    let config = RelayConfig {
+        batch_size: 2,
+        ..RelayConfig::default()
+    };
+    let (relay, _) = relay(&db.pool, bus, config);
+    let waker = relay.waker();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    let producing = CancellationToken::new();
+    let producer = {
+        let (pool, producing) = (db.pool.clone(), producing.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !producing.is_cancelled() {
+                n += 1;
+                enqueue_committed(&pool, &[order_confirmed(n)]).await;
+                waker.notify_one();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    assert!(eventually(Duration::from_secs(5), || a.seen().len() >= 20).await);
+
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(3), running).await;
+    producing.cancel();
+    let _ = producer.await;
+    assert!(
+        matches!(stopped, Ok(Ok(()))),
+        "the relay stopped within 3 s while events kept coming"
+    );
+    for id in a.seen() {
+        assert!(
+            row(&db.pool, id).await.published_at.is_some(),
+            "{id} was delivered, so it is marked published"
+        );
+    }
+}
