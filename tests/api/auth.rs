@@ -1,5 +1,6 @@
 //! The JWT attack set: every forged, stale or misdirected token is a 401.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -194,18 +195,22 @@ async fn an_rs256_deployment_refuses_hs256_tokens_signed_with_its_public_key() {
     .await;
 }
 
-#[tokio::test]
-async fn a_jwks_deployment_verifies_by_key_id() {
-    // A real HTTP server serving the key set.
+/// A real HTTP server serving whatever key set `served` holds at the time of
+/// each request; its port and a handle to stop it.
+fn serve_jwks(served: Arc<Mutex<String>>) -> (u16, actix_web::dev::ServerHandle) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let server = actix_web::HttpServer::new(|| {
+    let server = actix_web::HttpServer::new(move || {
+        let served = served.clone();
         actix_web::App::new().route(
             "/.well-known/jwks.json",
-            actix_web::web::get().to(|| async {
-                actix_web::HttpResponse::Ok()
-                    .content_type("application/json")
-                    .body(JWKS)
+            actix_web::web::get().to(move || {
+                let body = served.lock().unwrap().clone();
+                async move {
+                    actix_web::HttpResponse::Ok()
+                        .content_type("application/json")
+                        .body(body)
+                }
             }),
         )
     })
@@ -213,8 +218,14 @@ async fn a_jwks_deployment_verifies_by_key_id() {
     .listen(listener)
     .unwrap()
     .run();
-    let server_handle = server.handle();
+    let handle = server.handle();
     tokio::spawn(server);
+    (port, handle)
+}
+
+#[tokio::test]
+async fn a_jwks_deployment_verifies_by_key_id() {
+    let (port, server_handle) = serve_jwks(Arc::new(Mutex::new(JWKS.to_owned())));
 
     let app = spawn_app_with(|s| {
         s.auth.algorithm = "RS256".into();
@@ -284,30 +295,8 @@ async fn a_token_verified_before_is_refused_once_it_expires() {
 /// tokens that were verified (and remembered) under it.
 #[tokio::test]
 async fn a_key_removed_from_the_jwks_stops_its_tokens_at_the_next_refresh() {
-    let served = std::sync::Arc::new(std::sync::Mutex::new(JWKS.to_owned()));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let for_server = served.clone();
-    let server = actix_web::HttpServer::new(move || {
-        let served = for_server.clone();
-        actix_web::App::new().route(
-            "/.well-known/jwks.json",
-            actix_web::web::get().to(move || {
-                let body = served.lock().unwrap().clone();
-                async move {
-                    actix_web::HttpResponse::Ok()
-                        .content_type("application/json")
-                        .body(body)
-                }
-            }),
-        )
-    })
-    .workers(1)
-    .listen(listener)
-    .unwrap()
-    .run();
-    let server_handle = server.handle();
-    tokio::spawn(server);
+    let served = Arc::new(Mutex::new(JWKS.to_owned()));
+    let (port, server_handle) = serve_jwks(served.clone());
 
     let app = spawn_app().await;
     let mut settings = app.settings.auth.clone();

@@ -634,14 +634,8 @@ pub mod sqlite {
             lease: Duration,
             now: DateTime<Utc>,
         ) -> anyhow::Result<Vec<OutboxMessage>> {
-            let now = epoch_ms(now);
-            let until = now + lease.as_millis() as i64;
-            let rows = self
-                .db
-                .write(|tx| claim_in(tx, until, now, limit))
-                .await
-                .context("failed to claim outbox rows")?;
-            to_messages(rows)
+            // Nothing to mark: the same transaction, the claim alone.
+            self.mark_published_and_claim(&[], limit, lease, now).await
         }
 
         async fn mark_published(&self, ids_: &[Uuid], now: DateTime<Utc>) -> anyhow::Result<()> {
@@ -676,7 +670,7 @@ pub mod sqlite {
                     claim_in(tx, until, now, limit)
                 })
                 .await
-                .context("failed to mark outbox rows published and claim more")?;
+                .context("failed to claim outbox rows")?;
             to_messages(rows)
         }
 
