@@ -20,11 +20,15 @@
 //!   with the log (it copies the log as it was when it began), and SQLite
 //!   starts the log over only once everything is copied: the WAL would grow
 //!   without end (1.5 GB in 10 s at 600 orders/s, each new page zeroed by the
-//!   file system). So after a passive checkpoint the checkpointer takes the
-//!   writer's mutex and finishes with a `RESTART` checkpoint, which copies only
-//!   the frames written meanwhile: the next write starts the log from its
-//!   beginning, and the WAL file stays the size of ~100 ms of writes. Writers
-//!   wait for that tail (a few milliseconds at most), never for the whole copy.
+//!   file system). So once the log holds [`RESTART_AFTER`] bytes, the
+//!   checkpointer finishes a passive checkpoint by taking the writer's mutex
+//!   for a `RESTART` checkpoint, which copies only the frames written
+//!   meanwhile: the next write starts the log from its beginning, and the WAL
+//!   file stays about that size. Writers wait for that tail, never for the
+//!   whole copy — but the tail includes two `fsync`s, which on a disk busy
+//!   with writeback take tens of milliseconds: restarting after every passive
+//!   checkpoint (every 100 ms) held each writer ~20 % of the time on such a
+//!   disk, so the log starts over only every few megabytes.
 //!
 //! Statements are compiled once per connection (`prepare_cached`). Work inside a
 //! closure is synchronous and short (microseconds at `synchronous=NORMAL`); do not
@@ -61,6 +65,19 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// Bytes a WAL file is cut back to when the log starts over.
 const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// Page size of new databases. Every commit appends each page it changed to
+/// the WAL whole, and agora's rows are small (an order or an event is about
+/// 0.5 KiB): at SQLite's default 4 KiB, place-order wrote ~140 MB/s of log
+/// and checkpoints at 400 orders/s on a 2-core VM, and writers waited on a
+/// disk busy with writeback; at 2 KiB a row still fits a page several times
+/// over and the disk sees about a third less (docs/performance.md).
+pub const PAGE_SIZE: i64 = 2048;
+
+/// Bytes of log after which the checkpointer makes the log start over (see
+/// the module docs): a restart holds writers for two `fsync`s, so it is
+/// worth it every few megabytes, not every checkpoint.
+pub const RESTART_AFTER: i64 = 16 * 1024 * 1024;
 
 /// How commits reach the disk (`PRAGMA synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -217,6 +234,11 @@ impl Sqlite {
     }
 
     fn open_blocking(target: Target) -> anyhow::Result<Self> {
+        Self::open_restarting_after(target, RESTART_AFTER)
+    }
+
+    /// [`Self::open`] with the log starting over after `restart_after` bytes.
+    fn open_restarting_after(target: Target, restart_after: i64) -> anyhow::Result<Self> {
         let Some(path) = target.path.clone() else {
             let mut writer = Connection::open_in_memory()
                 .context("failed to open an in-memory SQLite database")?;
@@ -241,6 +263,8 @@ impl Sqlite {
         let mut writer = Connection::open(&path)
             .with_context(|| format!("failed to open the SQLite database {}", path.display()))?;
         configure(&mut writer)?;
+        // Only a new, empty database takes it; an existing one keeps its own.
+        writer.pragma_update(None, "page_size", PAGE_SIZE)?;
         let mode: String =
             writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         anyhow::ensure!(
@@ -265,8 +289,10 @@ impl Sqlite {
             })
             .collect::<rusqlite::Result<Vec<_>>>()
             .with_context(|| format!("failed to open {} for reading", path.display()))?;
+        let page_size: i64 = writer.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let writer = Arc::new(tokio::sync::Mutex::new(writer));
-        let checkpointer = spawn_checkpointer(&path, Arc::downgrade(&writer))?;
+        let restart_frames = (restart_after / page_size.max(512)).max(1);
+        let checkpointer = spawn_checkpointer(&path, Arc::downgrade(&writer), restart_frames)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 writer,
@@ -454,12 +480,14 @@ impl Sqlite {
     }
 }
 
-/// Passive checkpoints every [`CHECKPOINT_EVERY`] on a connection of their own,
-/// each finished under the writer's mutex when writes went on meanwhile (see
-/// the module docs), until the returned sender is dropped.
+/// Passive checkpoints every [`CHECKPOINT_EVERY`] on a connection of their own;
+/// once the log holds `restart_frames` frames, one is finished under the
+/// writer's mutex so that the log starts over (see the module docs). Until
+/// the returned sender is dropped.
 fn spawn_checkpointer(
     path: &std::path::Path,
     writer: Weak<tokio::sync::Mutex<Connection>>,
+    restart_frames: i64,
 ) -> anyhow::Result<mpsc::Sender<()>> {
     let conn = Connection::open_with_flags(
         path,
@@ -486,7 +514,9 @@ fn spawn_checkpointer(
                         continue;
                     }
                 };
-                if progress.log <= 0 || Some(progress) == settled {
+                // Below the mark (a log that the passive copy caught up with
+                // starts over by itself at the next write) or nothing new.
+                if progress.log < restart_frames || Some(progress) == settled {
                     continue;
                 }
                 // Writes may have gone on during the copy (a passive
@@ -580,6 +610,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn new_databases_use_small_pages_and_existing_ones_keep_theirs() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let page_size = |db: &Sqlite| {
+            let db = db.clone();
+            async move {
+                db.read(|c| c.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0)))
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"))
+            }
+        };
+        let fresh = Sqlite::open(&format!("sqlite://{}/new.db", dir.path().display()))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        fresh
+            .write(|tx| tx.execute_batch("CREATE TABLE t (v TEXT)"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(page_size(&fresh).await, PAGE_SIZE);
+
+        // A database an earlier version made, with SQLite's default pages.
+        let old = dir.path().join("old.db");
+        {
+            let c = Connection::open(&old).unwrap_or_else(|e| panic!("{e}"));
+            c.execute_batch(
+                "PRAGMA page_size = 4096; CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('kept');",
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let reopened = Sqlite::open(&format!("sqlite://{}", old.display()))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(page_size(&reopened).await, 4096);
+        let v: String = reopened
+            .read(|c| c.query_row("SELECT v FROM t", [], |r| r.get(0)))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v, "kept");
+    }
+
+    #[tokio::test]
     async fn a_failed_write_changes_nothing_and_readers_see_commits() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let url = format!("sqlite://{}/t.db", dir.path().display());
@@ -646,11 +716,19 @@ mod tests {
     async fn under_steady_writes_the_wal_starts_over_instead_of_growing() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let url = format!("sqlite://{}/t.db", dir.path().display());
-        let db = Sqlite::open(&url).await.unwrap_or_else(|e| panic!("{e}"));
+        let target = parse_url(&url).unwrap_or_else(|e| panic!("{e}"));
+        // A mark this test's writes pass many times over in two seconds.
+        let restart_after = 256 * 1024;
+        let db = tokio::task::spawn_blocking(move || {
+            Sqlite::open_restarting_after(target, restart_after)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
         db.write(|tx| tx.execute_batch("CREATE TABLE t (v BLOB NOT NULL)"))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        // Each commit appends at least one 4 KiB page (the table's last) to the log.
+        // Each commit appends at least one page (the table's last) to the log.
         let started = Instant::now();
         let mut commits = 0u64;
         while started.elapsed() < Duration::from_secs(2) {
@@ -659,7 +737,7 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
             commits += 1;
         }
-        let written = commits * 4096;
+        let written = commits * PAGE_SIZE as u64;
         let wal = std::fs::metadata(dir.path().join("t.db-wal"))
             .map(|m| m.len())
             .unwrap_or(0);
