@@ -210,7 +210,10 @@ impl Clients {
 fn build_client(connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
-        .pool_idle_timeout(Duration::from_secs(30))
+        // Below the 5 s an agora process keeps an idle connection open
+        // (actix's keep-alive): a connection the other side is closing is
+        // never picked for a call, which would fail it after it was sent.
+        .pool_idle_timeout(Duration::from_secs(4))
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
         .build()

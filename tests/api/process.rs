@@ -208,6 +208,9 @@ impl Api {
         Self {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                // Below actix's 5 s keep-alive: a connection the server is
+                // closing is never picked for a request (`IncompleteMessage`).
+                .pool_idle_timeout(Duration::from_secs(2))
                 .build()
                 .unwrap(),
             base: base.to_owned(),
