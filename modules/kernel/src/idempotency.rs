@@ -262,8 +262,9 @@ pub mod sqlite {
             let now_ms = epoch_ms(now);
             let expired_before = now_ms - ttl.as_millis() as i64;
             let stale_before = now_ms - lock_timeout.as_millis() as i64;
+            let (s, request_hash) = (s.clone(), request_hash.to_owned());
             self.db
-                .write(|tx| {
+                .write(move |tx| {
                     // Claim the key, or take over an expired record of it, in one write.
                     let claimed = tx
                         .prepare_cached(
@@ -318,8 +319,9 @@ pub mod sqlite {
             r: &StoredResponse,
             now: DateTime<Utc>,
         ) -> anyhow::Result<()> {
+            let (s, r) = (s.clone(), r.clone());
             self.db
-                .write(|tx| {
+                .write(move |tx| {
                     tx.prepare_cached(concat!("UPDATE idempotency_keys SET status = ?5, content_type = ?6, location = ?7, body = ?8, \
                          completed_at = ?9 WHERE ", where_scope!()))?
                     .execute(rusqlite::params![
@@ -333,8 +335,9 @@ pub mod sqlite {
         }
 
         async fn release(&self, s: &IdempotencyScope) -> anyhow::Result<()> {
+            let s = s.clone();
             self.db
-                .write(|tx| {
+                .write(move |tx| {
                     tx.prepare_cached(concat!(
                         "DELETE FROM idempotency_keys WHERE ",
                         where_scope!(),

@@ -125,7 +125,10 @@ pub mod sqlite {
     #[async_trait]
     impl InboxStore for Store {
         async fn record_once(&self, consumer: &str, event_id: Uuid) -> anyhow::Result<bool> {
-            self.db.write(|tx| record(tx, consumer, event_id)).await
+            let consumer = consumer.to_owned();
+            self.db
+                .write(move |tx| record(tx, &consumer, event_id))
+                .await
         }
     }
 }

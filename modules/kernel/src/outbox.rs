@@ -645,7 +645,7 @@ pub mod sqlite {
             let now = epoch_ms(now);
             let list = ids(ids_);
             self.db
-                .write(|tx| mark_published_in(tx, now, &list))
+                .write(move |tx| mark_published_in(tx, now, &list))
                 .await
                 .context("failed to mark outbox rows published")?;
             Ok(())
@@ -663,7 +663,7 @@ pub mod sqlite {
             let list = ids(ids_);
             let rows = self
                 .db
-                .write(|tx| {
+                .write(move |tx| {
                     if !list.is_empty() {
                         mark_published_in(tx, now, &list)?;
                     }
@@ -685,7 +685,7 @@ pub mod sqlite {
             let retry_at = epoch_ms(retry_at);
             let deferred = ids(deferred);
             self.db
-                .write(|tx| {
+                .write(move |tx| {
                     tx.prepare_cached(
                         "UPDATE outbox SET available_at = ?1, last_error = ?2 WHERE id = ?3",
                     )?
@@ -713,7 +713,7 @@ pub mod sqlite {
             let error: String = error.chars().take(2000).collect();
             let now = epoch_ms(now);
             self.db
-                .write(|tx| {
+                .write(move |tx| {
                     tx.prepare_cached(
                         "UPDATE outbox SET dead_at = ?1, last_error = ?2 WHERE id = ?3",
                     )?

@@ -6,11 +6,18 @@
 //! database work itself (see docs/performance.md). Here a module's database is a
 //! few [`rusqlite`] connections used directly by the task that needs them:
 //!
-//! - **one writer** behind an async mutex. [`Sqlite::write`] takes it, runs the
-//!   caller's closure in one `BEGIN IMMEDIATE` transaction on the caller's own
-//!   thread, and commits (or rolls back on `Err`). Writers queue on the mutex in
-//!   arrival order, so SQLite's busy handler (which sleeps) is never involved
-//!   inside the process; its 5 s timeout is left for other processes.
+//! - **one writer** with a queue (`sqlite/writer.rs`).
+//!   [`Sqlite::write`] queues the caller's closure; whoever finds the
+//!   connection free runs everything queued in one `BEGIN IMMEDIATE`
+//!   transaction, each closure in a savepoint of its own (its `Err` or panic
+//!   undoes only its writes), commits once, and answers each caller. Alone,
+//!   a write runs at once on the caller's own thread; under load, writes queue
+//!   while a holder runs a batch and go in the next one: the connection is
+//!   never idle while a write waits, and SQLite's busy handler (which sleeps)
+//!   is never involved inside the process; its 5 s timeout is left for other
+//!   processes. A queued write runs even if its caller stops waiting (a
+//!   cancelled request): as after a crash, the stores' writes are idempotent
+//!   or recovered.
 //! - **read-only connections** ([`SQLITE_READERS`]) that [`Sqlite::read`] uses in
 //!   place; WAL readers never block the writer nor wait for it.
 //! - **a checkpointer thread**: the writer does not checkpoint on commit
@@ -31,8 +38,9 @@
 //!   disk, so the log starts over only every few megabytes.
 //!
 //! Statements are compiled once per connection (`prepare_cached`). Work inside a
-//! closure is synchronous and short (microseconds at `synchronous=NORMAL`); do not
-//! call out of the process while holding it.
+//! closure is synchronous and short (microseconds at `synchronous=NORMAL`), and
+//! it may run on another caller's thread: it owns what it needs (`'static`)
+//! and never calls out of the process.
 //!
 //! Durability: `synchronous=NORMAL` (default) in WAL mode never corrupts the
 //! database, but a power cut (not a process crash) can lose the transactions
@@ -51,6 +59,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 pub use rusqlite;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+mod writer;
+use writer::Writer;
 
 /// Read-only connections beside the writer.
 pub const SQLITE_READERS: usize = 4;
@@ -177,7 +188,7 @@ fn percent_decoded(path: &str) -> String {
 
 struct Inner {
     /// Shared with the checkpointer, which holds it only weakly.
-    writer: Arc<tokio::sync::Mutex<Connection>>,
+    writer: Arc<Writer>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     path: Option<PathBuf>,
@@ -246,7 +257,7 @@ impl Sqlite {
             writer.pragma_update(None, "foreign_keys", true)?;
             return Ok(Self {
                 inner: Arc::new(Inner {
-                    writer: Arc::new(tokio::sync::Mutex::new(writer)),
+                    writer: Writer::new(writer),
                     readers: Vec::new(),
                     next_reader: AtomicUsize::new(0),
                     path: None,
@@ -290,7 +301,7 @@ impl Sqlite {
             .collect::<rusqlite::Result<Vec<_>>>()
             .with_context(|| format!("failed to open {} for reading", path.display()))?;
         let page_size: i64 = writer.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        let writer = Arc::new(tokio::sync::Mutex::new(writer));
+        let writer = Writer::new(writer);
         let restart_frames = (restart_after / page_size.max(512)).max(1);
         let checkpointer = spawn_checkpointer(&path, Arc::downgrade(&writer), restart_frames)?;
         Ok(Self {
@@ -314,21 +325,21 @@ impl Sqlite {
         self.inner.synchronous
     }
 
-    /// Run `f` in one `BEGIN IMMEDIATE` transaction on the writer: committed
-    /// when it returns `Ok`, rolled back when it returns `Err` (or panics).
+    /// Run `f` as one atomic write on the writer: kept when it returns `Ok`,
+    /// undone when it returns `Err` (or panics, which then resumes in the
+    /// caller). It returns once its transaction committed (so any reader sees
+    /// it); writes queued meanwhile by other tasks share that transaction, each
+    /// in a savepoint of its own (see the module docs).
     ///
     /// # Errors
     /// `f`'s own error, or the database's on begin or commit.
     pub async fn write<R, E, F>(&self, f: F) -> Result<R, E>
     where
-        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<R, E> + Send,
-        E: From<rusqlite::Error>,
+        F: FnOnce(&Connection) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<rusqlite::Error> + Send + 'static,
     {
-        let mut conn = self.inner.writer.lock().await;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        self.inner.writer.write(f).await
     }
 
     /// Run `f` on a read-only connection. Each statement sees the latest
@@ -344,8 +355,7 @@ impl Sqlite {
         let readers = &self.inner.readers;
         if readers.is_empty() {
             // In memory: only the writer's connection sees the data.
-            let conn = self.inner.writer.lock().await;
-            return f(&conn);
+            return self.inner.writer.exclusive(|conn| f(conn));
         }
         let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed);
         for i in 0..readers.len() {
@@ -372,7 +382,7 @@ impl Sqlite {
         let mut total = 0u64;
         loop {
             let n = self
-                .write(|tx| {
+                .write(move |tx| {
                     tx.prepare_cached(sql)?
                         .execute(rusqlite::params![param, DELETE_BATCH])
                 })
@@ -404,7 +414,12 @@ impl Sqlite {
     /// # Errors
     /// A failing migration (rolled back) or a checksum mismatch.
     pub async fn migrate(&self, migrator: &sqlx::migrate::Migrator) -> anyhow::Result<()> {
-        let mut conn = self.inner.writer.lock().await;
+        self.inner.writer.exclusive(|conn| migrate(conn, migrator))
+    }
+}
+
+fn migrate(conn: &mut Connection, migrator: &sqlx::migrate::Migrator) -> anyhow::Result<()> {
+    {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
                 version BIGINT PRIMARY KEY,
@@ -486,7 +501,7 @@ impl Sqlite {
 /// the returned sender is dropped.
 fn spawn_checkpointer(
     path: &std::path::Path,
-    writer: Weak<tokio::sync::Mutex<Connection>>,
+    writer: Weak<Writer>,
     restart_frames: i64,
 ) -> anyhow::Result<mpsc::Sender<()>> {
     let conn = Connection::open_with_flags(
@@ -526,8 +541,7 @@ fn spawn_checkpointer(
                     break;
                 };
                 // A plain thread, not a runtime's: blocking here is fine.
-                let writer = writer.blocking_lock();
-                match checkpoint(&writer, Checkpoint::Restart) {
+                match writer.exclusive(|writer| checkpoint(writer, Checkpoint::Restart)) {
                     Ok(p) if !p.busy => settled = Some(p),
                     Ok(_) => settled = None,
                     Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed"),
@@ -624,7 +638,7 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         fresh
-            .write(|tx| tx.execute_batch("CREATE TABLE t (v TEXT)"))
+            .write(move |tx| tx.execute_batch("CREATE TABLE t (v TEXT)"))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(page_size(&fresh).await, PAGE_SIZE);
@@ -654,14 +668,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let url = format!("sqlite://{}/t.db", dir.path().display());
         let db = Sqlite::open(&url).await.unwrap_or_else(|e| panic!("{e}"));
-        db.write(|tx| tx.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)"))
+        db.write(move |tx| tx.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)"))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        db.write(|tx| tx.execute("INSERT INTO t (v) VALUES (1)", []))
+        db.write(move |tx| tx.execute("INSERT INTO t (v) VALUES (1)", []))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let failed: Result<(), rusqlite::Error> = db
-            .write(|tx| {
+            .write(move |tx| {
                 tx.execute("INSERT INTO t (v) VALUES (2)", [])?;
                 tx.execute("INSERT INTO t (v) VALUES (1)", []).map(|_| ())
             })
@@ -686,7 +700,7 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let rows = 2 * DELETE_BATCH + 7;
-        db.write(|tx| {
+        db.write(move |tx| {
             tx.execute_batch("CREATE TABLE t (at INTEGER NOT NULL)")?;
             for i in 0..rows {
                 tx.execute("INSERT INTO t (at) VALUES (?1)", [i as i64 % 2])?;
@@ -725,14 +739,14 @@ mod tests {
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|e| panic!("{e}"));
-        db.write(|tx| tx.execute_batch("CREATE TABLE t (v BLOB NOT NULL)"))
+        db.write(move |tx| tx.execute_batch("CREATE TABLE t (v BLOB NOT NULL)"))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         // Each commit appends at least one page (the table's last) to the log.
         let started = Instant::now();
         let mut commits = 0u64;
         while started.elapsed() < Duration::from_secs(2) {
-            db.write(|tx| tx.execute("INSERT INTO t (v) VALUES (zeroblob(100))", []))
+            db.write(move |tx| tx.execute("INSERT INTO t (v) VALUES (zeroblob(100))", []))
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             commits += 1;

@@ -8,9 +8,7 @@
 
 use agora_kernel::db::{epoch_ms, from_epoch_ms};
 use agora_kernel::outbox::sqlite::{enqueue, enqueue_all};
-use agora_kernel::sqlite::rusqlite::{
-    self, Connection, OptionalExtension, Row, Transaction, params,
-};
+use agora_kernel::sqlite::rusqlite::{self, Connection, OptionalExtension, Row, params};
 use agora_kernel::sqlite::{Sqlite, is_unique_violation};
 use agora_kernel::{Currency, Money};
 use anyhow::Context;
@@ -70,13 +68,14 @@ impl SqliteStore {
     /// refusing survives).
     async fn write<R, E>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<R, E> + Send,
+        f: impl FnOnce(&Connection) -> Result<R, E> + Send + 'static,
     ) -> Result<R, E>
     where
-        E: From<anyhow::Error>,
+        R: Send + 'static,
+        E: From<anyhow::Error> + Send + 'static,
     {
         self.db
-            .write(|tx| f(tx).map_err(WriteFailure::Port))
+            .write(move |tx| f(tx).map_err(WriteFailure::Port))
             .await
             .map_err(|failure| match failure {
                 WriteFailure::Port(e) => e,
@@ -460,7 +459,9 @@ impl InventoryStore for SqliteStore {
             created_at: at,
             updated_at: at,
         };
-        self.write(|tx| {
+        let (p, row) = (p.clone(), product.clone());
+        self.write(move |tx| {
+            let (p, product) = (&p, &row);
             let result = tx
                 .prepare_cached(concat!(
                     "INSERT INTO products (",
@@ -535,7 +536,9 @@ impl InventoryStore for SqliteStore {
         deactivate: bool,
         at: DateTime<Utc>,
     ) -> Result<Product, CatalogueError> {
-        self.write(|tx| {
+        let (sku, patch) = (sku.clone(), patch.clone());
+        self.write(move |tx| {
+            let (sku, patch) = (&sku, &patch);
             let current =
                 load_product(tx, sku)?.ok_or_else(|| CatalogueError::NotFound(sku.clone()))?;
             let mut updated = patch.apply(current, at);
@@ -570,7 +573,9 @@ impl InventoryStore for SqliteStore {
         w: &NewWarehouse,
         at: DateTime<Utc>,
     ) -> Result<Warehouse, WarehouseError> {
-        self.write(|tx| {
+        let w = w.clone();
+        self.write(move |tx| {
+            let w = &w;
             let result = tx
                 .prepare_cached(
                     "INSERT INTO warehouses (code, name, created_at) VALUES (?1, ?2, ?3)",
@@ -615,7 +620,9 @@ impl InventoryStore for SqliteStore {
 
     #[tracing::instrument(skip_all, fields(sku = %r.sku, warehouse = %r.warehouse))]
     async fn receive(&self, r: &Receipt, meta: &ChangeMeta) -> Result<Movement, StockError> {
-        self.write(|tx| {
+        let (r, meta) = (r.clone(), meta.clone());
+        self.write(move |tx| {
+            let (r, meta) = (&r, &meta);
             if load_product(tx, &r.sku)?.is_none() {
                 return Err(StockError::UnknownProduct(r.sku.clone()));
             }
@@ -657,7 +664,9 @@ impl InventoryStore for SqliteStore {
 
     #[tracing::instrument(skip_all, fields(sku = %a.sku, warehouse = %a.warehouse))]
     async fn adjust(&self, a: &Adjustment, meta: &ChangeMeta) -> Result<Movement, StockError> {
-        self.write(|tx| {
+        let (a, meta) = (a.clone(), meta.clone());
+        self.write(move |tx| {
+            let (a, meta) = (&a, &meta);
             let product =
                 load_product(tx, &a.sku)?.ok_or_else(|| StockError::UnknownProduct(a.sku.clone()))?;
             if !warehouse_exists(tx, &a.warehouse)? {
@@ -774,7 +783,9 @@ impl InventoryStore for SqliteStore {
     ) -> Result<ReserveOutcome, ReserveError> {
         // One write transaction: the reads it allocates from are on the single
         // writer, so no other reservation can move the levels in between.
-        self.write(|tx| {
+        let (r, meta) = (r.clone(), meta.clone());
+        self.write(move |tx| {
+            let (r, meta) = (&r, &meta);
             if let Some(existing) = load_reservation(tx, r.id)? {
                 return if existing.same_request(r) {
                     Ok(ReserveOutcome {
@@ -900,7 +911,9 @@ impl InventoryStore for SqliteStore {
         t: Transition,
         meta: &ChangeMeta,
     ) -> Result<Reservation, ReservationError> {
-        self.write(|tx| {
+        let meta = meta.clone();
+        self.write(move |tx| {
+            let meta = &meta;
             let current = load_reservation(tx, id)?.ok_or(ReservationError::NotFound(id))?;
             if !t.check(&current, meta.at)? {
                 return Ok(current);

@@ -52,7 +52,7 @@ impl Consumer {
     async fn new(name: &'static str) -> Arc<Self> {
         let db = TestDb::new().await;
         db.pool
-            .write(|tx| tx.execute_batch("CREATE TABLE effects (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, aggregate TEXT NOT NULL, n INTEGER NOT NULL)"))
+            .write(move |tx| tx.execute_batch("CREATE TABLE effects (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, aggregate TEXT NOT NULL, n INTEGER NOT NULL)"))
             .await
             .unwrap();
         Arc::new(Self {
@@ -142,13 +142,14 @@ impl EventHandler for Consumer {
             .unwrap_or_default()
             .to_owned();
         let n = event.payload["n"].as_i64().unwrap_or_default();
+        let (name, id) = (self.name, event.id);
         self.db
             .pool
-            .write(|tx| {
-                if inbox::sqlite::record(tx, self.name, event.id)? {
+            .write(move |tx| {
+                if inbox::sqlite::record(tx, name, id)? {
                     tx.execute(
                         "INSERT INTO effects (event_id, aggregate, n) VALUES (?1, ?2, ?3)",
-                        rusqlite::params![event.id.to_string(), aggregate, n],
+                        rusqlite::params![id.to_string(), aggregate, n],
                     )?;
                 }
                 anyhow::Ok(())
@@ -243,7 +244,8 @@ impl Drop for Harness {
 }
 
 async fn commit(db: &Sqlite, events: &[EventEnvelope]) {
-    db.write(|tx| outbox::sqlite::enqueue_all(tx, events))
+    let events = events.to_vec();
+    db.write(move |tx| outbox::sqlite::enqueue_all(tx, &events))
         .await
         .unwrap();
 }

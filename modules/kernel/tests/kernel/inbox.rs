@@ -32,7 +32,7 @@ async fn an_inbox_record_in_a_rolled_back_transaction_is_forgotten() {
 
     let rolled_back: anyhow::Result<()> = db
         .pool
-        .write(|tx| {
+        .write(move |tx| {
             assert!(inbox::sqlite::record(tx, "notification", event)?);
             anyhow::bail!("the consumer's own write failed")
         })

@@ -97,7 +97,7 @@ struct Shipping {
 
 impl Shipping {
     async fn new(pool: Sqlite) -> Arc<Self> {
-        pool.write(|tx| tx.execute_batch("CREATE TABLE shipments (event_id TEXT NOT NULL)"))
+        pool.write(move |tx| tx.execute_batch("CREATE TABLE shipments (event_id TEXT NOT NULL)"))
             .await
             .unwrap();
         Arc::new(Self {
@@ -130,12 +130,13 @@ impl EventHandler for Shipping {
 
     async fn handle(&self, event: &EventEnvelope) -> anyhow::Result<()> {
         self.deliveries.fetch_add(1, Ordering::SeqCst);
+        let (name, id) = (self.name().to_owned(), event.id);
         self.pool
-            .write(|tx| {
-                if inbox::sqlite::record(tx, self.name(), event.id)? {
+            .write(move |tx| {
+                if inbox::sqlite::record(tx, &name, id)? {
                     tx.execute(
                         "INSERT INTO shipments (event_id) VALUES (?1)",
-                        [event.id.to_string()],
+                        [id.to_string()],
                     )?;
                 }
                 anyhow::Ok(())
@@ -156,7 +157,8 @@ fn order_confirmed(n: u32) -> EventEnvelope {
 
 /// Enqueue `events` in one committed transaction.
 async fn enqueue_committed(pool: &Sqlite, events: &[EventEnvelope]) {
-    pool.write(|tx| outbox::sqlite::enqueue_all(tx, events))
+    let events = events.to_vec();
+    pool.write(move |tx| outbox::sqlite::enqueue_all(tx, &events))
         .await
         .unwrap();
 }
@@ -255,7 +257,7 @@ async fn an_event_of_a_rolled_back_transaction_is_never_written_nor_published() 
 
     let rolled_back: anyhow::Result<()> = db
         .pool
-        .write(|tx| {
+        .write(move |tx| {
             outbox::sqlite::enqueue(tx, &order_confirmed(1))?;
             anyhow::bail!("the caller's own write failed")
         })

@@ -305,8 +305,13 @@ pub mod sqlite {
             contact: Option<(&str, &str)>,
             notifications: &[Notification],
         ) -> anyhow::Result<bool> {
+            let consumer = consumer.to_owned();
+            let contact = contact.map(|(c, e)| (c.to_owned(), e.to_owned()));
+            let notifications = notifications.to_vec();
             self.db
-                .write(|tx| -> anyhow::Result<_> {
+                .write(move |tx| -> anyhow::Result<_> {
+                    let (consumer, notifications) = (consumer.as_str(), notifications.as_slice());
+                    let contact = contact.as_ref().map(|(c, e)| (c.as_str(), e.as_str()));
                     if !agora_kernel::inbox::sqlite::record(tx, consumer, event_id)? {
                         return Ok(false);
                     }
@@ -368,8 +373,10 @@ pub mod sqlite {
         }
 
         async fn put_preferences(&self, p: &Preferences, now: DateTime<Utc>) -> anyhow::Result<()> {
+            let p = p.clone();
             self.db
-                .write(|tx| {
+                .write(move |tx| {
+                    let p = &p;
                     tx.prepare_cached(
                         "INSERT INTO notification_preferences (customer_id, email, phone, push_token, \
                          email_enabled, sms_enabled, push_enabled, updated_at) \
@@ -465,7 +472,7 @@ pub mod sqlite {
             let until = ms(now) + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
             let mut rows = self
                 .db
-                .write(|tx| {
+                .write(move |tx| {
                     tx.prepare_cached(&format!(
                         "UPDATE notifications SET next_attempt_at = ?1 WHERE id IN \
                          (SELECT id FROM notifications \
@@ -489,8 +496,10 @@ pub mod sqlite {
             &self,
             results: &[(NotificationId, AttemptResult)],
         ) -> anyhow::Result<Vec<bool>> {
+            let results = results.to_vec();
             self.db
-                .write(|tx| -> anyhow::Result<_> {
+                .write(move |tx| -> anyhow::Result<_> {
+                    let results = results.as_slice();
                     let mut applied = Vec::with_capacity(results.len());
                     for (id, r) in results {
                         applied.push(record_one(tx, *id, r)?);
@@ -509,7 +518,7 @@ pub mod sqlite {
             let key = id.to_string();
             // A refusal changed nothing, so its transaction may commit as well.
             self.db
-                .write(|tx| -> anyhow::Result<Result<Notification, RetryError>> {
+                .write(move |tx| -> anyhow::Result<Result<Notification, RetryError>> {
                     let done = tx
                         .prepare_cached(
                             "UPDATE notifications SET status = 'pending', round_start = attempts, \

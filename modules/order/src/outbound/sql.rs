@@ -477,8 +477,10 @@ pub mod sqlite {
         ) -> Result<(), StoreError> {
             let items = serde_json::to_string(&o.items).context("items")?;
             let address = serde_json::to_string(&o.shipping_address).context("address")?;
+            let (o, t, events, lease) = (o.clone(), t.clone(), events.to_vec(), lease.clone());
             self.db
-                .write(|tx| {
+                .write(move |tx| {
+                    let (o, t, events, lease) = (&o, &t, events.as_slice(), &lease);
                     tx.prepare_cached(concat!(
                         "INSERT INTO orders (",
                         columns!(),
@@ -610,8 +612,10 @@ pub mod sqlite {
                     .unwrap_or(&current.shipping_address),
             )
             .context("address")?;
+            let (current, change) = (current.clone(), change.clone());
             self.db
-                .write(|tx| {
+                .write(move |tx| {
+                    let (current, change) = (&current, &change);
                     // Stamped once the writer is ours, so `updated_at` follows commit order.
                     let next = changed(current, change, Utc::now());
                     let done = tx
@@ -684,9 +688,10 @@ pub mod sqlite {
             now: DateTime<Utc>,
             lease: &Lease,
         ) -> Result<bool, StoreError> {
+            let lease = lease.clone();
             let n = self
                 .db
-                .write(|tx| {
+                .write(move |tx| {
                     tx.prepare_cached("UPDATE orders SET lease_until = ?1, lease_owner = ?2 WHERE id = ?3 AND lease_until < ?4")?
                         .execute(rusqlite::params![epoch_ms(lease.until), lease.owner, id.to_string(), epoch_ms(now)])
                 })
@@ -696,9 +701,10 @@ pub mod sqlite {
         }
 
         async fn renew_lease(&self, id: OrderId, lease: &Lease) -> Result<bool, StoreError> {
+            let lease = lease.clone();
             let n = self
                 .db
-                .write(|tx| {
+                .write(move |tx| {
                     tx.prepare_cached(
                         "UPDATE orders SET lease_until = ?1 WHERE id = ?2 AND lease_owner = ?3 AND lease_until > 0",
                     )?
@@ -710,8 +716,9 @@ pub mod sqlite {
         }
 
         async fn release_lease(&self, id: OrderId, owner: &str) -> Result<(), StoreError> {
+            let owner = owner.to_owned();
             self.db
-                .write(|tx| {
+                .write(move |tx| {
                     tx.prepare_cached(
                         "UPDATE orders SET lease_until = 0 WHERE id = ?1 AND lease_owner = ?2",
                     )?
@@ -728,9 +735,10 @@ pub mod sqlite {
             lease: &Lease,
             limit: u32,
         ) -> Result<Vec<OrderId>, StoreError> {
+            let lease = lease.clone();
             let ids = self
                 .db
-                .write(|tx| {
+                .write(move |tx| {
                     tx.prepare_cached(
                         "UPDATE orders SET lease_until = ?1, lease_owner = ?4 WHERE lease_until < ?2 AND id IN (\
                          SELECT id FROM orders WHERE status IN ('pending', 'awaiting_payment') \

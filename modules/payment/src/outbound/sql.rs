@@ -348,8 +348,10 @@ pub mod sqlite {
             let id = new.id.to_string();
             let order_id = r.order_id.to_string();
             // The insert and the read of what it left, in one transaction.
+            let new = new.clone();
             self.db
-                .write(|tx| -> anyhow::Result<_> {
+                .write(move |tx| -> anyhow::Result<_> {
+                    let r = &new.request;
                     let inserted = tx
                         .prepare_cached(
                             "INSERT INTO payments (id, order_id, customer_id, status, amount_minor, currency, \
@@ -389,7 +391,7 @@ pub mod sqlite {
         ) -> anyhow::Result<bool> {
             let done =
                 self.db
-                    .write(|tx| {
+                    .write(move |tx| {
                         tx.prepare_cached(
                         "UPDATE payments SET attempt_at = ?1 WHERE id = ?2 AND status = 'pending' \
                          AND (attempt_at IS NULL OR attempt_at < ?3)",
@@ -403,7 +405,7 @@ pub mod sqlite {
 
         async fn release_charge(&self, id: PaymentId) -> anyhow::Result<()> {
             self.db
-                .write(|tx| {
+                .write(move |tx| {
                     tx.prepare_cached("UPDATE payments SET attempt_at = NULL WHERE id = ?1 AND status = 'pending'")?
                         .execute([id.to_string()])
                 })
@@ -432,8 +434,15 @@ pub mod sqlite {
                     Some(code.as_str()),
                 ),
             };
+            let (provider_ref, failure_code) = (
+                provider_ref.map(str::to_owned),
+                failure_code.map(str::to_owned),
+            );
+            let correlation_id = correlation_id.to_owned();
             self.db
-                .write(|tx| -> anyhow::Result<_> {
+                .write(move |tx| -> anyhow::Result<_> {
+                    let (provider_ref, failure_code) = (provider_ref.as_deref(), failure_code.as_deref());
+                    let correlation_id = correlation_id.as_str();
                     let done = tx
                         .prepare_cached(
                             "UPDATE payments SET status = ?1, provider_ref = ?2, failure_code = ?3, attempt_at = NULL, \
@@ -510,9 +519,11 @@ pub mod sqlite {
             let r = &new.request;
             let payment_id = r.payment_id.to_string();
             let key = r.key.as_str();
+            let (owned, id_, key_) = (new.clone(), payment_id.clone(), key.to_owned());
             let reserved = self
                 .db
-                .write(|tx| -> Result<_, Abort> {
+                .write(move |tx| -> Result<_, Abort> {
+                    let (new, r, payment_id, key) = (&owned, &owned.request, id_, key_.as_str());
                     if let Some(existing) = load_refund(tx, &payment_id, key)? {
                         return Ok(Reservation::Existing(existing));
                     }
@@ -603,7 +614,7 @@ pub mod sqlite {
         ) -> anyhow::Result<bool> {
             let done =
                 self.db
-                    .write(|tx| {
+                    .write(move |tx| {
                         tx.prepare_cached(
                         "UPDATE refunds SET attempt_at = ?1 WHERE id = ?2 AND status = 'pending' \
                          AND (attempt_at IS NULL OR attempt_at < ?3)",
@@ -617,7 +628,7 @@ pub mod sqlite {
 
         async fn release_refund(&self, id: RefundId) -> anyhow::Result<()> {
             self.db
-                .write(|tx| {
+                .write(move |tx| {
                     tx.prepare_cached(
                         "UPDATE refunds SET attempt_at = NULL WHERE id = ?1 AND status = 'pending'",
                     )?
@@ -646,8 +657,15 @@ pub mod sqlite {
                     (RefundStatus::Failed, None, Some(code.as_str()))
                 }
             };
+            let (provider_ref, failure_code) = (
+                provider_ref.map(str::to_owned),
+                failure_code.map(str::to_owned),
+            );
+            let correlation_id = correlation_id.to_owned();
             self.db
-                .write(|tx| -> anyhow::Result<_> {
+                .write(move |tx| -> anyhow::Result<_> {
+                    let (provider_ref, failure_code) = (provider_ref.as_deref(), failure_code.as_deref());
+                    let correlation_id = correlation_id.as_str();
                     let row: Option<(String, i64)> = tx
                         .prepare_cached(
                             "UPDATE refunds SET status = ?1, provider_ref = ?2, failure_code = ?3, attempt_at = NULL, \

@@ -671,19 +671,25 @@ async fn the_ledger_is_append_only(b: Backend) {
     let id = p.id.to_string();
     let (update, delete) = match h.db() {
         agora_kernel::db::SqlDatabase::Sqlite(db) => (
-            db.write(|tx| {
-                tx.execute(
-                    "UPDATE payment_ledger SET amount_minor = 1 WHERE payment_id = ?1",
-                    [&id],
-                )
+            db.write({
+                let id = id.clone();
+                move |tx| {
+                    tx.execute(
+                        "UPDATE payment_ledger SET amount_minor = 1 WHERE payment_id = ?1",
+                        [&id],
+                    )
+                }
             })
             .await
             .map(|_| ())
             .map_err(anyhow::Error::from),
-            db.write(|tx| tx.execute("DELETE FROM payment_ledger WHERE payment_id = ?1", [&id]))
-                .await
-                .map(|_| ())
-                .map_err(anyhow::Error::from),
+            db.write({
+                let id = id.clone();
+                move |tx| tx.execute("DELETE FROM payment_ledger WHERE payment_id = ?1", [&id])
+            })
+            .await
+            .map(|_| ())
+            .map_err(anyhow::Error::from),
         ),
         agora_kernel::db::SqlDatabase::Postgres(pool) => (
             sqlx::query("UPDATE payment_ledger SET amount_minor = 1 WHERE payment_id = $1")
