@@ -225,11 +225,7 @@ async fn the_demo_loads_over_the_http_api_and_a_second_run_duplicates_nothing() 
 async fn with_nothing_serving_the_demo_loads_through_an_in_process_agora_and_can_run_twice() {
     let dir = tempfile::tempdir().unwrap();
     // A loopback port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::process::free_port();
     let addr = format!("127.0.0.1:{port}");
     for _ in 0..2 {
         let out = demo(dir.path(), &[], &[("AGORA__HTTP__ADDR", addr.as_str())]).await;
@@ -245,11 +241,7 @@ async fn with_nothing_serving_the_demo_loads_through_an_in_process_agora_and_can
 #[tokio::test]
 async fn an_explicit_url_where_nothing_answers_is_an_error_not_a_fallback() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::process::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let out = demo(dir.path(), &["--url", &url], &[]).await;
     assert!(!out.status.success());

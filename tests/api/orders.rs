@@ -794,11 +794,7 @@ async fn an_order_placed_over_http_sends_an_email_that_a_real_smtp_server_receiv
     let Some(python) = python_with_aiosmtpd() else {
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::process::free_port();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("mail.jsonl");
     let mut server = std::process::Command::new(python)

@@ -12,12 +12,24 @@ use std::time::Duration;
 use agora_kernel::Role;
 use serde_json::{Value, json};
 
+/// A port that is free now, below Linux's ephemeral range (32768–60999 by
+/// default): a port the kernel handed out (`bind` to port 0) may meanwhile
+/// be taken as the local end of some outgoing connection (a PostgreSQL or
+/// NATS client of another test) before the process meant to listen on it
+/// starts. Each call in this test process takes the next port of its own.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = (std::process::id() * 7919) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(FIRST + (offset + n) % SPAN).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub struct Agora {
