@@ -88,8 +88,9 @@ where
 pub(super) struct Writer {
     conn: Mutex<Connection>,
     queue: Mutex<Vec<Box<dyn Job>>>,
-    /// Where a holder out of budget hands the rest (the runtime that opened
-    /// the database; none in plain threads outside any runtime).
+    /// Where a holder out of budget outside any runtime (the checkpointer's
+    /// thread) hands the rest: the runtime that opened the database. Inside
+    /// a runtime, the holder's own takes it.
     runtime: Option<tokio::runtime::Handle>,
 }
 
@@ -173,7 +174,9 @@ impl Writer {
                     run_batch(&mut conn, batch);
                     if Instant::now() >= until
                         && self.queued()
-                        && let Some(runtime) = &self.runtime
+                        && let Some(runtime) = tokio::runtime::Handle::try_current()
+                            .ok()
+                            .or_else(|| self.runtime.clone())
                     {
                         drop(conn);
                         let writer = Arc::clone(self);
