@@ -419,80 +419,76 @@ impl Sqlite {
 }
 
 fn migrate(conn: &mut Connection, migrator: &sqlx::migrate::Migrator) -> anyhow::Result<()> {
-    {
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
-                version BIGINT PRIMARY KEY,
-                description TEXT NOT NULL,
-                installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
-                success BOOLEAN NOT NULL,
-                checksum BLOB NOT NULL,
-                execution_time BIGINT NOT NULL
-            );",
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+            version BIGINT PRIMARY KEY,
+            description TEXT NOT NULL,
+            installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+            success BOOLEAN NOT NULL,
+            checksum BLOB NOT NULL,
+            execution_time BIGINT NOT NULL
+        );",
+    )
+    .context("failed to create the migrations table")?;
+    // As sqlx does: a migration that failed earlier (any migrator's) stops all.
+    let dirty: Option<i64> = conn
+        .query_row(
+            "SELECT version FROM _sqlx_migrations WHERE success = 0 LIMIT 1",
+            [],
+            |r| r.get(0),
         )
-        .context("failed to create the migrations table")?;
-        // As sqlx does: a migration that failed earlier (any migrator's) stops all.
-        let dirty: Option<i64> = conn
+        .optional()?;
+    if let Some(v) = dirty {
+        anyhow::bail!("migration {v} failed earlier and left the database dirty");
+    }
+    for m in migrator.iter() {
+        if m.migration_type.is_down_migration() {
+            continue;
+        }
+        let applied: Option<(Vec<u8>, bool)> = conn
             .query_row(
-                "SELECT version FROM _sqlx_migrations WHERE success = 0 LIMIT 1",
-                [],
-                |r| r.get(0),
+                "SELECT checksum, success FROM _sqlx_migrations WHERE version = ?1",
+                [m.version],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        if let Some(v) = dirty {
-            anyhow::bail!("migration {v} failed earlier and left the database dirty");
+        match applied {
+            Some((checksum, true)) if checksum == *m.checksum => continue,
+            Some((_, true)) => anyhow::bail!(
+                "migration {} ({}) was changed after it ran",
+                m.version,
+                m.description
+            ),
+            Some((_, false)) => anyhow::bail!(
+                "migration {} ({}) failed earlier and left the database dirty",
+                m.version,
+                m.description
+            ),
+            None => {}
         }
-        for m in migrator.iter() {
-            if m.migration_type.is_down_migration() {
-                continue;
-            }
-            let applied: Option<(Vec<u8>, bool)> = conn
-                .query_row(
-                    "SELECT checksum, success FROM _sqlx_migrations WHERE version = ?1",
-                    [m.version],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            match applied {
-                Some((checksum, true)) if checksum == *m.checksum => continue,
-                Some((_, true)) => anyhow::bail!(
-                    "migration {} ({}) was changed after it ran",
-                    m.version,
-                    m.description
-                ),
-                Some((_, false)) => anyhow::bail!(
-                    "migration {} ({}) failed earlier and left the database dirty",
-                    m.version,
-                    m.description
-                ),
-                None => {}
-            }
-            let started = Instant::now();
-            if m.no_tx {
-                conn.execute_batch(&m.sql).with_context(|| {
-                    format!("migration {} ({}) failed", m.version, m.description)
-                })?;
-            }
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if !m.no_tx {
-                tx.execute_batch(&m.sql).with_context(|| {
-                    format!("migration {} ({}) failed", m.version, m.description)
-                })?;
-            }
-            tx.execute(
-                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-                 VALUES (?1, ?2, TRUE, ?3, ?4)",
-                rusqlite::params![
-                    m.version,
-                    m.description.as_ref(),
-                    m.checksum.as_ref(),
-                    i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX)
-                ],
-            )?;
-            tx.commit()?;
+        let started = Instant::now();
+        if m.no_tx {
+            conn.execute_batch(&m.sql)
+                .with_context(|| format!("migration {} ({}) failed", m.version, m.description))?;
         }
-        Ok(())
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if !m.no_tx {
+            tx.execute_batch(&m.sql)
+                .with_context(|| format!("migration {} ({}) failed", m.version, m.description))?;
+        }
+        tx.execute(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (?1, ?2, TRUE, ?3, ?4)",
+            rusqlite::params![
+                m.version,
+                m.description.as_ref(),
+                m.checksum.as_ref(),
+                i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX)
+            ],
+        )?;
+        tx.commit()?;
     }
+    Ok(())
 }
 
 /// Passive checkpoints every [`CHECKPOINT_EVERY`] on a connection of their own;
@@ -638,7 +634,7 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         fresh
-            .write(move |tx| tx.execute_batch("CREATE TABLE t (v TEXT)"))
+            .write(|tx| tx.execute_batch("CREATE TABLE t (v TEXT)"))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(page_size(&fresh).await, PAGE_SIZE);
@@ -668,10 +664,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let url = format!("sqlite://{}/t.db", dir.path().display());
         let db = Sqlite::open(&url).await.unwrap_or_else(|e| panic!("{e}"));
-        db.write(move |tx| tx.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)"))
+        db.write(|tx| tx.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)"))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        db.write(move |tx| tx.execute("INSERT INTO t (v) VALUES (1)", []))
+        db.write(|tx| tx.execute("INSERT INTO t (v) VALUES (1)", []))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let failed: Result<(), rusqlite::Error> = db
@@ -739,14 +735,14 @@ mod tests {
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|e| panic!("{e}"));
-        db.write(move |tx| tx.execute_batch("CREATE TABLE t (v BLOB NOT NULL)"))
+        db.write(|tx| tx.execute_batch("CREATE TABLE t (v BLOB NOT NULL)"))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         // Each commit appends at least one page (the table's last) to the log.
         let started = Instant::now();
         let mut commits = 0u64;
         while started.elapsed() < Duration::from_secs(2) {
-            db.write(move |tx| tx.execute("INSERT INTO t (v) VALUES (zeroblob(100))", []))
+            db.write(|tx| tx.execute("INSERT INTO t (v) VALUES (zeroblob(100))", []))
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             commits += 1;
