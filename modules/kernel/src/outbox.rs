@@ -428,6 +428,50 @@ macro_rules! sql_outbox {
                 Ok(())
             }
 
+            /// Events as the three parallel arrays a single-statement write
+            /// unnests into the outbox ([`insert_from`]), so that a state
+            /// change, its history and its events are one statement: atomic
+            /// without `BEGIN`/`COMMIT`, and one round trip instead of five.
+            #[derive(Debug, Default)]
+            pub struct Batch {
+                pub ids: Vec<String>,
+                pub types: Vec<String>,
+                pub envelopes: Vec<String>,
+            }
+
+            impl Batch {
+                /// # Errors
+                /// An event that does not serialise.
+                pub fn of(events: &[EventEnvelope]) -> anyhow::Result<Self> {
+                    let mut b = Batch {
+                        ids: Vec::with_capacity(events.len()),
+                        types: Vec::with_capacity(events.len()),
+                        envelopes: Vec::with_capacity(events.len()),
+                    };
+                    for e in events {
+                        b.ids.push(e.id.to_string());
+                        b.types.push(e.event_type.clone());
+                        b.envelopes.push(serde_json::to_string(e).context("failed to serialise the event")?);
+                    }
+                    Ok(b)
+                }
+            }
+
+            /// The CTE body that writes a [`Batch`] to the outbox once for each
+            /// row of `source` (a preceding CTE: zero rows, as when a guarded
+            /// update matched nothing, write nothing). `$at` is the write time
+            /// (epoch ms), `$arrays`, `$arrays+1` and `$arrays+2` the batch's
+            /// ids, types and envelopes; rows keep the batch's order.
+            pub fn insert_from(source: &str, at: usize, arrays: usize) -> String {
+                let (ids, types, envelopes) = (arrays, arrays + 1, arrays + 2);
+                format!(
+                    "INSERT INTO outbox (id, event_type, envelope, created_at, available_at, attempts) \
+                     SELECT x.id, x.event_type, x.envelope, ${at}, ${at}, 0 FROM {source}, \
+                     unnest(${ids}::text[], ${types}::text[], ${envelopes}::text[]) WITH ORDINALITY \
+                     AS x(id, event_type, envelope, n) ORDER BY x.n"
+                )
+            }
+
             /// The outbox of one module's database.
             #[derive(Clone)]
             pub struct Store {

@@ -1,9 +1,11 @@
-//! The order store on SQLite and PostgreSQL: the same SQL for both (numbered
-//! parameters, epoch-millisecond times). PostgreSQL runs on sqlx (a macro
-//! generated the store for both backends when SQLite was on sqlx too); SQLite
-//! runs in place on `agora_kernel::sqlite`, whose single writer serialises
-//! writes, while PostgreSQL instances claim due orders with `SKIP LOCKED` so
-//! they do not wait on each other.
+//! The order store on SQLite and PostgreSQL: the same tables and the same
+//! statements' parts (numbered parameters, epoch-millisecond times).
+//! PostgreSQL runs on sqlx, and each write is one statement (a data-modifying
+//! CTE: the guarded change, its history row and its events), atomic without
+//! `BEGIN`/`COMMIT` and one round trip; SQLite runs the same parts as the
+//! statements of one transaction, in place on `agora_kernel::sqlite`'s single
+//! writer, where a statement costs no round trip. PostgreSQL instances claim
+//! due orders with `SKIP LOCKED` so they do not wait on each other.
 //! A change is one version-guarded `UPDATE` (no read first): the caller's copy
 //! of the order is the stored one exactly when the version still matches.
 
@@ -138,7 +140,7 @@ fn changed(order: &Order, change: &Change, now: DateTime<Utc>) -> Order {
 }
 
 macro_rules! sql_order_store {
-    ($module:ident, $db:ty, $pool:ty, begin = |$p:ident| $begin:expr, lock_skip = $lock_skip:literal, enqueue = $enqueue:path) => {
+    ($module:ident, $db:ty, $pool:ty, lock_skip = $lock_skip:literal) => {
         pub mod $module {
             use super::*;
 
@@ -154,74 +156,83 @@ macro_rules! sql_order_store {
                 }
             }
 
-            async fn insert_history(
-                tx: &mut <$db as sqlx::Database>::Connection,
-                id: OrderId,
-                t: &Transition,
-            ) -> anyhow::Result<()> {
-                sqlx::query(
-                    "INSERT INTO order_history (order_id, from_status, to_status, at, actor, reason, correlation_id) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            /// `insert` in one statement: the order, its first history row and
+            /// its events (a unique violation fails the whole statement).
+            static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                format!(
+                    "WITH o AS (INSERT INTO orders ({COLUMNS}, lease_until, lease_owner) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
+                     RETURNING id), \
+                     h AS (INSERT INTO order_history (order_id, from_status, to_status, at, actor, reason, correlation_id) \
+                     SELECT id, $22, $23, $24, $25, $26, $27 FROM o), \
+                     e AS ({}) \
+                     SELECT COUNT(*) FROM o",
+                    agora_kernel::outbox::$module::insert_from("o", 28, 29)
                 )
-                .bind(id.to_string())
-                .bind(t.from.map(|s| s.as_str()))
-                .bind(t.to.as_str())
-                .bind(epoch_ms(t.at))
-                .bind(&t.actor)
-                .bind(&t.reason)
-                .bind(&t.correlation_id)
-                .execute(&mut *tx)
-                .await
-                .context("failed to write order history")?;
-                Ok(())
-            }
+            });
 
-            async fn enqueue_all(tx: &mut <$db as sqlx::Database>::Connection, events: &[EventEnvelope]) -> anyhow::Result<()> {
-                for e in events {
-                    $enqueue(&mut *tx, e).await?;
-                }
-                Ok(())
-            }
+            /// `apply` in one statement: the version-guarded update, and only
+            /// when it matched, the history row (if the status changes) and the
+            /// events; then whether it matched and whether the order exists.
+            static APPLY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                format!(
+                    "WITH u AS (UPDATE orders SET status = $1, payment_id = $2, failure_reason = $3, attempts = $4, \
+                     next_attempt_at = $5, shipping_address = $6, version = $7, updated_at = $8, \
+                     lease_until = CASE WHEN $12 THEN 0 ELSE lease_until END \
+                     WHERE id = $9 AND version = $10 AND ($11::text IS NULL OR lease_owner = $11) RETURNING id), \
+                     h AS (INSERT INTO order_history (order_id, from_status, to_status, at, actor, reason, correlation_id) \
+                     SELECT id, $13, $14, $15, $16, $17, $18 FROM u WHERE $14::text IS NOT NULL), \
+                     e AS ({}) \
+                     SELECT (SELECT COUNT(*) FROM u), EXISTS (SELECT 1 FROM orders WHERE id = $9)",
+                    agora_kernel::outbox::$module::insert_from("u", 19, 20)
+                )
+            });
 
             #[async_trait]
             impl OrderStore for Store {
                 async fn insert(&self, o: &Order, t: &Transition, events: &[EventEnvelope], lease: &Lease) -> Result<(), StoreError> {
-                    let $p = &self.pool;
-                    let mut tx = $begin.await.context("failed to start a transaction")?;
-                    sqlx::query(&format!(
-                        "INSERT INTO orders ({COLUMNS}, lease_until, lease_owner) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
-                    ))
-                    .bind(o.id.to_string())
-                    .bind(&o.customer_id)
-                    .bind(&o.customer_email)
-                    .bind(o.status.as_str())
-                    .bind(serde_json::to_string(&o.items).context("items")?)
-                    .bind(o.total.minor())
-                    .bind(o.total.currency().to_string())
-                    .bind(serde_json::to_string(&o.shipping_address).context("address")?)
-                    .bind(&o.payment_method)
-                    .bind(&o.payment_id)
-                    .bind(&o.failure_reason)
-                    .bind(epoch_ms(o.created_at))
-                    .bind(epoch_ms(o.updated_at))
-                    .bind(o.version)
-                    .bind(i64::from(o.attempts))
-                    .bind(o.next_attempt_at.map(epoch_ms))
-                    .bind(epoch_ms(o.payment_deadline))
-                    .bind(&o.correlation_id)
-                    .bind(&o.idempotency_key)
-                    .bind(epoch_ms(lease.until))
-                    .bind(&lease.owner)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| match e.as_database_error() {
-                        Some(db) if db.is_unique_violation() => StoreError::DuplicateKey,
-                        _ => StoreError::Unexpected(anyhow::Error::new(e).context("failed to insert an order")),
-                    })?;
-                    insert_history(&mut tx, o.id, t).await?;
-                    enqueue_all(&mut tx, events).await?;
-                    tx.commit().await.context("failed to commit a new order")?;
+                    let batch = agora_kernel::outbox::$module::Batch::of(events)?;
+                    sqlx::query(&INSERT)
+                        .bind(o.id.to_string())
+                        .bind(&o.customer_id)
+                        .bind(&o.customer_email)
+                        .bind(o.status.as_str())
+                        .bind(serde_json::to_string(&o.items).context("items")?)
+                        .bind(o.total.minor())
+                        .bind(o.total.currency().to_string())
+                        .bind(serde_json::to_string(&o.shipping_address).context("address")?)
+                        .bind(&o.payment_method)
+                        .bind(&o.payment_id)
+                        .bind(&o.failure_reason)
+                        .bind(epoch_ms(o.created_at))
+                        .bind(epoch_ms(o.updated_at))
+                        .bind(o.version)
+                        .bind(i64::from(o.attempts))
+                        .bind(o.next_attempt_at.map(epoch_ms))
+                        .bind(epoch_ms(o.payment_deadline))
+                        .bind(&o.correlation_id)
+                        .bind(&o.idempotency_key)
+                        .bind(epoch_ms(lease.until))
+                        .bind(&lease.owner)
+                        .bind(t.from.map(|s| s.as_str()))
+                        .bind(t.to.as_str())
+                        .bind(epoch_ms(t.at))
+                        .bind(&t.actor)
+                        .bind(&t.reason)
+                        .bind(&t.correlation_id)
+                        .bind(epoch_ms(Utc::now()))
+                        .bind(batch.ids)
+                        .bind(batch.types)
+                        .bind(batch.envelopes)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(|e| match e.as_database_error() {
+                            // The order's own keys: its id, or the customer's idempotency key.
+                            Some(db) if db.is_unique_violation() && db.constraint().is_some_and(|c| c.starts_with("orders")) => {
+                                StoreError::DuplicateKey
+                            }
+                            _ => StoreError::Unexpected(anyhow::Error::new(e).context("failed to insert an order")),
+                        })?;
                     Ok(())
                 }
 
@@ -269,46 +280,42 @@ macro_rules! sql_order_store {
                 }
 
                 async fn apply(&self, current: &Order, change: &Change) -> Result<Order, StoreError> {
-                    let $p = &self.pool;
                     let id = current.id;
-                    let mut tx = $begin.await.context("failed to start a transaction")?;
-                    let next = changed(current, change, Utc::now());
-                    let done = sqlx::query(
-                        "UPDATE orders SET status = $1, payment_id = $2, failure_reason = $3, attempts = $4, \
-                         next_attempt_at = $5, shipping_address = $6, version = $7, updated_at = $8, \
-                         lease_until = CASE WHEN $12 THEN 0 ELSE lease_until END \
-                         WHERE id = $9 AND version = $10 AND ($11 IS NULL OR lease_owner = $11)",
-                    )
-                    .bind(next.status.as_str())
-                    .bind(&next.payment_id)
-                    .bind(&next.failure_reason)
-                    .bind(i64::from(next.attempts))
-                    .bind(next.next_attempt_at.map(epoch_ms))
-                    .bind(serde_json::to_string(&next.shipping_address).context("address")?)
-                    .bind(next.version)
-                    .bind(epoch_ms(next.updated_at))
-                    .bind(id.to_string())
-                    .bind(current.version)
-                    .bind(&change.lease_owner)
-                    .bind(change.release_lease)
-                    .execute(&mut *tx)
-                    .await
-                    .context("failed to update an order")?;
-                    if done.rows_affected() != 1 {
-                        // Only on this (rare) path: is it gone, or did it move on?
-                        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders WHERE id = $1")
-                            .bind(id.to_string())
-                            .fetch_one(&mut *tx)
-                            .await
-                            .context("failed to read an order")?;
-                        return Err(if n == 0 { StoreError::NotFound } else { StoreError::Conflict });
+                    let now = Utc::now();
+                    let next = changed(current, change, now);
+                    let t = change.status.as_ref().map(|(_, t)| t);
+                    let batch = agora_kernel::outbox::$module::Batch::of(&change.events)?;
+                    let (matched, exists): (i64, bool) = sqlx::query_as(&APPLY)
+                        .bind(next.status.as_str())
+                        .bind(&next.payment_id)
+                        .bind(&next.failure_reason)
+                        .bind(i64::from(next.attempts))
+                        .bind(next.next_attempt_at.map(epoch_ms))
+                        .bind(serde_json::to_string(&next.shipping_address).context("address")?)
+                        .bind(next.version)
+                        .bind(epoch_ms(next.updated_at))
+                        .bind(id.to_string())
+                        .bind(current.version)
+                        .bind(&change.lease_owner)
+                        .bind(change.release_lease)
+                        .bind(t.and_then(|t| t.from).map(|s| s.as_str()))
+                        .bind(t.map(|t| t.to.as_str()))
+                        .bind(t.map(|t| epoch_ms(t.at)))
+                        .bind(t.map(|t| t.actor.as_str()))
+                        .bind(t.and_then(|t| t.reason.as_deref()))
+                        .bind(t.map(|t| t.correlation_id.as_str()))
+                        .bind(epoch_ms(now))
+                        .bind(batch.ids)
+                        .bind(batch.types)
+                        .bind(batch.envelopes)
+                        .fetch_one(&self.pool)
+                        .await
+                        .context("failed to update an order")?;
+                    match (matched, exists) {
+                        (1, _) => Ok(next),
+                        (_, false) => Err(StoreError::NotFound),
+                        _ => Err(StoreError::Conflict),
                     }
-                    if let Some((_, t)) = &change.status {
-                        insert_history(&mut tx, id, t).await?;
-                    }
-                    enqueue_all(&mut tx, &change.events).await?;
-                    tx.commit().await.context("failed to commit an order change")?;
-                    Ok(next)
                 }
 
                 async fn history(&self, id: OrderId) -> Result<Vec<Transition>, StoreError> {
@@ -777,7 +784,5 @@ sql_order_store!(
     postgres,
     sqlx::Postgres,
     sqlx::PgPool,
-    begin = |pool| pool.begin(),
-    lock_skip = "FOR UPDATE SKIP LOCKED",
-    enqueue = agora_kernel::outbox::postgres::enqueue
+    lock_skip = "FOR UPDATE SKIP LOCKED"
 );

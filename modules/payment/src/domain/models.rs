@@ -348,6 +348,28 @@ impl Payment {
             && self.amount == req.amount
             && self.payment_method == req.payment_method
     }
+
+    /// This `pending` payment once the provider's answer is recorded at
+    /// `now` (to the millisecond, as stored): what a store writes and then
+    /// returns without reading it back. A pending payment has no refunds, and
+    /// nothing but its lease changes until it is finished.
+    pub fn finished(&self, result: &ChargeResult, now: DateTime<Utc>) -> Payment {
+        let mut p = self.clone();
+        match result {
+            ChargeResult::Succeeded { provider_ref } => {
+                p.status = PaymentStatus::Succeeded;
+                p.provider_ref = Some(provider_ref.clone());
+                p.failure_code = None;
+            }
+            ChargeResult::Declined { code, provider_ref } => {
+                p.status = PaymentStatus::Failed;
+                p.provider_ref = provider_ref.clone();
+                p.failure_code = Some(code.clone());
+            }
+        }
+        p.updated_at = agora_kernel::db::from_epoch_ms(agora_kernel::db::epoch_ms(now));
+        p
+    }
 }
 
 /// A new payment, `pending` until the provider answers.

@@ -74,16 +74,17 @@ pub trait PaymentStore: Send + Sync {
     /// Store failures.
     async fn release_charge(&self, id: PaymentId) -> anyhow::Result<()>;
 
-    /// Record the provider's answer on a `pending` payment, with its ledger
-    /// entry (a success) and its event (`payment.succeeded.v1` /
-    /// `payment.failed.v1`) in one transaction. `None` when the payment is not
-    /// pending any more (another caller finished it).
+    /// Record the provider's answer on `pending` (the payment as reserved or
+    /// leased), with its ledger entry (a success) and its event
+    /// (`payment.succeeded.v1` / `payment.failed.v1`) in one transaction; the
+    /// payment as now stored ([`Payment::finished`]). `None` when the payment
+    /// is not pending any more (another caller finished it).
     ///
     /// # Errors
     /// Store failures; then nothing was written.
     async fn finish_charge(
         &self,
-        id: PaymentId,
+        pending: &Payment,
         result: &ChargeResult,
         correlation_id: &str,
         now: DateTime<Utc>,

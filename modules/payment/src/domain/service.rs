@@ -283,7 +283,7 @@ impl PaymentService {
         let finished = self
             .inner
             .store
-            .finish_charge(p.id, &result, &ctx.correlation_id, Utc::now())
+            .finish_charge(&p, &result, &ctx.correlation_id, Utc::now())
             .await?;
         match finished {
             Some(payment) => {

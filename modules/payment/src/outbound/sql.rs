@@ -414,46 +414,39 @@ pub mod sqlite {
             Ok(())
         }
 
-        #[tracing::instrument(skip_all, fields(payment_id = %id))]
+        #[tracing::instrument(skip_all, fields(payment_id = %pending.id))]
         async fn finish_charge(
             &self,
-            id: PaymentId,
+            pending: &Payment,
             result: &ChargeResult,
             correlation_id: &str,
             now: DateTime<Utc>,
         ) -> anyhow::Result<Option<Payment>> {
+            let payment = pending.finished(result, now);
+            let event = crate::events::charge_finished(&payment, correlation_id)?;
             let now = epoch_ms(now);
-            let id = id.to_string();
-            let (status, provider_ref, failure_code) = match result {
-                ChargeResult::Succeeded { provider_ref } => {
-                    (PaymentStatus::Succeeded, Some(provider_ref.as_str()), None)
-                }
-                ChargeResult::Declined { code, provider_ref } => (
-                    PaymentStatus::Failed,
-                    provider_ref.as_deref(),
-                    Some(code.as_str()),
-                ),
-            };
-            let (provider_ref, failure_code) = (
-                provider_ref.map(str::to_owned),
-                failure_code.map(str::to_owned),
-            );
-            let correlation_id = correlation_id.to_owned();
             self.db
                 .write(move |tx| -> anyhow::Result<_> {
-                    let (provider_ref, failure_code) = (provider_ref.as_deref(), failure_code.as_deref());
-                    let correlation_id = correlation_id.as_str();
+                    let id = payment.id.to_string();
                     let done = tx
                         .prepare_cached(
                             "UPDATE payments SET status = ?1, provider_ref = ?2, failure_code = ?3, attempt_at = NULL, \
                              updated_at = ?4 WHERE id = ?5 AND status = 'pending'",
                         )
-                        .and_then(|mut s| s.execute(params![status.as_str(), provider_ref, failure_code, now, id]))
+                        .and_then(|mut s| {
+                            s.execute(params![
+                                payment.status.as_str(),
+                                payment.provider_ref,
+                                payment.failure_code,
+                                now,
+                                id
+                            ])
+                        })
                         .context("failed to finish a payment")?;
                     if done == 0 {
                         return Ok(None);
                     }
-                    if status == PaymentStatus::Succeeded {
+                    if payment.status == PaymentStatus::Succeeded {
                         tx.prepare_cached(
                             "INSERT INTO payment_ledger (id, payment_id, refund_id, kind, amount_minor, currency, provider_ref, created_at) \
                              SELECT ?1, id, NULL, 'charge', amount_minor, currency, provider_ref, ?2 FROM payments WHERE id = ?3",
@@ -461,8 +454,6 @@ pub mod sqlite {
                         .and_then(|mut s| s.execute(params![LedgerEntryId::new().to_string(), now, id]))
                         .context("failed to append a charge to the ledger")?;
                     }
-                    let payment = load(tx, &id)?.context("a finished payment vanished")?;
-                    let event = crate::events::charge_finished(&payment, correlation_id)?;
                     agora_kernel::outbox::sqlite::enqueue(tx, &event)?;
                     Ok(Some(payment))
                 })
@@ -830,6 +821,22 @@ macro_rules! sql_store {
                 matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
             }
 
+            /// `finish_charge` in one statement (atomic without `BEGIN`/`COMMIT`,
+            /// one round trip): the guarded update and, only when it matched,
+            /// the ledger entry (a success) and the event.
+            static FINISH_CHARGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                format!(
+                    "WITH p AS (UPDATE payments SET status = $1, provider_ref = $2, failure_code = $3, attempt_at = NULL, \
+                     updated_at = $4 WHERE id = $5 AND status = 'pending' \
+                     RETURNING id, amount_minor, currency, provider_ref), \
+                     l AS (INSERT INTO payment_ledger (id, payment_id, refund_id, kind, amount_minor, currency, provider_ref, created_at) \
+                     SELECT $6, id, NULL, 'charge', amount_minor, currency, provider_ref, $4 FROM p WHERE $1 = 'succeeded'), \
+                     e AS ({}) \
+                     SELECT COUNT(*) FROM p",
+                    agora_kernel::outbox::$backend::insert_from("p", 4, 7)
+                )
+            });
+
             #[async_trait]
             impl PaymentStore for Store {
                 fn backend(&self) -> &'static str {
@@ -840,12 +847,14 @@ macro_rules! sql_store {
                 async fn reserve_charge(&self, new: &NewPayment, now: DateTime<Utc>) -> anyhow::Result<Reservation<Payment>> {
                     let now = epoch_ms(now);
                     let r = &new.request;
-                    let inserted = sqlx::query(
+                    // One round trip when the order has no payment yet (a new
+                    // payment has no refunds to read).
+                    let inserted: Option<PaymentRow> = sqlx::query_as(&format!(
                         "INSERT INTO payments (id, order_id, customer_id, status, amount_minor, currency, \
                          payment_method, provider, attempt_at, created_at, updated_at) \
                          VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $8, $8) \
-                         ON CONFLICT (order_id) DO NOTHING",
-                    )
+                         ON CONFLICT (order_id) DO NOTHING RETURNING {PAYMENT_COLUMNS}"
+                    ))
                     .bind(new.id.to_string())
                     .bind(r.order_id.to_string())
                     .bind(r.customer_id.as_str())
@@ -854,19 +863,16 @@ macro_rules! sql_store {
                     .bind(r.payment_method.as_str())
                     .bind(&new.provider)
                     .bind(now)
-                    .execute(&self.pool)
+                    .fetch_optional(&self.pool)
                     .await
                     .context("failed to reserve a payment")?;
-                    let mut conn = self.pool.acquire().await.context("failed to get a connection")?;
-                    if inserted.rows_affected() == 1 {
-                        let p = load(&mut conn, &new.id.to_string()).await?
-                            .context("a reserved payment vanished")?;
-                        Ok(Reservation::Created(p))
-                    } else {
-                        let p = load_by_order(&mut conn, &r.order_id.to_string()).await?
-                            .context("the order's existing payment vanished")?;
-                        Ok(Reservation::Existing(p))
+                    if let Some(row) = inserted {
+                        return Ok(Reservation::Created(row.into_domain(Vec::new())?));
                     }
+                    let mut conn = self.pool.acquire().await.context("failed to get a connection")?;
+                    let p = load_by_order(&mut conn, &r.order_id.to_string()).await?
+                        .context("the order's existing payment vanished")?;
+                    Ok(Reservation::Existing(p))
                 }
 
                 async fn lease_charge(&self, id: PaymentId, now: DateTime<Utc>, stale_before: DateTime<Utc>) -> anyhow::Result<bool> {
@@ -892,47 +898,25 @@ macro_rules! sql_store {
                     Ok(())
                 }
 
-                #[tracing::instrument(skip_all, fields(payment_id = %id))]
-                async fn finish_charge(&self, id: PaymentId, result: &ChargeResult, correlation_id: &str, now: DateTime<Utc>) -> anyhow::Result<Option<Payment>> {
-                    let now = epoch_ms(now);
-                    let id = id.to_string();
-                    let (status, provider_ref, failure_code) = match result {
-                        ChargeResult::Succeeded { provider_ref } => (PaymentStatus::Succeeded, Some(provider_ref.as_str()), None),
-                        ChargeResult::Declined { code, provider_ref } => (PaymentStatus::Failed, provider_ref.as_deref(), Some(code.as_str())),
-                    };
-                    let mut tx = self.begin().await?;
-                    let done = sqlx::query(
-                        "UPDATE payments SET status = $1, provider_ref = $2, failure_code = $3, attempt_at = NULL, \
-                         updated_at = $4 WHERE id = $5 AND status = 'pending'",
-                    )
-                    .bind(status.as_str())
-                    .bind(provider_ref)
-                    .bind(failure_code)
-                    .bind(now)
-                    .bind(&id)
-                    .execute(&mut *tx)
-                    .await
-                    .context("failed to finish a payment")?;
-                    if done.rows_affected() == 0 {
-                        return Ok(None);
-                    }
-                    if status == PaymentStatus::Succeeded {
-                        sqlx::query(
-                            "INSERT INTO payment_ledger (id, payment_id, refund_id, kind, amount_minor, currency, provider_ref, created_at) \
-                             SELECT $1, id, NULL, 'charge', amount_minor, currency, provider_ref, $2 FROM payments WHERE id = $3",
-                        )
-                        .bind(LedgerEntryId::new().to_string())
-                        .bind(now)
-                        .bind(&id)
-                        .execute(&mut *tx)
-                        .await
-                        .context("failed to append a charge to the ledger")?;
-                    }
-                    let payment = load(&mut tx, &id).await?.context("a finished payment vanished")?;
+                #[tracing::instrument(skip_all, fields(payment_id = %pending.id))]
+                async fn finish_charge(&self, pending: &Payment, result: &ChargeResult, correlation_id: &str, now: DateTime<Utc>) -> anyhow::Result<Option<Payment>> {
+                    let payment = pending.finished(result, now);
                     let event = crate::events::charge_finished(&payment, correlation_id)?;
-                    agora_kernel::outbox::$backend::enqueue(&mut tx, &event).await?;
-                    tx.commit().await.context("failed to commit a finished payment")?;
-                    Ok(Some(payment))
+                    let batch = agora_kernel::outbox::$backend::Batch::of(std::slice::from_ref(&event))?;
+                    let (matched,): (i64,) = sqlx::query_as(&FINISH_CHARGE)
+                        .bind(payment.status.as_str())
+                        .bind(&payment.provider_ref)
+                        .bind(&payment.failure_code)
+                        .bind(epoch_ms(now))
+                        .bind(payment.id.to_string())
+                        .bind(LedgerEntryId::new().to_string())
+                        .bind(batch.ids)
+                        .bind(batch.types)
+                        .bind(batch.envelopes)
+                        .fetch_one(&self.pool)
+                        .await
+                        .context("failed to finish a payment")?;
+                    Ok((matched == 1).then_some(payment))
                 }
 
                 async fn get(&self, id: PaymentId) -> anyhow::Result<Option<Payment>> {

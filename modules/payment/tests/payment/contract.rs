@@ -252,16 +252,17 @@ async fn the_charge_lease_is_exclusive_until_it_goes_stale(b: Backend) {
     let ok = ChargeResult::Succeeded {
         provider_ref: "pi_x".into(),
     };
+    let finished = store
+        .finish_charge(&p, &ok, "c", now)
+        .await
+        .unwrap()
+        .expect("the pending payment finishes");
+    // What the store answers is what it now holds (no reload behind it).
+    assert_eq!(finished.status, PaymentStatus::Succeeded);
+    assert_eq!(Some(finished), store.get(p.id).await.unwrap());
     assert!(
         store
-            .finish_charge(p.id, &ok, "c", now)
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert!(
-        store
-            .finish_charge(p.id, &ok, "c", now)
+            .finish_charge(&p, &ok, "c", now)
             .await
             .unwrap()
             .is_none()
