@@ -378,9 +378,10 @@ const CLAIM_SQL: &str = "UPDATE outbox SET available_at = $1, attempts = attempt
        ORDER BY seq LIMIT $3) \
      RETURNING envelope, attempts";
 
-/// PostgreSQL: claims are serialised by a transaction-level advisory lock, so
-/// a second relay sees the first one's claim (and waits behind it) instead of
-/// skipping its locked rows and publishing later ones first.
+/// PostgreSQL: claims are serialised by a transaction-level advisory lock (taken
+/// inside `outbox_claim`, migration 0003), so a second relay sees the first
+/// one's claim (and waits behind it) instead of skipping its locked rows and
+/// publishing later ones first.
 const PG_CLAIM_LOCK: i64 = 0x6167_6f72_615f_6f62; // "agora_ob"
 
 fn to_messages(rows: Vec<(String, i64)>) -> anyhow::Result<Vec<OutboxMessage>> {
@@ -798,24 +799,16 @@ sql_outbox!(
     sqlx::Postgres,
     sqlx::PgPool,
     sqlx::PgConnection,
-    claim = |pool, until, now, limit| async {
-        let mut tx = pool.begin().await?;
-        let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(PG_CLAIM_LOCK)
-            .fetch_one(&mut *tx)
-            .await?;
-        if !locked {
-            return Ok(Vec::new());
-        }
-        let rows = sqlx::query_as(CLAIM_SQL)
-            .bind(until)
-            .bind(now)
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>(rows)
-    }
+    // One round trip: `outbox_claim` (migration 0003) takes the claim lock and
+    // claims under it, in the statement's own transaction.
+    claim = |pool, until, now, limit| sqlx::query_as(
+        "SELECT claimed_envelope, claimed_attempts FROM outbox_claim($1, $2, $3, $4)"
+    )
+    .bind(PG_CLAIM_LOCK)
+    .bind(until)
+    .bind(now)
+    .bind(limit)
+    .fetch_all(pool)
     .await
 );
 

@@ -8,7 +8,9 @@
 //! transaction is `BEGIN IMMEDIATE` on SQLite's single writer (the write lock is
 //! taken up front), and claiming due notifications locks them with
 //! `FOR UPDATE SKIP LOCKED` on PostgreSQL so concurrent workers take different
-//! rows.
+//! rows. On PostgreSQL an event's ingest and a batch of attempts' results are
+//! each one statement (data-modifying CTEs reading the rows from one JSON
+//! parameter): atomic without `BEGIN`/`COMMIT`, one round trip each.
 
 use std::sync::Arc;
 
@@ -593,75 +595,79 @@ macro_rules! sql_store {
                 row.map(NotificationRow::into_domain).transpose()
             }
 
-            async fn insert(conn: &mut Conn, n: &Notification) -> anyhow::Result<()> {
-                sqlx::query(&format!(
-                    "INSERT INTO notifications ({COLUMNS}) VALUES \
-                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
-                ))
-                .bind(n.id.to_string())
-                .bind(&n.customer_id)
-                .bind(n.channel.as_str())
-                .bind(n.template.as_str())
-                .bind(n.status.as_str())
-                .bind(&n.recipient)
-                .bind(&n.subject)
-                .bind(&n.body_text)
-                .bind(&n.body_html)
-                .bind(i64::from(n.attempts))
-                .bind(i64::from(n.round_start))
-                .bind(&n.last_error)
-                .bind(n.event_id.to_string())
-                .bind(&n.event_type)
-                .bind(&n.correlation_id)
-                .bind(ms(n.created_at))
-                .bind(ms(n.updated_at))
-                .bind(n.next_attempt_at.map(ms))
-                .bind(n.sent_at.map(ms))
-                .execute(&mut *conn)
-                .await
-                .context("failed to insert a notification")?;
-                Ok(())
+            /// A notification as the JSON object `jsonb_populate_recordset`
+            /// reads into a `notifications` row (keys are the column names).
+            fn row_json(n: &Notification) -> serde_json::Value {
+                serde_json::json!({
+                    "id": n.id.to_string(),
+                    "customer_id": n.customer_id,
+                    "channel": n.channel.as_str(),
+                    "template": n.template.as_str(),
+                    "status": n.status.as_str(),
+                    "recipient": n.recipient,
+                    "subject": n.subject,
+                    "body_text": n.body_text,
+                    "body_html": n.body_html,
+                    "attempts": i64::from(n.attempts),
+                    "round_start": i64::from(n.round_start),
+                    "last_error": n.last_error,
+                    "event_id": n.event_id.to_string(),
+                    "event_type": n.event_type,
+                    "correlation_id": n.correlation_id,
+                    "created_at": ms(n.created_at),
+                    "updated_at": ms(n.updated_at),
+                    "next_attempt_at": n.next_attempt_at.map(ms),
+                    "sent_at": n.sent_at.map(ms),
+                })
             }
 
-            async fn record_one(
-                conn: &mut Conn,
-                id: NotificationId,
-                r: &AttemptResult,
-            ) -> anyhow::Result<bool> {
+            /// An event's inbox record, its contact and its notifications as
+            /// one statement (atomic without `BEGIN`/`COMMIT`, one round trip):
+            /// the contact and the rows are written only when the inbox insert
+            /// was new. $1 consumer, $2 event id, $3 now, $4/$5 the contact
+            /// (NULL for none), $6 the rows as a JSON array.
+            static INGEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                format!(
+                    "WITH i AS (INSERT INTO inbox (consumer, event_id, handled_at) VALUES ($1, $2, $3) \
+                       ON CONFLICT (consumer, event_id) DO NOTHING RETURNING 1 AS new), \
+                     c AS (INSERT INTO notification_contacts (customer_id, email, updated_at) \
+                       SELECT $4, $5, $3 FROM i WHERE $4::text IS NOT NULL \
+                       ON CONFLICT (customer_id) DO UPDATE \
+                       SET email = excluded.email, updated_at = excluded.updated_at), \
+                     n AS (INSERT INTO notifications ({COLUMNS}) SELECT {COLUMNS} \
+                       FROM i, jsonb_populate_recordset(NULL::notifications, $6::jsonb)) \
+                     SELECT COUNT(*) FROM i"
+                )
+            });
+
+            /// Attempts' results as one statement: each notification is moved
+            /// only if it is still pending or retrying at the attempt before
+            /// (the guard), and its attempt is recorded only then. $1 is a
+            /// JSON array of results with distinct ids; the ids moved return.
+            const RECORD_ATTEMPTS: &str = "WITH r AS (SELECT * FROM jsonb_to_recordset($1::jsonb) \
+                   AS x(id text, status text, number bigint, error text, next_attempt_at bigint, \
+                        sent_at bigint, at bigint, outcome text)), \
+                 u AS (UPDATE notifications n SET status = r.status, attempts = r.number, \
+                   last_error = r.error, next_attempt_at = r.next_attempt_at, \
+                   sent_at = COALESCE(r.sent_at, n.sent_at), updated_at = r.at \
+                   FROM r WHERE n.id = r.id AND n.status IN ('pending', 'retrying') \
+                   AND n.attempts = r.number - 1 RETURNING n.id), \
+                 a AS (INSERT INTO notification_attempts (notification_id, number, attempted_at, \
+                   outcome, error) SELECT r.id, r.number, r.at, r.outcome, r.error FROM r JOIN u USING (id)) \
+                 SELECT id FROM u";
+
+            fn attempt_json(id: NotificationId, r: &AttemptResult) -> serde_json::Value {
                 let a = &r.attempt;
-                let sent_at = (r.new_status == Status::Sent).then_some(ms(a.attempted_at));
-                let done = sqlx::query(
-                    "UPDATE notifications SET status = $1, attempts = $2, last_error = $3, \
-                     next_attempt_at = $4, sent_at = COALESCE($5, sent_at), updated_at = $6 \
-                     WHERE id = $7 AND status IN ('pending', 'retrying') AND attempts = $8",
-                )
-                .bind(r.new_status.as_str())
-                .bind(i64::from(a.number))
-                .bind(&a.error)
-                .bind(r.next_attempt_at.map(ms))
-                .bind(sent_at)
-                .bind(ms(a.attempted_at))
-                .bind(id.to_string())
-                .bind(i64::from(a.number) - 1)
-                .execute(&mut *conn)
-                .await
-                .context("failed to update a notification")?;
-                if done.rows_affected() != 1 {
-                    return Ok(false);
-                }
-                sqlx::query(
-                    "INSERT INTO notification_attempts (notification_id, number, attempted_at, \
-                     outcome, error) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(id.to_string())
-                .bind(i64::from(a.number))
-                .bind(ms(a.attempted_at))
-                .bind(a.outcome.as_str())
-                .bind(&a.error)
-                .execute(&mut *conn)
-                .await
-                .context("failed to record an attempt")?;
-                Ok(true)
+                serde_json::json!({
+                    "id": id.to_string(),
+                    "status": r.new_status.as_str(),
+                    "number": i64::from(a.number),
+                    "error": a.error,
+                    "next_attempt_at": r.next_attempt_at.map(ms),
+                    "sent_at": (r.new_status == Status::Sent).then_some(ms(a.attempted_at)),
+                    "at": ms(a.attempted_at),
+                    "outcome": a.outcome.as_str(),
+                })
             }
 
             #[async_trait]
@@ -673,28 +679,18 @@ macro_rules! sql_store {
                     contact: Option<(&str, &str)>,
                     notifications: &[Notification],
                 ) -> anyhow::Result<bool> {
-                    let mut tx = self.begin().await?;
-                    if !agora_kernel::inbox::$name::record(&mut *tx, consumer, event_id).await? {
-                        return Ok(false);
-                    }
-                    if let Some((customer_id, email)) = contact {
-                        sqlx::query(
-                            "INSERT INTO notification_contacts (customer_id, email, updated_at) \
-                             VALUES ($1, $2, $3) ON CONFLICT (customer_id) DO UPDATE \
-                             SET email = excluded.email, updated_at = excluded.updated_at",
-                        )
-                        .bind(customer_id)
-                        .bind(email)
+                    let rows: Vec<serde_json::Value> = notifications.iter().map(row_json).collect();
+                    let (new,): (i64,) = sqlx::query_as(INGEST.as_str())
+                        .bind(consumer)
+                        .bind(event_id.to_string())
                         .bind(ms(Utc::now()))
-                        .execute(&mut *tx)
+                        .bind(contact.map(|(c, _)| c))
+                        .bind(contact.map(|(_, e)| e))
+                        .bind(serde_json::Value::Array(rows))
+                        .fetch_one(&self.pool)
                         .await
-                        .context("failed to remember a contact")?;
-                    }
-                    for n in notifications {
-                        insert(&mut tx, n).await?;
-                    }
-                    tx.commit().await.context("failed to commit an event's notifications")?;
-                    Ok(true)
+                        .context("failed to commit an event's notifications")?;
+                    Ok(new == 1)
                 }
 
                 async fn contact_email(&self, customer_id: &str) -> anyhow::Result<Option<String>> {
@@ -795,7 +791,6 @@ macro_rules! sql_store {
                     // concurrent claimers on PostgreSQL) and move their next
                     // attempt to the end of the lease.
                     let until = ms(now) + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
-                    let mut tx = self.begin().await?;
                     let mut rows: Vec<NotificationRow> = sqlx::query_as(&format!(
                         "UPDATE notifications SET next_attempt_at = $1 WHERE id IN \
                          (SELECT id FROM notifications \
@@ -807,10 +802,9 @@ macro_rules! sql_store {
                     .bind(until)
                     .bind(ms(now))
                     .bind(i64::from(limit))
-                    .fetch_all(&mut *tx)
+                    .fetch_all(&self.pool)
                     .await
                     .context("failed to claim due notifications")?;
-                    tx.commit().await.context("failed to commit a claim")?;
                     rows.sort_by(|a, b| a.id.cmp(&b.id));
                     rows.into_iter().map(NotificationRow::into_domain).collect()
                 }
@@ -819,12 +813,31 @@ macro_rules! sql_store {
                     &self,
                     results: &[(NotificationId, AttemptResult)],
                 ) -> anyhow::Result<Vec<bool>> {
-                    let mut tx = self.begin().await?;
-                    let mut applied = Vec::with_capacity(results.len());
-                    for (id, r) in results {
-                        applied.push(record_one(&mut tx, *id, r).await?);
+                    if results.is_empty() {
+                        return Ok(Vec::new());
                     }
-                    tx.commit().await.context("failed to commit attempts")?;
+                    // One statement moves each notification once: a batch that
+                    // names one twice (never from one claim) goes one by one.
+                    let distinct = results.iter().map(|(id, _)| *id).collect::<std::collections::HashSet<_>>();
+                    let batches: Vec<&[(NotificationId, AttemptResult)]> = if distinct.len() == results.len() {
+                        vec![results]
+                    } else {
+                        results.chunks(1).collect()
+                    };
+                    let mut moved = std::collections::HashSet::new();
+                    let mut applied = Vec::with_capacity(results.len());
+                    for batch in batches {
+                        let json: Vec<serde_json::Value> =
+                            batch.iter().map(|(id, r)| attempt_json(*id, r)).collect();
+                        let ids: Vec<(String,)> = sqlx::query_as(RECORD_ATTEMPTS)
+                            .bind(serde_json::Value::Array(json))
+                            .fetch_all(&self.pool)
+                            .await
+                            .context("failed to record attempts")?;
+                        moved.clear();
+                        moved.extend(ids.into_iter().map(|(id,)| id));
+                        applied.extend(batch.iter().map(|(id, _)| moved.contains(&id.to_string())));
+                    }
                     Ok(applied)
                 }
 
