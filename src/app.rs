@@ -271,6 +271,7 @@ impl Application {
                 .app_data(topology.clone())
                 .app_data(upstreams_data.clone())
                 .app_data(route_modules.clone())
+                .app_data(observe::RouteCache::default())
                 .wrap(from_fn(errors::problems))
                 .wrap(from_fn(observe::observe))
                 .configure(api::health_routes)
