@@ -34,10 +34,36 @@ use tracing_subscriber::registry::LookupSpan;
 /// Keys of the line itself; a span field of that name is left out.
 const RESERVED: [&str; 5] = ["timestamp", "level", "message", "span", "target"];
 
-/// A span's fields and its ancestors', outermost first, each value already
-/// rendered as JSON.
+/// A span's fields and its ancestors', each value already rendered as JSON: a
+/// span's own fields and a link to its parent's, so a child span copies none
+/// of the request span's strings (a read's service span is one allocation).
 #[derive(Clone, Default)]
-struct SpanFields(Arc<Vec<(&'static str, String)>>);
+struct SpanFields(Option<Arc<FieldsNode>>);
+
+struct FieldsNode {
+    outer: SpanFields,
+    own: Vec<(&'static str, String)>,
+}
+
+/// The spans inside the one being rendered, innermost first: their fields
+/// shadow its fields of the same name.
+struct Inner<'a> {
+    node: &'a FieldsNode,
+    next: Option<&'a Inner<'a>>,
+}
+
+impl Inner<'_> {
+    fn shadows(inner: Option<&Inner<'_>>, name: &str) -> bool {
+        let mut at = inner;
+        while let Some(i) = at {
+            if i.node.own.iter().any(|(n, _)| *n == name) {
+                return true;
+            }
+            at = i.next;
+        }
+        false
+    }
+}
 
 impl SpanFields {
     /// `self` with `own` added, replacing fields of the same name.
@@ -45,14 +71,31 @@ impl SpanFields {
         if own.is_empty() {
             return self.clone();
         }
-        let mut merged: Vec<(&'static str, String)> = self
-            .0
-            .iter()
-            .filter(|(name, _)| !own.iter().any(|(n, _)| n == name))
-            .cloned()
-            .collect();
-        merged.extend(own);
-        SpanFields(Arc::new(merged))
+        SpanFields(Some(Arc::new(FieldsNode {
+            outer: self.clone(),
+            own,
+        })))
+    }
+
+    /// Each field once, the innermost span's value winning, outermost first.
+    fn for_each(&self, mut f: impl FnMut(&'static str, &str)) {
+        fn visit(
+            node: &FieldsNode,
+            inner: Option<&Inner<'_>>,
+            f: &mut impl FnMut(&'static str, &str),
+        ) {
+            if let Some(outer) = &node.outer.0 {
+                visit(outer, Some(&Inner { node, next: inner }), f);
+            }
+            for (name, value) in &node.own {
+                if !Inner::shadows(inner, name) {
+                    f(name, value);
+                }
+            }
+        }
+        if let Some(node) = &self.0 {
+            visit(node, None, &mut f);
+        }
     }
 }
 
@@ -151,14 +194,14 @@ where
         } = fields;
         if let Some(span) = ctx.event_span(event) {
             if let Some(inherited) = span.extensions().get::<SpanFields>() {
-                for (name, value) in inherited.0.iter() {
-                    if !names.contains(name) && !RESERVED.contains(name) {
+                inherited.for_each(|name, value| {
+                    if !names.contains(&name) && !RESERVED.contains(&name) {
                         line.push(',');
                         push_json_str(line, name);
                         line.push(':');
                         line.push_str(value);
                     }
-                }
+                });
             }
             line.push_str(",\"span\":");
             push_json_str(line, span.name());
@@ -424,6 +467,25 @@ mod tests {
         assert_eq!(v["message"], "clash");
         assert_eq!(raw.matches("\"order_id\"").count(), 1, "{raw}");
         assert_eq!(raw.matches("\"message\"").count(), 1, "{raw}");
+    }
+
+    #[test]
+    fn an_inner_span_wins_over_its_ancestors_and_their_order_is_kept() {
+        let got = lines(|| {
+            let outer = tracing::info_span!("outer", request_id = "r", step = "outer");
+            let _o = outer.enter();
+            let middle = tracing::info_span!("middle", step = "middle", sku = "S-1");
+            let _m = middle.enter();
+            let inner = tracing::info_span!("inner", step = "inner");
+            let _i = inner.enter();
+            tracing::info!("deep");
+        });
+        let (raw, v) = &got[0];
+        assert_eq!(v["step"], "inner");
+        assert_eq!(v["request_id"], "r");
+        assert_eq!(v["sku"], "S-1");
+        assert_eq!(raw.matches("\"step\"").count(), 1, "{raw}");
+        assert!(raw.find("\"request_id\"") < raw.find("\"sku\""), "{raw}");
     }
 
     #[test]
