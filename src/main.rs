@@ -8,6 +8,11 @@ use agora::gateway::auth;
 use agora::{Application, Settings, demo, openapi, telemetry};
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc for Rust's allocations (SQLite keeps
+/// its own): see the note beside the dependency in Cargo.toml.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::load() {
