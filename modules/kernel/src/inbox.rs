@@ -3,7 +3,9 @@
 //!
 //! Record the event id in the *same transaction* as the consumer's own writes:
 //! `if !inbox::postgres::record(&mut tx, "notification", id).await? { return Ok(()) }`
-//! (on SQLite, inside [`crate::sqlite::Sqlite::write`]: `inbox::sqlite::record(tx, …)?`).
+//! (on SQLite, inside [`crate::sqlite::Sqlite::write`]: `inbox::sqlite::record(tx, …)?`),
+//! or, for a handler that is one PostgreSQL statement, as its first CTE
+//! (`inbox::postgres::insert_new`) with the handler's writes `FROM` it.
 //! Table: `inbox(consumer, event_id, handled_at)` with primary key
 //! `(consumer, event_id)`.
 
@@ -46,6 +48,18 @@ macro_rules! sql_inbox {
                 .await
                 .context("failed to write to the inbox")?;
                 Ok(done.rows_affected() == 1)
+            }
+
+            /// The CTE body that records `$consumer`, `$event_id` (text) at
+            /// `$at` (epoch ms) and yields one row only when the event is new:
+            /// a single-statement handler writes `FROM` that CTE, so a
+            /// duplicate writes nothing (the outbox's twin is
+            /// `outbox::postgres::insert_from`).
+            pub fn insert_new(consumer: usize, event_id: usize, at: usize) -> String {
+                format!(
+                    "INSERT INTO inbox (consumer, event_id, handled_at) VALUES (${consumer}, ${event_id}, ${at}) \
+                     ON CONFLICT (consumer, event_id) DO NOTHING RETURNING 1 AS new"
+                )
             }
 
             /// The inbox of one module's database.

@@ -628,15 +628,15 @@ macro_rules! sql_store {
             /// (NULL for none), $6 the rows as a JSON array.
             static INGEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                 format!(
-                    "WITH i AS (INSERT INTO inbox (consumer, event_id, handled_at) VALUES ($1, $2, $3) \
-                       ON CONFLICT (consumer, event_id) DO NOTHING RETURNING 1 AS new), \
+                    "WITH i AS ({}), \
                      c AS (INSERT INTO notification_contacts (customer_id, email, updated_at) \
                        SELECT $4, $5, $3 FROM i WHERE $4::text IS NOT NULL \
                        ON CONFLICT (customer_id) DO UPDATE \
                        SET email = excluded.email, updated_at = excluded.updated_at), \
                      n AS (INSERT INTO notifications ({COLUMNS}) SELECT {COLUMNS} \
                        FROM i, jsonb_populate_recordset(NULL::notifications, $6::jsonb)) \
-                     SELECT COUNT(*) FROM i"
+                     SELECT COUNT(*) FROM i",
+                    agora_kernel::inbox::$name::insert_new(1, 2, 3)
                 )
             });
 
