@@ -179,12 +179,20 @@ async fn nats_stopped_mid_load_delays_events_but_loses_and_repeats_none() {
     }
     // Orders still go through: the saga needs no broker; events wait.
     place(&api, 30..60, 0).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let backlog = metric_sum(&agora.metrics().await, "agora_outbox_backlog", &[]);
-    assert!(
-        backlog > 0.0,
-        "events wait in the outboxes while NATS is down"
-    );
+    // The gauge is refreshed by the relays, which may be waiting on a
+    // publish's acknowledgement when the outage begins: poll, don't sleep.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let backlog = metric_sum(&agora.metrics().await, "agora_outbox_backlog", &[]);
+        if backlog > 0.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events wait in the outboxes while NATS is down"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     nats.restart();
     let orders = api
