@@ -88,6 +88,29 @@ async fn the_postgres_outbox_publishes_each_committed_event_once() {
     assert_eq!(db.outbox().backlog().await.unwrap(), 0);
 }
 
+/// The pool pings a connection only after it sat idle (`PING_IDLE_AFTER`):
+/// one the server dropped meanwhile is replaced, not failed into a request.
+#[tokio::test]
+async fn a_pooled_connection_the_server_dropped_is_replaced_once_it_sat_idle() {
+    use sqlx::Connection as _;
+    let Some(url) = fresh_postgres_database().await else {
+        return;
+    };
+    let pool = agora_kernel::db::connect_postgres(&url, 1).await.unwrap();
+    let backend = "SELECT pg_backend_pid()";
+    let first: i32 = sqlx::query_scalar(backend).fetch_one(&pool).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(ended);
+    tokio::time::sleep(agora_kernel::db::PING_IDLE_AFTER + Duration::from_millis(200)).await;
+    let second: i32 = sqlx::query_scalar(backend).fetch_one(&pool).await.unwrap();
+    assert_ne!(second, first, "a new connection, on a new backend");
+}
+
 #[tokio::test]
 async fn the_postgres_inbox_and_idempotency_stores_keep_their_promises() {
     let Some(url) = fresh_postgres_database().await else {
