@@ -64,6 +64,23 @@ fn field_of(msg: &str, fallback: &str) -> String {
         .to_owned()
 }
 
+/// A timestamp in a response body, exactly as chrono's own `Serialize`
+/// writes it (RFC 3339 in UTC with `Z`, and 0, 3, 6 or 9 fraction digits as
+/// needed), but formatted into one string first: chrono's goes through
+/// `collect_str`, which for JSON runs each small piece through serde_json's
+/// escaping writer: a product read's two timestamps took 4.7k instructions,
+/// and the read costs 2.0k fewer this way (`bench/instructions`). Use as
+/// `#[serde(serialize_with = "agora_kernel::http::rfc3339")]`.
+///
+/// # Errors
+/// The serializer's.
+pub fn rfc3339<S: serde::Serializer>(
+    at: &chrono::DateTime<chrono::Utc>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+}
+
 /// The JSON extractor configuration every module uses.
 pub fn json_config(limit_bytes: usize) -> web::JsonConfig {
     web::JsonConfig::default()
@@ -184,5 +201,31 @@ impl FromRequest for NoBody {
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let body = OptionalJson::<EmptyObject>::from_request(req, payload);
         Box::pin(async move { body.await.map(|_| NoBody) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_serialize_as_chrono_serializes_them() {
+        #[derive(serde::Serialize)]
+        struct Ours(#[serde(serialize_with = "super::rfc3339")] chrono::DateTime<chrono::Utc>);
+        let base = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        for nanos in [
+            0,
+            1,
+            1_000,
+            120_000_000,
+            123_456_000,
+            123_456_789,
+            999_999_999,
+        ] {
+            let at = base + chrono::Duration::nanoseconds(nanos);
+            assert_eq!(
+                serde_json::to_string(&Ours(at)).ok(),
+                serde_json::to_string(&at).ok(),
+                "{nanos} ns"
+            );
+        }
     }
 }

@@ -300,7 +300,9 @@ pub struct ProductResponse {
     /// `false` once deleted (soft delete).
     pub active: bool,
     pub low_stock_threshold: i64,
+    #[serde(serialize_with = "agora_kernel::http::rfc3339")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "agora_kernel::http::rfc3339")]
     pub updated_at: DateTime<Utc>,
 }
 
