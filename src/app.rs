@@ -277,10 +277,6 @@ impl Application {
                 .configure(api::health_routes)
                 .configure(api::redirect_routes)
                 .service(
-                    SwaggerUi::new("/swagger-ui/{_:.*}")
-                        .url("/api-docs/openapi.json", spec.clone()),
-                )
-                .service(
                     web::scope("/api/v1")
                         .wrap(from_fn(crate::upstream::progressive::divert))
                         .wrap(from_fn(rate_limit::limit))
@@ -304,6 +300,12 @@ impl Application {
                                 }
                             }
                         }),
+                )
+                // After the API: actix tries services in order, and Swagger
+                // UI's tail pattern is a regex every API request would run.
+                .service(
+                    SwaggerUi::new("/swagger-ui/{_:.*}")
+                        .url("/api-docs/openapi.json", spec.clone()),
                 )
                 .default_service(web::to(errors::not_found))
         })
