@@ -144,7 +144,7 @@ pub async fn observe(
 /// path and the `App`, so it is remembered per path. The map is bounded and
 /// starts over when full: random paths cost what they did, never memory.
 #[derive(Default)]
-pub struct RouteCache(RefCell<HashMap<Box<str>, RouteLabels>>);
+pub struct RouteCache(RefCell<HashMap<Box<str>, RouteLabels, foldhash::fast::RandomState>>);
 
 /// A route pattern and the module serving it.
 type RouteLabels = (Rc<str>, Rc<str>);

@@ -52,7 +52,8 @@ impl KeyCount {
 /// extra map probe; a new one a probe, an insert and an atomic add — no walk
 /// over the table on the request path.
 struct CountedStore {
-    map: DashMapStateStore<String>,
+    /// foldhash, not SipHash: a key is hashed on every API request, twice.
+    map: DashMapStateStore<String, foldhash::fast::RandomState>,
     count: Arc<KeyCount>,
 }
 
@@ -108,7 +109,7 @@ impl Limit {
         let burst_nz = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_second(per_second_nz).allow_burst(burst_nz);
         let store = CountedStore {
-            map: DashMapStateStore::default(),
+            map: dashmap::DashMap::with_hasher(foldhash::fast::RandomState::default()),
             count,
         };
         let limiter: RateLimiter<String, CountedStore, DefaultClock> =
