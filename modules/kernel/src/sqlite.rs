@@ -751,8 +751,12 @@ mod tests {
         let wal = std::fs::metadata(dir.path().join("t.db-wal"))
             .map(|m| m.len())
             .unwrap_or(0);
+        // Restarting keeps the file at the largest extent reached between
+        // two restarts, which on a loaded machine (the whole suite on two
+        // cores: once 28 % of the log written) can be several marks; a log
+        // that never starts over would hold all of it.
         assert!(
-            commits > 200 && wal < written / 4,
+            commits > 200 && wal < written / 2,
             "{commits} commits wrote {written} bytes of log; the WAL file holds {wal}"
         );
     }
