@@ -362,8 +362,9 @@ impl Visit for WriteFields<'_> {
     }
 }
 
-/// A finite number as JSON (ryu: the shortest text that reads back the same,
-/// as `{value}` would write, at a fraction of `fmt`'s cost); others as strings.
+/// A finite number as JSON (ryu: the shortest text that reads back as the
+/// same number, at a fraction of `fmt`'s cost; it may differ from `{value}`'s
+/// text, as `1.0` for `1` or `1e21`); others as strings.
 fn push_f64(out: &mut String, value: f64) {
     if value.is_finite() {
         out.push_str(ryu::Buffer::new().format_finite(value));
@@ -399,11 +400,13 @@ fn push_json_str(out: &mut String, s: &str) {
 fn word_needs_escape(w: u64) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte of `x` is zero: its high bit set in `(x - ONES) & !x`.
+    let has_byte = |b: u8| {
+        let x = w ^ (ONES * u64::from(b));
+        x.wrapping_sub(ONES) & !x
+    };
     let below_0x20 = w.wrapping_sub(ONES * 0x20) & !w;
-    let quote = (w ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES) & !(w ^ (ONES * u64::from(b'"')));
-    let backslash =
-        (w ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES) & !(w ^ (ONES * u64::from(b'\\')));
-    (below_0x20 | quote | backslash) & HIGH != 0
+    (below_0x20 | has_byte(b'"') | has_byte(b'\\')) & HIGH != 0
 }
 
 fn escape_into(out: &mut String, s: &str) {
