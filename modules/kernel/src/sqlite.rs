@@ -35,7 +35,10 @@
 //!   whole copy — but the tail includes two `fsync`s, which on a disk busy
 //!   with writeback take tens of milliseconds: restarting after every passive
 //!   checkpoint (every 100 ms) held each writer ~20 % of the time on such a
-//!   disk, so the log starts over only every few megabytes.
+//!   disk, so the log starts over only every [`RESTART_AFTER`] bytes, and
+//!   only after back-to-back passive copies have caught up with the log, so
+//!   that the restart copies a sliver (`agora_sqlite_log_restart_duration_seconds`
+//!   records how long each held the writer).
 //!
 //! Statements are compiled once per connection (`prepare_cached`). Work inside a
 //! closure is synchronous and short (microseconds at `synchronous=NORMAL`), and
@@ -74,8 +77,14 @@ const STATEMENT_CACHE: usize = 128;
 
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
+/// Passive copies at most run back to back before a restart, and the frames
+/// written during one below which the restart may follow (see
+/// `spawn_checkpointer`).
+const CATCH_UP_ROUNDS: usize = 3;
+const CATCH_UP_FRAMES: i64 = 256;
+
 /// Bytes a WAL file is cut back to when the log starts over.
-const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+const WAL_SIZE_LIMIT: i64 = 128 * 1024 * 1024;
 
 /// Page size of new databases. Every commit appends each page it changed to
 /// the WAL whole, and agora's rows are small (an order or an event is about
@@ -88,7 +97,7 @@ pub const PAGE_SIZE: i64 = 2048;
 /// Bytes of log after which the checkpointer makes the log start over (see
 /// the module docs): a restart holds writers for two `fsync`s, so it is
 /// worth it every few megabytes, not every checkpoint.
-pub const RESTART_AFTER: i64 = 16 * 1024 * 1024;
+pub const RESTART_AFTER: i64 = 64 * 1024 * 1024;
 
 /// How commits reach the disk (`PRAGMA synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -507,10 +516,12 @@ fn spawn_checkpointer(
     .with_context(|| format!("failed to open {} for checkpoints", path.display()))?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let (stop, stopped) = mpsc::channel::<()>();
-    let name = format!(
-        "sqlite-checkpoint-{}",
-        path.file_stem().and_then(|s| s.to_str()).unwrap_or("db")
-    );
+    let database = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("db")
+        .to_owned();
+    let name = format!("sqlite-checkpoint-{database}");
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
@@ -518,7 +529,7 @@ fn spawn_checkpointer(
             let mut settled = None;
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY)
             {
-                let progress = match checkpoint(&conn, Checkpoint::Passive) {
+                let mut progress = match checkpoint(&conn, Checkpoint::Passive) {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::warn!(error = %e, "SQLite checkpoint failed");
@@ -530,6 +541,25 @@ fn spawn_checkpointer(
                 if progress.log < restart_frames || Some(progress) == settled {
                     continue;
                 }
+                // Catch up first, writers free: what the restart has left to
+                // copy (and sync) with writers held is what was written
+                // during the last passive copy, so copy again while that is
+                // more than a sliver.
+                for _ in 0..CATCH_UP_ROUNDS {
+                    match checkpoint(&conn, Checkpoint::Passive) {
+                        Ok(next) => {
+                            let written = next.log - progress.log;
+                            progress = next;
+                            if written <= CATCH_UP_FRAMES {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "SQLite checkpoint failed");
+                            break;
+                        }
+                    }
+                }
                 // Writes may have gone on during the copy (a passive
                 // checkpoint copies the log as it was when it began), so the
                 // log cannot start over by itself: finish with writers held.
@@ -537,7 +567,11 @@ fn spawn_checkpointer(
                     break;
                 };
                 // A plain thread, not a runtime's: blocking here is fine.
-                match writer.exclusive(|writer| checkpoint(writer, Checkpoint::Restart)) {
+                let held = Instant::now();
+                let restarted = writer.exclusive(|writer| checkpoint(writer, Checkpoint::Restart));
+                metrics::histogram!("agora_sqlite_log_restart_duration_seconds", "database" => database.clone())
+                    .record(held.elapsed().as_secs_f64());
+                match restarted {
                     Ok(p) if !p.busy => settled = Some(p),
                     Ok(_) => settled = None,
                     Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed"),
