@@ -96,7 +96,7 @@ pub const PAGE_SIZE: i64 = 2048;
 
 /// Bytes of log after which the checkpointer makes the log start over (see
 /// the module docs): a restart holds writers for two `fsync`s, so it is
-/// worth it every few megabytes, not every checkpoint.
+/// worth it every tens of megabytes, not every checkpoint.
 pub const RESTART_AFTER: i64 = 64 * 1024 * 1024;
 
 /// How commits reach the disk (`PRAGMA synchronous`).
