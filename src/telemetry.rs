@@ -19,9 +19,10 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::settings::LogFormat;
 
@@ -44,8 +45,7 @@ impl Drop for TelemetryGuard {
 
 /// Install the global subscriber. Call once, from `main`.
 pub fn init(format: LogFormat) -> anyhow::Result<TelemetryGuard> {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let filter = level_filter(std::env::var("RUST_LOG").ok().as_deref());
     let (fmt_layer, log_flusher) = match format {
         LogFormat::Json => {
             // Lines go out in batches (see `batch`): no system call per line.
@@ -93,6 +93,32 @@ pub fn init(format: LogFormat) -> anyhow::Result<TelemetryGuard> {
         tracer_provider,
         _log_flusher: log_flusher,
     })
+}
+
+/// `RUST_LOG`'s level filter when it is unset, empty or unreadable.
+const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn";
+
+/// The filter for `RUST_LOG`: directives of targets and levels only (the
+/// usual case, and the default) become a [`Targets`] filter, which decides
+/// once per call site; span and field directives (`[span{field=x}]`) need an
+/// [`EnvFilter`]. An `EnvFilter` also tracks every span: each span's
+/// creation, entry, exit and close takes one read lock shared by all
+/// threads, four or more per request, which the workers contended for on
+/// `/health/live` (docs/performance.md).
+fn level_filter(rust_log: Option<&str>) -> Box<dyn Layer<Registry> + Send + Sync> {
+    let directives = rust_log
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .unwrap_or(DEFAULT_LOG_FILTER);
+    // `Targets` would read `[span]` as a target's name and `t[{f}]` as a
+    // static field filter: anything with brackets goes to `EnvFilter`.
+    let spans_or_fields = directives.contains(['[', '{']);
+    match directives.parse::<Targets>() {
+        Ok(targets) if !spans_or_fields => targets.boxed(),
+        _ => EnvFilter::try_new(directives)
+            .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER))
+            .boxed(),
+    }
 }
 
 /// Colour on a terminal, unless `NO_COLOR` is set (<https://no-color.org>);
@@ -193,7 +219,66 @@ fn parse_cpu_max(text: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+
+    /// The events `rust_log` lets through, of those the closure logs.
+    fn passed(rust_log: Option<&str>, log: impl FnOnce()) -> Vec<String> {
+        #[derive(Clone, Default)]
+        struct Seen(Arc<Mutex<Vec<String>>>);
+        impl<S: tracing::Subscriber> Layer<S> for Seen {
+            fn on_event(
+                &self,
+                e: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                let m = e.metadata();
+                if let Ok(mut seen) = self.0.lock() {
+                    seen.push(format!("{} {}", m.target(), m.level()));
+                }
+            }
+        }
+        let seen = Seen::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(level_filter(rust_log))
+            .with(seen.clone());
+        tracing::subscriber::with_default(subscriber, log);
+        seen.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    #[test]
+    fn rust_log_filters_by_target_and_level_and_by_span_when_asked() {
+        let log = || {
+            tracing::info!(target: "agora::gateway", "kept");
+            tracing::debug!(target: "agora::gateway", "dropped at info");
+            tracing::info!(target: "sqlx::query", "dropped: sqlx=warn");
+            tracing::warn!(target: "sqlx::query", "kept");
+            tracing::info_span!(target: "agora", "picked").in_scope(|| {
+                tracing::debug!(target: "agora::order", "kept only by a span directive");
+            });
+        };
+        let by_default = ["agora::gateway INFO", "sqlx::query WARN"];
+        assert_eq!(passed(None, log), by_default);
+        assert_eq!(passed(Some("  "), log), by_default);
+        assert_eq!(passed(Some("info,sqlx=warn[[["), log), by_default);
+        assert_eq!(
+            passed(Some("warn,agora::gateway=debug"), log),
+            [
+                "agora::gateway INFO",
+                "agora::gateway DEBUG",
+                "sqlx::query WARN"
+            ]
+        );
+        assert_eq!(
+            passed(Some("info,sqlx=warn,[picked]=debug"), log),
+            [
+                "agora::gateway INFO",
+                "sqlx::query WARN",
+                "agora::order DEBUG"
+            ]
+        );
+    }
 
     #[test]
     fn a_cgroup_quota_is_read_as_cores_and_max_means_none() {

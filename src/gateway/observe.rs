@@ -21,6 +21,8 @@ use agora_kernel::{Principal, RequestId};
 use tracing::Instrument;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// W3C trace context; a constant name, so a lookup does not parse it first.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Which module serves which `/api/v1` prefix, for the `module` metric label.
 #[derive(Debug, Clone, Default)]
@@ -47,7 +49,7 @@ pub fn request_id(headers: &HeaderMap) -> String {
     }
     // traceparent: version-traceid-parentid-flags, trace id 32 lower-hex, not all zero.
     let from_trace = headers
-        .get("traceparent")
+        .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split('-').nth(1))
         .filter(|t| {
@@ -59,11 +61,22 @@ pub fn request_id(headers: &HeaderMap) -> String {
         Some(trace_id) => trace_id.to_ascii_lowercase(),
         // Encoded into a stack buffer: `to_string` goes through the
         // formatting machinery, which the /health/live profile showed.
-        None => uuid::Uuid::now_v7()
+        None => new_v7()
             .hyphenated()
             .encode_lower(&mut uuid::Uuid::encode_buffer())
             .to_owned(),
     }
+}
+
+/// A UUID v7 from this thread's context: `Uuid::now_v7` orders ids across
+/// all threads through one shared, locked context, which every worker's
+/// requests contended for; a request id needs to be unique and time-ordered
+/// to the millisecond, not ordered against the other workers' ids.
+fn new_v7() -> uuid::Uuid {
+    thread_local! {
+        static CONTEXT: uuid::ContextV7 = const { uuid::ContextV7::new() };
+    }
+    CONTEXT.with(|c| uuid::Uuid::new_v7(uuid::Timestamp::now(c)))
 }
 
 /// Outermost middleware: one span and one log line per request, plus metrics.
@@ -118,9 +131,9 @@ pub async fn observe(
             .get::<Principal>()
             .map_or("-", |p| p.subject.as_str());
         if status >= 500 {
-            tracing::error!(parent: &span, status, latency_ms, principal, path = request.path(), "request completed");
+            tracing::error!(parent: &span, message = "request completed", status, latency_ms, principal, path = request.path());
         } else {
-            tracing::info!(parent: &span, status, latency_ms, principal, path = request.path(), "request completed");
+            tracing::info!(parent: &span, message = "request completed", status, latency_ms, principal, path = request.path());
         }
     }
     with_metrics(module, route, &method, |m| {

@@ -20,6 +20,7 @@
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -42,7 +43,7 @@ struct SpanFields(Option<Arc<FieldsNode>>);
 
 struct FieldsNode {
     outer: SpanFields,
-    own: Vec<(&'static str, String)>,
+    own: RenderFields,
 }
 
 /// The spans inside the one being rendered, innermost first: their fields
@@ -56,7 +57,7 @@ impl Inner<'_> {
     fn shadows(inner: Option<&Inner<'_>>, name: &str) -> bool {
         let mut at = inner;
         while let Some(i) = at {
-            if i.node.own.iter().any(|(n, _)| *n == name) {
+            if i.node.own.fields.iter().any(|(n, _)| *n == name) {
                 return true;
             }
             at = i.next;
@@ -67,8 +68,8 @@ impl Inner<'_> {
 
 impl SpanFields {
     /// `self` with `own` added, replacing fields of the same name.
-    fn with(&self, own: Vec<(&'static str, String)>) -> SpanFields {
-        if own.is_empty() {
+    fn with(&self, own: RenderFields) -> SpanFields {
+        if own.fields.is_empty() {
             return self.clone();
         }
         SpanFields(Some(Arc::new(FieldsNode {
@@ -77,7 +78,8 @@ impl SpanFields {
         })))
     }
 
-    /// Each field once, the innermost span's value winning, outermost first.
+    /// Each field once as its rendered `"name":value`, the innermost span's
+    /// value winning, outermost first.
     fn for_each(&self, mut f: impl FnMut(&'static str, &str)) {
         fn visit(
             node: &FieldsNode,
@@ -87,9 +89,9 @@ impl SpanFields {
             if let Some(outer) = &node.outer.0 {
                 visit(outer, Some(&Inner { node, next: inner }), f);
             }
-            for (name, value) in &node.own {
+            for (name, at) in &node.own.fields {
                 if !Inner::shadows(inner, name) {
-                    f(name, value);
+                    f(name, &node.own.text[at.clone()]);
                 }
             }
         }
@@ -123,7 +125,7 @@ where
             .unwrap_or_default();
         let mut own = RenderFields::default();
         attrs.record(&mut own);
-        let fields = inherited.with(own.0);
+        let fields = inherited.with(own);
         span.extensions_mut().insert(fields);
     }
 
@@ -131,13 +133,13 @@ where
         let Some(span) = ctx.span(id) else { return };
         let mut own = RenderFields::default();
         values.record(&mut own);
-        if own.0.is_empty() {
+        if own.fields.is_empty() {
             return;
         }
         let mut extensions = span.extensions_mut();
         match extensions.get_mut::<SpanFields>() {
-            Some(fields) => *fields = fields.with(own.0),
-            None => extensions.insert(SpanFields::default().with(own.0)),
+            Some(fields) => *fields = fields.with(own),
+            None => extensions.insert(SpanFields::default().with(own)),
         }
     }
 
@@ -230,12 +232,10 @@ where
         } = fields;
         if let Some(span) = ctx.event_span(event) {
             if let Some(inherited) = span.extensions().get::<SpanFields>() {
-                inherited.for_each(|name, value| {
+                inherited.for_each(|name, rendered| {
                     if !names.contains(&name) && !RESERVED.contains(&name) {
                         line.push(',');
-                        push_json_str(line, name);
-                        line.push(':');
-                        line.push_str(value);
+                        line.push_str(rendered);
                     }
                 });
             }
@@ -252,49 +252,58 @@ where
     }
 }
 
-/// Renders a span's fields as `(name, JSON value)` pairs.
+/// Renders a span's fields into one string, each as `"name":value` (JSON),
+/// with where each one stands: one allocation for all of them, and a line
+/// copies a field whole.
 #[derive(Default)]
-struct RenderFields(Vec<(&'static str, String)>);
+struct RenderFields {
+    text: String,
+    fields: Vec<(&'static str, Range<usize>)>,
+}
 
 impl RenderFields {
-    fn put(&mut self, field: &Field, value: String) {
+    fn put(&mut self, field: &Field, render: impl FnOnce(&mut String)) {
+        if self.text.capacity() == 0 {
+            // A request span's four fields fit.
+            self.text.reserve(160);
+        }
         let name = field.name();
-        match self.0.iter_mut().find(|(n, _)| *n == name) {
-            Some(slot) => slot.1 = value,
-            None => self.0.push((name, value)),
+        let start = self.text.len();
+        push_json_str(&mut self.text, name);
+        self.text.push(':');
+        render(&mut self.text);
+        let at = start..self.text.len();
+        // Recorded again (`Span::record`): the new value wins.
+        match self.fields.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = at,
+            None => self.fields.push((name, at)),
         }
     }
 }
 
 impl Visit for RenderFields {
     fn record_str(&mut self, field: &Field, value: &str) {
-        let mut s = String::with_capacity(value.len() + 2);
-        push_json_str(&mut s, value);
-        self.put(field, s);
+        self.put(field, |t| push_json_str(t, value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, itoa::Buffer::new().format(value).to_owned());
+        self.put(field, |t| t.push_str(itoa::Buffer::new().format(value)));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, itoa::Buffer::new().format(value).to_owned());
+        self.put(field, |t| t.push_str(itoa::Buffer::new().format(value)));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        let mut s = String::new();
-        push_f64(&mut s, value);
-        self.put(field, s);
+        self.put(field, |t| push_f64(t, value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, value.to_string());
+        self.put(field, |t| t.push_str(if value { "true" } else { "false" }));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        let mut s = String::new();
-        push_json_debug(&mut s, value);
-        self.put(field, s);
+        self.put(field, |t| push_json_debug(t, value));
     }
 }
 
@@ -366,6 +375,29 @@ impl Visit for WriteFields<'_> {
 /// same number, at a fraction of `fmt`'s cost; it may differ from `{value}`'s
 /// text, as `1.0` for `1` or `1e21`); others as strings.
 fn push_f64(out: &mut String, value: f64) {
+    // Whole thousandths (`latency_ms`, whole microseconds in milliseconds),
+    // the usual case: the digits straight, the same text ryu writes.
+    if value.is_sign_positive() && value < 1e9 {
+        let thousandths = (value * 1000.0).round();
+        if thousandths / 1000.0 == value {
+            let t = thousandths as u64;
+            out.push_str(itoa::Buffer::new().format(t / 1000));
+            let f = t % 1000;
+            let digits = [
+                b'.',
+                b'0' + (f / 100) as u8,
+                b'0' + (f / 10 % 10) as u8,
+                b'0' + (f % 10) as u8,
+            ];
+            let keep = match (digits[2], digits[3]) {
+                (_, b) if b != b'0' => 4,
+                (b, _) if b != b'0' => 3,
+                _ => 2,
+            };
+            out.push_str(std::str::from_utf8(&digits[..keep]).unwrap_or(".0"));
+            return;
+        }
+    }
     if value.is_finite() {
         out.push_str(ryu::Buffer::new().format_finite(value));
     } else {
@@ -468,6 +500,36 @@ mod tests {
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;
+
+    #[test]
+    fn numbers_read_as_ryu_writes_them() {
+        let mut values: Vec<f64> = (0..5000u64).map(|us| us as f64 / 1000.0).collect();
+        values.extend((0..2000u64).map(|us| (us * 7919 + 123_456_789) as f64 / 1000.0));
+        values.extend([
+            0.0,
+            -0.0,
+            1.0,
+            0.1,
+            2.5,
+            1e-7,
+            0.0004,
+            123.4567,
+            999_999_999.999,
+            1e9,
+            1e9 + 0.5,
+            1e21,
+            -3.25,
+            f64::MIN_POSITIVE,
+        ]);
+        for v in values {
+            let mut ours = String::new();
+            push_f64(&mut ours, v);
+            assert_eq!(ours, ryu::Buffer::new().format_finite(v), "{v:e}");
+        }
+        let mut nan = String::new();
+        push_f64(&mut nan, f64::NAN);
+        assert_eq!(nan, "\"NaN\"");
+    }
 
     #[derive(Clone, Default)]
     struct Capture(Arc<Mutex<Vec<u8>>>);
