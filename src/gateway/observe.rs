@@ -99,7 +99,9 @@ pub async fn observe(
         route = route,
         module = module,
     );
-    with_metrics(module, route, &method, |m| m.in_flight.increment(1.0));
+    // Counted down when this future ends, also when it is dropped unfinished
+    // (the client went away).
+    let _in_flight = InFlight::start();
     let result = next.call(req).instrument(span.clone()).await;
     let latency = started.elapsed();
     // Whole microseconds: a short decimal, cheap to write and to read.
@@ -113,7 +115,6 @@ pub async fn observe(
             let status = problem.status;
             tracing::error!(parent: &span, status, latency_ms, "request completed");
             with_metrics(module, route, &method, |m| {
-                m.in_flight.decrement(1.0);
                 m.requests(status).increment(1);
             });
             return Err(TaggedProblem {
@@ -137,7 +138,6 @@ pub async fn observe(
         }
     }
     with_metrics(module, route, &method, |m| {
-        m.in_flight.decrement(1.0);
         m.requests(status).increment(1);
         m.duration.record(latency.as_secs_f64());
     });
@@ -145,6 +145,32 @@ pub async fn observe(
         res.headers_mut().insert(X_REQUEST_ID, v);
     }
     Ok(res)
+}
+
+/// One request in `agora_http_requests_in_flight`, until dropped.
+struct InFlight(());
+
+impl InFlight {
+    fn start() -> Self {
+        Self::with_gauge(|g| g.increment(1.0));
+        Self(())
+    }
+
+    /// The gauge's handle, looked up once per thread (see [`RouteMetrics`]).
+    fn with_gauge(f: impl FnOnce(&metrics::Gauge)) {
+        thread_local! {
+            static GAUGE: metrics::Gauge = metrics::gauge!("agora_http_requests_in_flight");
+        }
+        // Not at all once the thread's locals are gone (a runtime dropping
+        // its tasks at thread exit): the process is ending.
+        let _ = GAUGE.try_with(f);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        Self::with_gauge(|g| g.decrement(1.0));
+    }
 }
 
 /// Which route pattern and module each request path resolved to, remembered
@@ -208,7 +234,6 @@ struct RouteMetrics {
     module: String,
     route: String,
     method: Method,
-    in_flight: metrics::Gauge,
     duration: metrics::Histogram,
     by_status: Vec<(u16, metrics::Counter)>,
 }
@@ -224,7 +249,6 @@ impl RouteMetrics {
             module: module.to_owned(),
             route: route.to_owned(),
             method: method.clone(),
-            in_flight: metrics::gauge!("agora_http_requests_in_flight"),
             duration: metrics::histogram!("agora_http_request_duration_seconds", &labels),
             by_status: Vec::new(),
         }
