@@ -132,10 +132,8 @@ pub fn init_for_tests() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         if std::env::var("TEST_LOG").is_ok() {
-            let filter = EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
             let _ = tracing_subscriber::registry()
-                .with(filter)
+                .with(level_filter(std::env::var("RUST_LOG").ok().as_deref()))
                 .with(tracing_subscriber::fmt::layer().with_test_writer())
                 .try_init();
         }

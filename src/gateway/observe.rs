@@ -113,7 +113,7 @@ pub async fn observe(
             // A panic or middleware error: actix renders it; tag it and count it.
             let problem = crate::gateway::errors::as_problem(&e);
             let status = problem.status;
-            tracing::error!(parent: &span, status, latency_ms, "request completed");
+            tracing::error!(parent: &span, message = "request completed", status, latency_ms);
             with_metrics(module, route, &method, |m| {
                 m.requests(status).increment(1);
             });
