@@ -28,6 +28,7 @@ use crate::settings::LogFormat;
 
 pub mod batch;
 pub mod json;
+pub mod shards;
 
 /// Flushes pending spans and log lines when dropped at shutdown.
 pub struct TelemetryGuard {
@@ -173,6 +174,7 @@ pub fn render_metrics() -> String {
     });
     collector.collect();
     metrics::gauge!("agora_cpu_cores").set(cpu_cores());
+    shards::flush_all();
     metrics_handle().render()
 }
 

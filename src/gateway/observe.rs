@@ -114,9 +114,7 @@ pub async fn observe(
             let problem = crate::gateway::errors::as_problem(&e);
             let status = problem.status;
             tracing::error!(parent: &span, message = "request completed", status, latency_ms);
-            with_metrics(module, route, &method, |m| {
-                m.requests(status).increment(1);
-            });
+            count_request(module, route, &method, status, None);
             return Err(TaggedProblem {
                 problem,
                 request_id: id,
@@ -137,10 +135,7 @@ pub async fn observe(
             tracing::info!(parent: &span, message = "request completed", status, latency_ms, principal, path = request.path());
         }
     }
-    with_metrics(module, route, &method, |m| {
-        m.requests(status).increment(1);
-        m.duration.record(latency.as_secs_f64());
-    });
+    count_request(module, route, &method, status, Some(latency));
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(X_REQUEST_ID, v);
     }
@@ -229,13 +224,16 @@ fn route_of(req: &ServiceRequest) -> RouteLabels {
 
 /// The HTTP series of one route and method, resolved once per thread: looking
 /// a series up in the recorder builds its key and copies its labels, which at
-/// tens of thousands of requests per second showed in the profile.
+/// tens of thousands of requests per second showed in the profile. Counts
+/// wait here until the thread's shard is flushed (see [`RouteSeries`]).
 struct RouteMetrics {
     module: String,
     route: String,
     method: Method,
     duration: metrics::Histogram,
-    by_status: Vec<(u16, metrics::Counter)>,
+    durations: Vec<f64>,
+    /// Per status: its counter and the requests not yet added to it.
+    by_status: Vec<(u16, metrics::Counter, u64)>,
 }
 
 impl RouteMetrics {
@@ -250,14 +248,15 @@ impl RouteMetrics {
             route: route.to_owned(),
             method: method.clone(),
             duration: metrics::histogram!("agora_http_request_duration_seconds", &labels),
+            durations: Vec::new(),
             by_status: Vec::new(),
         }
     }
 
-    /// `agora_http_requests_total` for this status.
-    fn requests(&mut self, status: u16) -> &metrics::Counter {
-        let at = match self.by_status.iter().position(|(s, _)| *s == status) {
-            Some(at) => at,
+    /// One request in `agora_http_requests_total` for this status.
+    fn count(&mut self, status: u16) {
+        match self.by_status.iter_mut().find(|(s, ..)| *s == status) {
+            Some((_, _, pending)) => *pending += 1,
             None => {
                 let counter = metrics::counter!(
                     "agora_http_requests_total",
@@ -266,42 +265,112 @@ impl RouteMetrics {
                     "method" => self.method.to_string(),
                     "status" => status.to_string()
                 );
-                self.by_status.push((status, counter));
-                self.by_status.len() - 1
+                self.by_status.push((status, counter, 1));
             }
-        };
-        &self.by_status[at].1
+        }
+    }
+
+    fn flush(&mut self) {
+        for (_, counter, pending) in &mut self.by_status {
+            if *pending > 0 {
+                counter.increment(std::mem::take(pending));
+            }
+        }
+        for seconds in self.durations.drain(..) {
+            self.duration.record(seconds);
+        }
     }
 }
 
-/// Routes (patterns, so a bounded set) and methods one thread keeps resolved;
-/// past this the cache starts over (the series stay in the recorder).
-const CACHED_SERIES: usize = 512;
+/// One thread's HTTP series and their pending counts, a
+/// [`telemetry::shards`](crate::telemetry::shards) shard: both workers
+/// adding to one series' shared counter moved its cache line between the
+/// cores on every request.
+#[derive(Default)]
+struct RouteSeries {
+    series: Vec<RouteMetrics>,
+    /// Requests counted since the last flush.
+    pending: usize,
+}
 
-fn with_metrics(module: &str, route: &str, method: &Method, f: impl FnOnce(&mut RouteMetrics)) {
-    thread_local! {
-        static CACHE: RefCell<Vec<RouteMetrics>> = const { RefCell::new(Vec::new()) };
-    }
-    CACHE.with(|cache| {
-        let Ok(mut cache) = cache.try_borrow_mut() else {
-            // Only re-entered if recording logged and the log recorded: uncached.
-            return f(&mut RouteMetrics::new(module, route, method));
-        };
-        let at = match cache
+impl RouteSeries {
+    /// Routes (patterns, so a bounded set) and methods one thread keeps
+    /// resolved; past this it flushes and starts over (the series stay in
+    /// the recorder).
+    const SERIES: usize = 512;
+    /// Requests a thread counts before it flushes on its own.
+    const FLUSH_EVERY: usize = 64;
+
+    fn series(&mut self, module: &str, route: &str, method: &Method) -> &mut RouteMetrics {
+        let at = match self
+            .series
             .iter()
             .position(|m| m.route == route && m.method == *method)
         {
             Some(at) => at,
             None => {
-                if cache.len() >= CACHED_SERIES {
-                    cache.clear();
+                if self.series.len() >= Self::SERIES {
+                    crate::telemetry::shards::Shard::flush(self);
+                    self.series.clear();
                 }
-                cache.push(RouteMetrics::new(module, route, method));
-                cache.len() - 1
+                self.series.push(RouteMetrics::new(module, route, method));
+                self.series.len() - 1
             }
         };
-        f(&mut cache[at]);
+        &mut self.series[at]
+    }
+}
+
+impl crate::telemetry::shards::Shard for RouteSeries {
+    fn flush(&mut self) {
+        self.series.iter_mut().for_each(RouteMetrics::flush);
+        self.pending = 0;
+    }
+}
+
+/// Count one request of this route and method: its status and, when it has
+/// one, its duration.
+fn count_request(
+    module: &str,
+    route: &str,
+    method: &Method,
+    status: u16,
+    duration: Option<std::time::Duration>,
+) {
+    use crate::telemetry::shards::{self, Shard};
+    thread_local! {
+        static SHARD: std::sync::Arc<std::sync::Mutex<RouteSeries>> =
+            shards::register(RouteSeries::default());
+    }
+    let record = |all: &mut RouteSeries| {
+        let series = all.series(module, route, method);
+        series.count(status);
+        if let Some(d) = duration {
+            series.durations.push(d.as_secs_f64());
+        }
+        all.pending += 1;
+        if all.pending >= RouteSeries::FLUSH_EVERY {
+            all.flush();
+        }
+    };
+    let counted = SHARD.try_with(|shard| match shard.try_lock() {
+        Ok(mut all) => {
+            record(&mut all);
+            true
+        }
+        Err(std::sync::TryLockError::Poisoned(all)) => {
+            record(&mut all.into_inner());
+            true
+        }
+        // Held by this thread only if recording logged and the log recorded,
+        // or for a moment by a scrape's flush: counted straight away.
+        Err(std::sync::TryLockError::WouldBlock) => false,
     });
+    if counted != Ok(true) {
+        let mut alone = RouteSeries::default();
+        record(&mut alone);
+        alone.flush();
+    }
 }
 
 #[cfg(test)]
