@@ -445,25 +445,70 @@ fn escape_into(out: &mut String, s: &str) {
     // Most values (ids, routes, field names) need no escaping: find that out
     // eight bytes at a time and copy them whole, with one copy.
     let bytes = s.as_bytes();
-    let mut clean = 0;
-    while clean + 8 <= bytes.len() {
-        let mut word = [0; 8];
-        word.copy_from_slice(&bytes[clean..clean + 8]);
-        if word_needs_escape(u64::from_le_bytes(word)) {
-            break;
-        }
-        clean += 8;
-    }
-    while clean < bytes.len() && !needs_escape(bytes[clean]) {
-        clean += 1;
-    }
+    let mut clean = first_to_escape(bytes);
     if clean == bytes.len() {
         out.push_str(s);
         return;
     }
+    // The word at `clean` holds a byte to escape: find it.
+    while clean < bytes.len() && !needs_escape(bytes[clean]) {
+        clean += 1;
+    }
     // `clean` is at an ASCII byte, so on a character boundary.
     out.push_str(&s[..clean]);
     escape_slow(out, &s[clean..]);
+}
+
+/// The length of `bytes` when none needs escaping, else where the word
+/// holding the first one starts. A string of eight bytes or more ends with a
+/// word that overlaps the one before (its bytes were clean); a shorter one is
+/// read as a few overlapping pieces, so no byte is looked at alone.
+fn first_to_escape(bytes: &[u8]) -> usize {
+    let len = bytes.len();
+    let word_at = |at: usize| {
+        let mut w = [0; 8];
+        w.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    if len < 8 {
+        return if word_needs_escape(short_word(bytes)) {
+            0
+        } else {
+            len
+        };
+    }
+    let mut at = 0;
+    while at + 8 <= len {
+        if word_needs_escape(word_at(at)) {
+            return at;
+        }
+        at += 8;
+    }
+    if at < len && word_needs_escape(word_at(len - 8)) {
+        return len - 8;
+    }
+    len
+}
+
+/// Fewer than eight bytes as one word: every byte is in it at least once,
+/// and the rest are spaces, which need no escaping.
+fn short_word(b: &[u8]) -> u64 {
+    const SPACES: u64 = 0x2020_2020_2020_2020;
+    let len = b.len();
+    match len {
+        0 => SPACES,
+        1..=3 => {
+            let three = u64::from(b[0]) | u64::from(b[len / 2]) << 8 | u64::from(b[len - 1]) << 16;
+            three | (SPACES & !0xFF_FFFF)
+        }
+        _ => {
+            let mut lo = [0; 4];
+            let mut hi = [0; 4];
+            lo.copy_from_slice(&b[..4]);
+            hi.copy_from_slice(&b[len - 4..]);
+            u64::from(u32::from_le_bytes(lo)) | u64::from(u32::from_le_bytes(hi)) << 32
+        }
+    }
 }
 
 fn needs_escape(b: u8) -> bool {
@@ -691,15 +736,23 @@ mod tests {
         // The scan reads eight bytes at a time: put each kind of character
         // that needs escaping (and a multi-byte one that does not) at every
         // offset of a few words, and check the result reads back unchanged.
+        // Every length up to three words, so the padded last word is covered too.
         for special in ["\"", "\\", "\n", "\u{1f}", "\u{7f}", "é", "€", "😀"] {
-            for at in 0..24 {
-                let s = format!("{}{special}{}", "a".repeat(at), "b".repeat(24 - at));
-                let mut out = String::new();
-                super::push_json_str(&mut out, &s);
-                let back: String = serde_json::from_str(&out)
-                    .unwrap_or_else(|e| panic!("{out:?} is not a JSON string: {e}"));
-                assert_eq!(back, s, "at offset {at}");
+            for len in 0..24 {
+                for at in 0..=len {
+                    let s = format!("{}{special}{}", "a".repeat(at), "b".repeat(len - at));
+                    let mut out = String::new();
+                    super::push_json_str(&mut out, &s);
+                    let back: String = serde_json::from_str(&out)
+                        .unwrap_or_else(|e| panic!("{out:?} is not a JSON string: {e}"));
+                    assert_eq!(back, s, "at offset {at} of {len}");
+                }
             }
+        }
+        for clean in ["", "a", "abcdefg", "abcdefgh", "abcdefghi"] {
+            let mut out = String::new();
+            super::push_json_str(&mut out, clean);
+            assert_eq!(out, format!("\"{clean}\""));
         }
         let mut out = String::new();
         super::push_json_str(&mut out, "0123456789abcdef");
