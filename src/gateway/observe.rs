@@ -114,7 +114,7 @@ pub async fn observe(
             let problem = crate::gateway::errors::as_problem(&e);
             let status = problem.status;
             tracing::error!(parent: &span, message = "request completed", status, latency_ms);
-            count_request(module, route, &method, status, None);
+            count_request(module, route, metric_method(&method), status, None);
             return Err(TaggedProblem {
                 problem,
                 request_id: id,
@@ -135,11 +135,24 @@ pub async fn observe(
             tracing::info!(parent: &span, message = "request completed", status, latency_ms, principal, path = request.path());
         }
     }
-    count_request(module, route, &method, status, Some(latency));
+    count_request(module, route, metric_method(&method), status, Some(latency));
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(X_REQUEST_ID, v);
     }
     Ok(res)
+}
+
+/// The `method` label of a request's metrics: a method HTTP defines, else
+/// `other`. Any token is a method to actix, so labelling by the method itself
+/// let a client create series (and their memory) at will.
+fn metric_method(method: &Method) -> &'static str {
+    const DEFINED: [&str; 9] = [
+        "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "CONNECT",
+    ];
+    DEFINED
+        .into_iter()
+        .find(|m| *m == method.as_str())
+        .unwrap_or("other")
 }
 
 /// One request in `agora_http_requests_in_flight`, until dropped.
@@ -229,7 +242,7 @@ fn route_of(req: &ServiceRequest) -> RouteLabels {
 struct RouteMetrics {
     module: String,
     route: String,
-    method: Method,
+    method: &'static str,
     duration: metrics::Histogram,
     durations: Vec<f64>,
     /// Per status: its counter and the requests not yet added to it.
@@ -237,16 +250,16 @@ struct RouteMetrics {
 }
 
 impl RouteMetrics {
-    fn new(module: &str, route: &str, method: &Method) -> Self {
+    fn new(module: &str, route: &str, method: &'static str) -> Self {
         let labels = [
             ("module", module.to_owned()),
             ("route", route.to_owned()),
-            ("method", method.to_string()),
+            ("method", method.to_owned()),
         ];
         Self {
             module: module.to_owned(),
             route: route.to_owned(),
-            method: method.clone(),
+            method,
             duration: metrics::histogram!("agora_http_request_duration_seconds", &labels),
             durations: Vec::new(),
             by_status: Vec::new(),
@@ -262,7 +275,7 @@ impl RouteMetrics {
                     "agora_http_requests_total",
                     "module" => self.module.clone(),
                     "route" => self.route.clone(),
-                    "method" => self.method.to_string(),
+                    "method" => self.method,
                     "status" => status.to_string()
                 );
                 self.by_status.push((status, counter, 1));
@@ -301,11 +314,11 @@ impl RouteSeries {
     /// Requests a thread counts before it flushes on its own.
     const FLUSH_EVERY: usize = 64;
 
-    fn series(&mut self, module: &str, route: &str, method: &Method) -> &mut RouteMetrics {
+    fn series(&mut self, module: &str, route: &str, method: &'static str) -> &mut RouteMetrics {
         let at = match self
             .series
             .iter()
-            .position(|m| m.route == route && m.method == *method)
+            .position(|m| m.route == route && m.method == method)
         {
             Some(at) => at,
             None => {
@@ -333,7 +346,7 @@ impl crate::telemetry::shards::Shard for RouteSeries {
 fn count_request(
     module: &str,
     route: &str,
-    method: &Method,
+    method: &'static str,
     status: u16,
     duration: Option<std::time::Duration>,
 ) {
@@ -441,6 +454,14 @@ mod tests {
                 test::call_service(&app, test::TestRequest::get().uri(uri).to_request()).await;
             assert_eq!(res.headers().get("x-route").unwrap(), expected, "{uri}");
         }
+    }
+
+    #[test]
+    fn a_method_http_does_not_define_is_labelled_other() {
+        assert_eq!(metric_method(&Method::GET), "GET");
+        assert_eq!(metric_method(&Method::PATCH), "PATCH");
+        let made_up = Method::from_bytes(b"BREW").unwrap();
+        assert_eq!(metric_method(&made_up), "other");
     }
 
     #[test]

@@ -43,6 +43,27 @@ async fn a_given_request_id_is_returned_and_a_missing_one_is_generated() {
 }
 
 #[tokio::test]
+async fn made_up_methods_share_one_metric_series_and_every_request_is_counted() {
+    let app = spawn_app().await;
+    for method in ["BREW", "X-PROBE-1", "X-PROBE-2"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let res = app
+            .client
+            .request(method, app.url("/no-such-page"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404);
+    }
+    // Scraped at once: the requests counted on the workers' own shards are
+    // all in it.
+    let m = app.metrics().await;
+    let line = "agora_http_requests_total{module=\"host\",route=\"unmatched\",method=\"other\",status=\"404\"} 3";
+    assert!(m.lines().any(|l| l == line), "missing {line} in\n{m}");
+    assert!(!m.contains("BREW") && !m.contains("X-PROBE"), "{m}");
+}
+
+#[tokio::test]
 async fn requests_show_up_in_the_prometheus_metrics() {
     let app = spawn_app().await;
     let token = app.token("alice", &[Role::Customer]);
