@@ -257,19 +257,59 @@ impl SqlModuleBase {
     pub fn idempotency_purge_task(&self) -> crate::module::BackgroundTask {
         let store = self.db.idempotency();
         let ttl = crate::idempotency::IdempotencyConfig::default().ttl;
+        self.hourly_purge(
+            "idempotency-purge",
+            "expired idempotency keys",
+            move |cutoff| {
+                let store = store.clone();
+                async move { store.purge_older_than(cutoff).await }
+            },
+            ttl,
+        )
+    }
+
+    /// Forgets events handled more than [`crate::inbox::RETENTION`] ago
+    /// (checked hourly), for a module that consumes events: without it the
+    /// inbox grows by a row per event for ever.
+    pub fn inbox_purge_task(&self) -> crate::module::BackgroundTask {
+        let store = self.db.inbox();
+        self.hourly_purge(
+            "inbox-purge",
+            "handled events in the inbox",
+            move |cutoff| {
+                let store = store.clone();
+                async move { store.purge_handled_before(cutoff).await }
+            },
+            crate::inbox::RETENTION,
+        )
+    }
+
+    /// A task that deletes what is older than `keep`, at start and then
+    /// hourly, logging what it deleted (`what`) and warning when it fails.
+    fn hourly_purge<F, Fut>(
+        &self,
+        task: &str,
+        what: &'static str,
+        purge: F,
+        keep: Duration,
+    ) -> crate::module::BackgroundTask
+    where
+        F: Fn(chrono::DateTime<chrono::Utc>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<u64>> + Send,
+    {
+        let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::TimeDelta::MAX);
         crate::module::BackgroundTask::new(
-            format!("{}-idempotency-purge", self.name),
+            format!("{}-{task}", self.name),
             move |token| async move {
                 loop {
-                    let cutoff =
-                        chrono::Utc::now() - chrono::Duration::from_std(ttl).unwrap_or_default();
-                    match store.purge_older_than(cutoff).await {
-                        Ok(n) if n > 0 => {
-                            tracing::info!(purged = n, "expired idempotency keys deleted")
-                        }
+                    let cutoff = chrono::Utc::now()
+                        .checked_sub_signed(keep)
+                        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+                    match purge(cutoff).await {
+                        Ok(n) if n > 0 => tracing::info!(purged = n, what, "old rows deleted"),
                         Ok(_) => {}
                         Err(e) => {
-                            tracing::warn!(error = %format!("{e:#}"), "failed to purge idempotency keys")
+                            tracing::warn!(error = %format!("{e:#}"), what, "failed to purge old rows")
                         }
                     }
                     tokio::select! {

@@ -7,10 +7,23 @@
 //! or, for a handler that is one PostgreSQL statement, as its first CTE
 //! (`inbox::postgres::insert_new`) with the handler's writes `FROM` it.
 //! Table: `inbox(consumer, event_id, handled_at)` with primary key
-//! `(consumer, event_id)`.
+//! `(consumer, event_id)`. A module that consumes runs
+//! [`SqlModuleBase::inbox_purge_task`](crate::db::SqlModuleBase::inbox_purge_task),
+//! which forgets events handled more than [`RETENTION`] ago.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
+
+use crate::events::jetstream::{DEAD_LETTER_MAX_AGE, EVENT_MAX_AGE};
+
+/// How long the inbox remembers a handled event: the longest an event can
+/// come back. A stream keeps an event [`EVENT_MAX_AGE`] and the dead letters
+/// [`DEAD_LETTER_MAX_AGE`], and a dead letter replayed to its original subject
+/// reaches every subscriber again, also those that handled it the first time.
+pub const RETENTION: Duration = EVENT_MAX_AGE.saturating_add(DEAD_LETTER_MAX_AGE);
 
 /// The inbox-store port, for consumers that do not need a surrounding transaction.
 #[async_trait]
@@ -20,6 +33,13 @@ pub trait InboxStore: Send + Sync {
     /// # Errors
     /// Store failures.
     async fn record_once(&self, consumer: &str, event_id: Uuid) -> anyhow::Result<bool>;
+
+    /// Forget the events handled before `cutoff`, for every consumer; returns
+    /// how many.
+    ///
+    /// # Errors
+    /// Store failures.
+    async fn purge_handled_before(&self, cutoff: DateTime<Utc>) -> anyhow::Result<u64>;
 }
 
 macro_rules! sql_inbox {
@@ -88,6 +108,15 @@ macro_rules! sql_inbox {
                         .context("failed to reach the inbox store")?;
                     record(&mut conn, consumer, event_id).await
                 }
+
+                async fn purge_handled_before(&self, cutoff: DateTime<Utc>) -> anyhow::Result<u64> {
+                    let done = sqlx::query("DELETE FROM inbox WHERE handled_at < $1")
+                        .bind(crate::db::epoch_ms(cutoff))
+                        .execute(&self.pool)
+                        .await
+                        .context("failed to purge the inbox")?;
+                    Ok(done.rows_affected())
+                }
             }
         }
     };
@@ -142,6 +171,19 @@ pub mod sqlite {
             let consumer = consumer.to_owned();
             self.db
                 .write(move |tx| record(tx, &consumer, event_id))
+                .await
+        }
+
+        async fn purge_handled_before(&self, cutoff: DateTime<Utc>) -> anyhow::Result<u64> {
+            let cutoff = crate::db::epoch_ms(cutoff);
+            self.db
+                .write(move |tx| {
+                    let n = tx
+                        .prepare_cached("DELETE FROM inbox WHERE handled_at < ?1")?
+                        .execute([cutoff])
+                        .context("failed to purge the inbox")?;
+                    Ok(n as u64)
+                })
                 .await
         }
     }

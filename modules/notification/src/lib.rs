@@ -344,6 +344,7 @@ impl Module for NotificationModule {
         let service = self.service.clone();
         vec![
             self.base.relay_task(),
+            self.base.inbox_purge_task(),
             BackgroundTask::new("notification-delivery", move |token| {
                 service.run_worker(token)
             }),
