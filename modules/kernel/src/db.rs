@@ -71,6 +71,17 @@ pub async fn connect_postgres(url: &str, max_connections: u32) -> anyhow::Result
     Ok(pool)
 }
 
+/// Whether `e` comes from a connection pool that had no connection free
+/// within its acquire timeout: the database is overloaded, not broken.
+pub fn is_pool_exhausted(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::PoolTimedOut)
+        )
+    })
+}
+
 /// Epoch milliseconds: how kernel tables (outbox, inbox, idempotency keys) store
 /// time, so the same SQL runs on SQLite and PostgreSQL and compares correctly.
 pub fn epoch_ms(t: chrono::DateTime<chrono::Utc>) -> i64 {

@@ -177,6 +177,19 @@ impl Problem {
         p
     }
 
+    /// The answer to a failure the client did not cause, its cause logged
+    /// (`module` names who failed): 503 with `Retry-After: 1` when a database
+    /// had no connection free within its acquire timeout (overload: a retry
+    /// shortly after may succeed), else 500. Neither detail carries internals.
+    pub fn unexpected(cause: &anyhow::Error, module: &str) -> Self {
+        if crate::db::is_pool_exhausted(cause) {
+            tracing::warn!(error = %format!("{cause:#}"), module, "request refused: no database connection free");
+            return Self::unavailable("the service is busy; retry shortly", 1);
+        }
+        tracing::error!(error = %format!("{cause:#}"), "{module} request failed");
+        Self::internal()
+    }
+
     /// 500. The detail never carries internals: the cause goes to the log.
     pub fn internal() -> Self {
         Self::new(

@@ -53,8 +53,7 @@ impl From<Problem> for ApiError {
 }
 
 fn unexpected(e: &anyhow::Error) -> ApiError {
-    tracing::error!(error = %format!("{e:#}"), "inventory request failed");
-    ApiError(Problem::internal())
+    ApiError(Problem::unexpected(e, "inventory"))
 }
 
 fn field(field: &str, message: impl Into<String>) -> ApiError {

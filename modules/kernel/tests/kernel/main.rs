@@ -10,4 +10,5 @@ mod inbox;
 mod json;
 mod optional_body;
 mod outbox;
+mod overload;
 mod path_and_query;

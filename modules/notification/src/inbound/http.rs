@@ -53,10 +53,7 @@ impl From<NotificationError> for ApiError {
             NotificationError::NotDead(status) => Problem::conflict(format!(
                 "only a dead notification can be retried; this one is {status}"
             )),
-            NotificationError::Unexpected(cause) => {
-                tracing::error!(error = %format!("{cause:#}"), "notification request failed");
-                Problem::internal()
-            }
+            NotificationError::Unexpected(cause) => Problem::unexpected(&cause, "notification"),
         })
     }
 }

@@ -205,10 +205,7 @@ impl From<OrderError> for Problem {
             e @ OrderError::Busy => Problem::conflict(e.to_string()).with_retry_after(1),
             OrderError::Validation(errors) => Problem::validation(errors),
             OrderError::Unavailable(m) => Problem::unavailable(m, 5),
-            OrderError::Unexpected(e) => {
-                tracing::error!(error = %format!("{e:#}"), "order request failed");
-                Problem::internal()
-            }
+            OrderError::Unexpected(e) => Problem::unexpected(&e, "order"),
         }
     }
 }

@@ -57,8 +57,7 @@ impl From<Problem> for ApiError {
 }
 
 fn unexpected(e: &anyhow::Error) -> ApiError {
-    tracing::error!(error = %format!("{e:#}"), "payment request failed");
-    ApiError(Problem::internal())
+    ApiError(Problem::unexpected(e, "payment"))
 }
 
 fn provider_unavailable(retry_after_secs: u64) -> ApiError {
