@@ -46,12 +46,25 @@ impl Drop for TelemetryGuard {
 
 /// Install the global subscriber. Call once, from `main`.
 pub fn init(format: LogFormat) -> anyhow::Result<TelemetryGuard> {
-    let filter = level_filter(std::env::var("RUST_LOG").ok().as_deref());
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = level_filter(rust_log.as_deref());
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|v| !v.is_empty());
     let (fmt_layer, log_flusher) = match format {
         LogFormat::Json => {
             // Lines go out in batches (see `batch`): no system call per line.
             let (writer, flusher) = batch::Batched::new(std::io::stdout())?;
             writer.flush_on_panic();
+            // The access line skips `tracing` when nothing else would read
+            // its event and the filter's answer depends on the call site
+            // only (see `json::AccessLine`).
+            if endpoint.is_none() && per_call_site(rust_log.as_deref()) {
+                let direct = writer.clone();
+                json::write_access_lines_to(move |level, line| {
+                    let _ = std::io::Write::write_all(&mut direct.line(level), line);
+                });
+            }
             (json::JsonLayer::new(writer).boxed(), Some(flusher))
         }
         LogFormat::Pretty => (
@@ -62,9 +75,6 @@ pub fn init(format: LogFormat) -> anyhow::Result<TelemetryGuard> {
             None,
         ),
     };
-    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .ok()
-        .filter(|v| !v.is_empty());
     let (otel_layer, tracer_provider) = match endpoint {
         Some(_) => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -107,19 +117,29 @@ const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn";
 /// threads, four or more per request, which the workers contended for on
 /// `/health/live` (docs/performance.md).
 fn level_filter(rust_log: Option<&str>) -> Box<dyn Layer<Registry> + Send + Sync> {
-    let directives = rust_log
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .unwrap_or(DEFAULT_LOG_FILTER);
-    // `Targets` would read `[span]` as a target's name and `t[{f}]` as a
-    // static field filter: anything with brackets goes to `EnvFilter`.
-    let spans_or_fields = directives.contains(['[', '{']);
+    let directives = directives(rust_log);
     match directives.parse::<Targets>() {
-        Ok(targets) if !spans_or_fields => targets.boxed(),
+        Ok(targets) if per_call_site(rust_log) => targets.boxed(),
         _ => EnvFilter::try_new(directives)
             .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER))
             .boxed(),
     }
+}
+
+fn directives(rust_log: Option<&str>) -> &str {
+    rust_log
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .unwrap_or(DEFAULT_LOG_FILTER)
+}
+
+/// Whether [`level_filter`] is a [`Targets`] filter, which decides by an
+/// event's target and level alone. `Targets` would read `[span]` as a
+/// target's name and `t[{f}]` as a static field filter: anything with
+/// brackets goes to `EnvFilter`.
+fn per_call_site(rust_log: Option<&str>) -> bool {
+    let directives = directives(rust_log);
+    !directives.contains(['[', '{']) && directives.parse::<Targets>().is_ok()
 }
 
 /// Colour on a terminal, unless `NO_COLOR` is set (<https://no-color.org>);

@@ -110,6 +110,14 @@ impl Batched {
         ))
     }
 
+    /// One line of this level (see [`MakeWriter::make_writer_for`]).
+    pub fn line(&self, level: Level) -> Line<'_> {
+        Line {
+            shared: &self.shared,
+            urgent: urgent(level),
+        }
+    }
+
     /// Write out everything buffered so far, now.
     pub fn flush(&self) {
         self.shared.flush();
@@ -194,10 +202,7 @@ impl<'a> MakeWriter<'a> for Batched {
     }
 
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
-        Line {
-            shared: &self.shared,
-            urgent: urgent(*meta.level()),
-        }
+        self.line(*meta.level())
     }
 }
 
