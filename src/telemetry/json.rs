@@ -280,13 +280,12 @@ impl Second {
             self.epoch_secs = Some(secs);
         }
         out.push_str(&self.text);
-        let mut digits = *b".000000Z";
-        let mut micros = since.subsec_micros();
-        for d in digits[1..7].iter_mut().rev() {
-            *d = b'0' + (micros % 10) as u8;
-            micros /= 10;
+        let micros = since.subsec_micros();
+        out.push('.');
+        for place in [100_000, 10_000, 1_000, 100, 10, 1] {
+            out.push(char::from(b'0' + (micros / place % 10) as u8));
         }
-        out.push_str(std::str::from_utf8(&digits).unwrap_or(".000000Z"));
+        out.push('Z');
     }
 }
 
@@ -350,7 +349,9 @@ where
 #[derive(Default)]
 struct RenderFields {
     text: String,
-    fields: Vec<(&'static str, Range<usize>)>,
+    /// Inline for up to six fields (most spans have fewer): one allocation
+    /// less per span.
+    fields: smallvec::SmallVec<[(&'static str, Range<usize>); 6]>,
 }
 
 impl RenderFields {
@@ -361,8 +362,7 @@ impl RenderFields {
         }
         let name = field.name();
         let start = self.text.len();
-        push_json_str(&mut self.text, name);
-        self.text.push(':');
+        push_key(&mut self.text, name);
         render(&mut self.text);
         let at = start..self.text.len();
         // Recorded again (`Span::record`): the new value wins.
@@ -416,8 +416,7 @@ impl WriteFields<'_> {
         }
         self.names.push(name);
         self.line.push(',');
-        push_json_str(self.line, name);
-        self.line.push(':');
+        push_key(self.line, name);
         true
     }
 }
@@ -488,18 +487,15 @@ fn push_f64(out: &mut String, value: f64) {
 fn push_thousandths(out: &mut String, t: u64) {
     out.push_str(itoa::Buffer::new().format(t / 1000));
     let f = t % 1000;
-    let digits = [
-        b'.',
-        b'0' + (f / 100) as u8,
-        b'0' + (f / 10 % 10) as u8,
-        b'0' + (f % 10) as u8,
-    ];
-    let keep = match (digits[2], digits[3]) {
-        (_, b) if b != b'0' => 4,
-        (b, _) if b != b'0' => 3,
-        _ => 2,
-    };
-    out.push_str(std::str::from_utf8(&digits[..keep]).unwrap_or(".0"));
+    let digit = |d: u64| char::from(b'0' + d as u8);
+    out.push('.');
+    out.push(digit(f / 100));
+    if !f.is_multiple_of(100) {
+        out.push(digit(f / 10 % 10));
+        if !f.is_multiple_of(10) {
+            out.push(digit(f % 10));
+        }
+    }
 }
 
 /// `value`'s `Debug` text (for `%x` fields and messages, their `Display`) as
@@ -522,6 +518,20 @@ fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
     escape_into(out, s);
     out.push('"');
+}
+
+/// `"name":`, a field's key: names are identifiers (or literals, which
+/// may need escaping), so one copy of the name between two pushes.
+fn push_key(out: &mut String, name: &str) {
+    if first_to_escape(name.as_bytes()) == name.len() {
+        out.reserve(name.len() + 3);
+        out.push('"');
+        out.push_str(name);
+        out.push_str("\":");
+    } else {
+        push_json_str(out, name);
+        out.push(':');
+    }
 }
 
 /// Whether any of these 8 bytes needs escaping in a JSON string: a control
