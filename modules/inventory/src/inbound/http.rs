@@ -1170,73 +1170,50 @@ pub async fn release_reservation(
     Ok(HttpResponse::Ok().json(ReservationResponse::from(r)))
 }
 
-/// Register the routes (the host mounts them under `/api/v1`). Each resource
-/// lists its methods, so any other method answers 405.
+/// Register the routes (the host mounts them under `/api/v1`), in one scope
+/// per path prefix: the router tests a prefix once instead of every
+/// resource's pattern in turn (a regex each, for patterns with segments).
+/// Each resource lists its methods, so any other method answers 405.
 pub fn configure(cfg: &mut web::ServiceConfig, api: InventoryService) {
     let data = web::Data::new(api);
     cfg.service(
-        web::resource("/products")
+        web::scope("/products")
             .app_data(data.clone())
-            .route(web::get().to(list_products))
-            .route(web::post().to(create_product)),
+            .service(
+                web::resource("")
+                    .route(web::get().to(list_products))
+                    .route(web::post().to(create_product)),
+            )
+            .service(
+                web::resource("/{sku}")
+                    .route(web::get().to(get_product))
+                    .route(web::patch().to(update_product))
+                    .route(web::delete().to(delete_product)),
+            ),
     )
     .service(
-        web::resource("/products/{sku}")
-            .app_data(data.clone())
-            .route(web::get().to(get_product))
-            .route(web::patch().to(update_product))
-            .route(web::delete().to(delete_product)),
+        web::scope("/warehouses").app_data(data.clone()).service(
+            web::resource("")
+                .route(web::get().to(list_warehouses))
+                .route(web::post().to(create_warehouse)),
+        ),
     )
     .service(
-        web::resource("/warehouses")
+        web::scope("/stock")
             .app_data(data.clone())
-            .route(web::get().to(list_warehouses))
-            .route(web::post().to(create_warehouse)),
+            .service(web::resource("/receipts").route(web::post().to(receive)))
+            .service(web::resource("/adjustments").route(web::post().to(adjust)))
+            .service(web::resource("/{sku}").route(web::get().to(get_stock)))
+            .service(web::resource("/{sku}/movements").route(web::get().to(list_movements))),
     )
     .service(
-        web::resource("/stock/receipts")
-            .app_data(data.clone())
-            .route(web::post().to(receive)),
-    )
-    .service(
-        web::resource("/stock/adjustments")
-            .app_data(data.clone())
-            .route(web::post().to(adjust)),
-    )
-    .service(
-        web::resource("/stock/{sku}")
-            .app_data(data.clone())
-            .route(web::get().to(get_stock)),
-    )
-    .service(
-        web::resource("/stock/{sku}/movements")
-            .app_data(data.clone())
-            .route(web::get().to(list_movements)),
-    )
-    .service(
-        web::resource("/reservations")
-            .app_data(data.clone())
-            .route(web::post().to(reserve)),
-    )
-    .service(
-        web::resource("/reservations/{id}")
-            .app_data(data.clone())
-            .route(web::get().to(get_reservation)),
-    )
-    .service(
-        web::resource("/reservations/{id}/confirm")
-            .app_data(data.clone())
-            .route(web::post().to(confirm_reservation)),
-    )
-    .service(
-        web::resource("/reservations/{id}/commit")
-            .app_data(data.clone())
-            .route(web::post().to(commit_reservation)),
-    )
-    .service(
-        web::resource("/reservations/{id}/release")
+        web::scope("/reservations")
             .app_data(data)
-            .route(web::post().to(release_reservation)),
+            .service(web::resource("").route(web::post().to(reserve)))
+            .service(web::resource("/{id}").route(web::get().to(get_reservation)))
+            .service(web::resource("/{id}/confirm").route(web::post().to(confirm_reservation)))
+            .service(web::resource("/{id}/commit").route(web::post().to(commit_reservation)))
+            .service(web::resource("/{id}/release").route(web::post().to(release_reservation))),
     );
 }
 

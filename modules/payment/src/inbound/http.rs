@@ -636,34 +636,29 @@ pub fn configure(
     idempotency: Arc<dyn IdempotencyStore>,
     idempotency_config: IdempotencyConfig,
 ) {
-    let api = web::Data::new(api);
     let idem = Idempotency::new(idempotency, idempotency_config);
-    // Two resources share `/payments`: the POST one (guarded, so GET falls
-    // through to the next) carries the idempotency middleware; other
-    // methods reach the second and answer 405.
+    // One scope for the module's path prefix: the router tests the prefix
+    // once instead of every resource's pattern in turn. Two resources share
+    // `/payments`: the POST one (guarded, so GET falls through to the next)
+    // carries the idempotency middleware; other methods reach the second and
+    // answer 405.
     cfg.service(
-        web::resource("/payments")
-            .guard(guard::Post())
-            .app_data(api.clone())
-            .wrap(idem.clone())
-            .route(web::post().to(create_payment)),
-    )
-    .service(
-        web::resource("/payments")
-            .app_data(api.clone())
-            .route(web::get().to(list_payments)),
-    )
-    .service(
-        web::resource("/payments/{id}")
-            .app_data(api.clone())
-            .route(web::get().to(get_payment)),
-    )
-    .service(
-        web::resource("/payments/{id}/refunds")
-            .guard(guard::Post())
-            .app_data(api)
-            .wrap(idem)
-            .route(web::post().to(create_refund)),
-    )
-    .service(web::resource("/payments/{id}/refunds"));
+        web::scope("/payments")
+            .app_data(web::Data::new(api))
+            .service(
+                web::resource("")
+                    .guard(guard::Post())
+                    .wrap(idem.clone())
+                    .route(web::post().to(create_payment)),
+            )
+            .service(web::resource("").route(web::get().to(list_payments)))
+            .service(web::resource("/{id}").route(web::get().to(get_payment)))
+            .service(
+                web::resource("/{id}/refunds")
+                    .guard(guard::Post())
+                    .wrap(idem)
+                    .route(web::post().to(create_refund)),
+            )
+            .service(web::resource("/{id}/refunds")),
+    );
 }
