@@ -20,6 +20,8 @@ use actix_web::web;
 use agora_kernel::{Principal, RequestId};
 use tracing::Instrument;
 
+use crate::telemetry::json::{self, InRequest, RequestFields};
+
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// W3C trace context; a constant name, so a lookup does not parse it first.
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -96,25 +98,38 @@ pub async fn observe(
     let id = request_id(req.headers());
     req.extensions_mut().insert(RequestId(id.clone()));
     let (route, module) = route_of(&req);
-    let (route, module) = (&*route, &*module);
-    let method = req.method().clone();
-    // Recorded as strings, not `%Display`: the log layer then escapes them
-    // directly instead of running each through `fmt` (see telemetry::json).
-    let span = tracing::info_span!(
-        "http_request",
-        request_id = id.as_str(),
-        method = method.as_str(),
-        route = route,
-        module = module,
-    );
+    let request = Rc::new(RequestFields {
+        request_id: id,
+        method: req.method().clone(),
+        route,
+        module,
+    });
+    let (id, method) = (request.request_id.as_str(), &request.method);
+    let (route, module) = (&*request.route, &*request.module);
     // Counted down when this future ends, also when it is dropped unfinished
     // (the client went away).
     let _in_flight = InFlight::start();
-    // The span stays in the `Instrumented` (no clone: a clone and its drop
-    // go through the subscriber's reference count).
-    let mut call = std::pin::pin!(next.call(req).instrument(span));
-    let result = call.as_mut().await;
-    let span = call.span();
+    // The request's span, unless the JSON log is the only reader of events:
+    // then the request is polled in a scope that gives its lines the span's
+    // fields for a fraction of a span's cost (see `telemetry::json`).
+    let mut traced = None;
+    let result = if json::direct() {
+        InRequest::new(request.clone(), next.call(req)).await
+    } else {
+        // Recorded as strings, not `%Display`: the log layer then escapes them
+        // directly instead of running each through `fmt` (see telemetry::json).
+        let span = tracing::info_span!(
+            "http_request",
+            request_id = id,
+            method = method.as_str(),
+            route = route,
+            module = module,
+        );
+        // The span stays in the `Instrumented` (no clone: a clone and its drop
+        // go through the subscriber's reference count).
+        traced.insert(next.call(req).instrument(span)).await
+    };
+    let span = traced.as_ref().map(tracing::instrument::Instrumented::span);
     let latency = started.elapsed();
     // Whole microseconds: a short decimal, cheap to write and to read.
     let latency_micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
@@ -126,11 +141,18 @@ pub async fn observe(
             // A panic or middleware error: actix renders it; tag it and count it.
             let problem = crate::gateway::errors::as_problem(&e);
             let status = problem.status;
-            tracing::error!(parent: span, message = "request completed", status, latency_ms);
-            count_request(module, route, metric_method(&method), status, None);
+            match span {
+                Some(span) => {
+                    tracing::error!(parent: span, message = "request completed", status, latency_ms)
+                }
+                None => json::in_request(&request, || {
+                    tracing::error!(message = "request completed", status, latency_ms)
+                }),
+            }
+            count_request(module, route, metric_method(method), status, None);
             return Err(TaggedProblem {
                 problem,
-                request_id: id,
+                request_id: id.to_owned(),
             }
             .into());
         }
@@ -151,29 +173,35 @@ pub async fn observe(
         // Straight to the JSON log when it is the only reader (see
         // `telemetry::json::AccessLine`): the same line, a third the cost.
         let direct = || {
-            crate::telemetry::json::write_access(&crate::telemetry::json::AccessLine {
+            json::write_access(&json::AccessLine {
                 level,
                 target: module_path!(),
                 status,
                 latency_micros,
                 principal,
                 path,
-                request_id: &id,
+                request_id: id,
                 method: method.as_str(),
                 route,
                 module,
             })
         };
+        // Through `tracing` when the access line does not bypass it, and so
+        // only with the request's span.
         if status >= 500 {
-            if !(tracing::enabled!(tracing::Level::ERROR) && direct()) {
+            if !(tracing::enabled!(tracing::Level::ERROR) && direct())
+                && let Some(span) = span
+            {
                 tracing::error!(parent: span, message = "request completed", status, latency_ms, principal, path);
             }
-        } else if !(tracing::enabled!(tracing::Level::INFO) && direct()) {
+        } else if !(tracing::enabled!(tracing::Level::INFO) && direct())
+            && let Some(span) = span
+        {
             tracing::info!(parent: span, message = "request completed", status, latency_ms, principal, path);
         }
     }
-    count_request(module, route, metric_method(&method), status, Some(latency));
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    count_request(module, route, metric_method(method), status, Some(latency));
+    if let Ok(v) = HeaderValue::from_str(id) {
         res.headers_mut().insert(X_REQUEST_ID, v);
     }
     Ok(res)

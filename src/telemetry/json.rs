@@ -16,6 +16,17 @@
 //! none); an event writes its fields and copies that pre-rendered list into a
 //! per-thread buffer. Nothing is re-parsed, and no span list is walked, per
 //! line.
+//!
+//! When this log is the only reader of events (no OpenTelemetry export, a
+//! level filter that decides per call site), the gateway opens no
+//! `http_request` span at all: it polls the request inside an [`InRequest`]
+//! scope, and every line written meanwhile on that thread carries the
+//! request's fields exactly where the span's would stand, with
+//! `"span":"http_request"` when no inner span is open. A span costs its
+//! creation, its fields rendered, its entries and its close (about 3k
+//! instructions of a `/health/live` request, docs/performance.md); the
+//! scope costs a thread-local swap per poll, and its fields are rendered
+//! only by the lines that need them.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -78,6 +89,18 @@ impl SpanFields {
         })))
     }
 
+    /// Whether a span in the list has a field of this name.
+    fn has(&self, name: &str) -> bool {
+        let mut at = self.0.as_deref();
+        while let Some(node) = at {
+            if node.own.fields.iter().any(|(n, _)| *n == name) {
+                return true;
+            }
+            at = node.outer.0.as_deref();
+        }
+        false
+    }
+
     /// Each field once as its rendered `"name":value`, the innermost span's
     /// value winning, outermost first.
     fn for_each(&self, mut f: impl FnMut(&'static str, &str)) {
@@ -119,12 +142,17 @@ where
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
+        let mut own = RenderFields::default();
+        attrs.record(&mut own);
         let inherited = span
             .parent()
             .and_then(|p| p.extensions().get::<SpanFields>().cloned())
             .unwrap_or_default();
-        let mut own = RenderFields::default();
-        attrs.record(&mut own);
+        // A span with no fields of its own or of its ancestors' carries
+        // nothing (a handler's span inside a request scope): no extension.
+        if own.fields.is_empty() && inherited.0.is_none() {
+            return;
+        }
         let fields = inherited.with(own);
         span.extensions_mut().insert(fields);
     }
@@ -165,6 +193,105 @@ fn with_scratch(f: impl FnOnce(&mut Scratch)) {
     if let Some(f) = f {
         f(&mut Scratch::default());
     }
+}
+
+/// The fields of the request a worker thread is serving, the ones the
+/// `http_request` span carries (see the module's docs).
+pub struct RequestFields {
+    pub request_id: String,
+    pub method: actix_web::http::Method,
+    pub route: std::rc::Rc<str>,
+    pub module: std::rc::Rc<str>,
+}
+
+impl RequestFields {
+    /// Name and value of each field, in the span's order.
+    fn fields(&self) -> [(&'static str, &str); 4] {
+        [
+            ("request_id", &self.request_id),
+            ("method", self.method.as_str()),
+            ("route", &self.route),
+            ("module", &self.module),
+        ]
+    }
+}
+
+thread_local! {
+    /// The request this thread is polling, if any.
+    static REQUEST: std::cell::Cell<Option<std::rc::Rc<RequestFields>>> =
+        const { std::cell::Cell::new(None) };
+}
+
+fn current_request() -> Option<std::rc::Rc<RequestFields>> {
+    REQUEST
+        .try_with(|r| {
+            let current = r.take();
+            r.set(current.clone());
+            current
+        })
+        .ok()
+        .flatten()
+}
+
+/// `fields` is this thread's request until dropped; then the one before.
+struct Entered(Option<std::rc::Rc<RequestFields>>);
+
+impl Entered {
+    fn enter(fields: &std::rc::Rc<RequestFields>) -> Self {
+        Self(
+            REQUEST
+                .try_with(|r| r.replace(Some(fields.clone())))
+                .ok()
+                .flatten(),
+        )
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        let before = self.0.take();
+        let _ = REQUEST.try_with(|r| r.set(before));
+    }
+}
+
+/// A request's future polled with its fields as the thread's request, so the
+/// lines it logs carry them (the `http_request` span's stand-in).
+pub struct InRequest<F> {
+    fields: std::rc::Rc<RequestFields>,
+    inner: F,
+}
+
+impl<F> InRequest<F> {
+    pub fn new(fields: std::rc::Rc<RequestFields>, inner: F) -> Self {
+        Self { fields, inner }
+    }
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for InRequest<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.get_mut();
+        let _entered = Entered::enter(&this.fields);
+        std::pin::Pin::new(&mut this.inner).poll(cx)
+    }
+}
+
+/// `f` run with `fields` as the thread's request (a line logged outside the
+/// request's future: the gateway's own).
+pub fn in_request<T>(fields: &std::rc::Rc<RequestFields>, f: impl FnOnce() -> T) -> T {
+    let _entered = Entered::enter(fields);
+    f()
+}
+
+/// Whether access lines go straight to the JSON log, which is then the only
+/// reader of events: the gateway opens no request span (see the module's
+/// docs).
+pub fn direct() -> bool {
+    ACCESS_SINK.get().is_some()
 }
 
 /// The gateway's access line, the `request completed` event every request
@@ -235,16 +362,22 @@ fn render_access(scratch: &mut Scratch, line: &AccessLine<'_>, now: SystemTime) 
         (",\"principal\":", line.principal),
         (",\"path\":", line.path),
         (",\"request_id\":", line.request_id),
-        (",\"method\":", line.method),
-        (",\"route\":", line.route),
-        (",\"module\":", line.module),
     ] {
         out.push_str(key);
         push_json_str(out, value);
     }
-    out.push_str(",\"span\":\"http_request\",\"target\":");
-    push_json_str(out, line.target);
-    out.push_str("}\n");
+    // An HTTP method is a token (RFC 9110: no quote, backslash or control
+    // character), and a Rust module path is identifiers and `::`: nothing
+    // to escape in either.
+    out.push_str(",\"method\":\"");
+    out.push_str(line.method);
+    out.push_str("\",\"route\":");
+    push_json_str(out, line.route);
+    out.push_str(",\"module\":");
+    push_json_str(out, line.module);
+    out.push_str(",\"span\":\"http_request\",\"target\":\"");
+    out.push_str(line.target);
+    out.push_str("\"}\n");
 }
 
 /// Per-thread buffers, reused from line to line.
@@ -321,17 +454,36 @@ where
             names,
             log_target,
         } = fields;
-        if let Some(span) = ctx.event_span(event) {
-            if let Some(inherited) = span.extensions().get::<SpanFields>() {
-                inherited.for_each(|name, rendered| {
-                    if !names.contains(&name) && !RESERVED.contains(&name) {
-                        line.push(',');
-                        line.push_str(rendered);
-                    }
-                });
+        let span = ctx.event_span(event);
+        let extensions = span.as_ref().map(|s| s.extensions());
+        let inherited = extensions.as_ref().and_then(|e| e.get::<SpanFields>());
+        // The request's fields stand where its span's would: outermost, each
+        // unless the event or an inner span has one of that name.
+        let request = current_request();
+        if let Some(request) = &request {
+            for (name, value) in request.fields() {
+                if !names.contains(&name) && inherited.is_none_or(|f| !f.has(name)) {
+                    line.push(',');
+                    push_key(line, name);
+                    push_json_str(line, value);
+                }
             }
-            line.push_str(",\"span\":");
-            push_json_str(line, span.name());
+        }
+        if let Some(inherited) = inherited {
+            inherited.for_each(|name, rendered| {
+                if !names.contains(&name) && !RESERVED.contains(&name) {
+                    line.push(',');
+                    line.push_str(rendered);
+                }
+            });
+        }
+        match &span {
+            Some(span) => {
+                line.push_str(",\"span\":");
+                push_json_str(line, span.name());
+            }
+            None if request.is_some() => line.push_str(",\"span\":\"http_request\""),
+            None => {}
         }
         line.push_str(",\"target\":");
         push_json_str(line, log_target.as_deref().unwrap_or(meta.target()));
@@ -853,6 +1005,94 @@ mod tests {
             assert_eq!(v["principal"], principal);
             assert_eq!(v["path"], path);
         }
+    }
+
+    fn request_fields() -> std::rc::Rc<RequestFields> {
+        std::rc::Rc::new(RequestFields {
+            request_id: "r-\"1\"".to_owned(),
+            method: actix_web::http::Method::POST,
+            route: "/api/v1/orders".into(),
+            module: "order".into(),
+        })
+    }
+
+    /// What `log` writes inside the `http_request` span the gateway opens
+    /// when the log is not alone.
+    fn in_span(log: impl Fn()) -> String {
+        let got = lines(|| {
+            let span = tracing::info_span!(
+                "http_request",
+                request_id = "r-\"1\"",
+                method = "POST",
+                route = "/api/v1/orders",
+                module = "order",
+            );
+            let _entered = span.enter();
+            log();
+        });
+        got.iter()
+            .map(|(raw, _)| untimed(raw))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// What `log` writes in the request scope the gateway uses instead.
+    fn in_scope(log: impl Fn()) -> String {
+        let got = lines(|| in_request(&request_fields(), log));
+        got.iter()
+            .map(|(raw, _)| untimed(raw))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn a_line_in_the_request_scope_is_the_line_the_request_span_gives() {
+        let shapes: [(&str, fn()); 4] = [
+            ("a bare event", || {
+                tracing::info!(status = 201_u64, "request completed")
+            }),
+            ("an event that names a request field", || {
+                tracing::warn!(route = "mine", "clash")
+            }),
+            ("an event in an inner span", || {
+                let step = tracing::info_span!("step", order_id = "o-1", attempt = 2_u64);
+                let _s = step.enter();
+                tracing::info!(to = "confirmed", "order transition");
+            }),
+            ("an inner span that names a request field", || {
+                let outer = tracing::info_span!("place", customer = "alice");
+                let _o = outer.enter();
+                let inner = tracing::info_span!("remote", module = "payment");
+                let _i = inner.enter();
+                tracing::error!("deep");
+            }),
+        ];
+        for (shape, log) in shapes {
+            let (span, scope) = (in_span(log), in_scope(log));
+            assert!(
+                span.contains("\"request_id\":\"r-\\\"1\\\"\""),
+                "{shape}: {span}"
+            );
+            assert_eq!(scope, span, "{shape}");
+        }
+    }
+
+    #[test]
+    fn a_request_polled_in_its_scope_logs_its_fields_and_nothing_after_it_does() {
+        use futures_util::FutureExt as _;
+        let got = lines(|| {
+            let request = InRequest::new(
+                request_fields(),
+                Box::pin(async { tracing::info!("inside") }),
+            );
+            assert!(request.now_or_never().is_some());
+            tracing::info!("after");
+        });
+        assert_eq!(got[0].1["request_id"], "r-\"1\"");
+        assert_eq!(got[0].1["method"], "POST");
+        assert_eq!(got[0].1["span"], "http_request");
+        assert!(got[1].1.get("request_id").is_none(), "{}", got[1].0);
+        assert!(got[1].1.get("span").is_none(), "{}", got[1].0);
     }
 
     #[test]
