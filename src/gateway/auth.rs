@@ -395,6 +395,21 @@ pub fn mint(
 /// valid bearer token (401 otherwise); its principal goes into the request's
 /// extensions. Requests without the header pass; handlers that need a
 /// principal answer 401 themselves.
+/// The token of a `Bearer <token>` header value, borrowed from it; `None`
+/// for another scheme or a value that is not ASCII (what
+/// `HeaderValue::to_str` refuses, as it arrives from the wire). Checked a
+/// word at a time: `to_str` checks a token of a few hundred bytes one byte
+/// at a time, and its caller copied it, ~1.5k instructions of every
+/// authenticated request (docs/performance.md).
+fn bearer(value: &actix_web::http::header::HeaderValue) -> Option<&str> {
+    let bytes = value.as_bytes();
+    if !bytes.is_ascii() {
+        return None;
+    }
+    let (scheme, token) = std::str::from_utf8(bytes).ok()?.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 pub async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -404,14 +419,8 @@ pub async fn authenticate(
         let Some(auth) = req.app_data::<web::Data<Authenticator>>().cloned() else {
             return Ok(req.into_response(Problem::internal().to_response()));
         };
-        let token = fwd
-            .to_str()
-            .ok()
-            .and_then(|h| h.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim().to_owned())
-            .unwrap_or_default();
-        match auth.authenticate(&token) {
+        let token = bearer(fwd).unwrap_or_default();
+        match auth.authenticate(token) {
             Ok(p) if p.roles.contains(&Role::Service) => {
                 req.extensions_mut().insert(Forwarded { by: p.subject });
             }
@@ -433,17 +442,11 @@ pub async fn authenticate(
     let Some(auth) = req.app_data::<web::Data<Authenticator>>().cloned() else {
         return Ok(req.into_response(Problem::internal().to_response()));
     };
-    let token = header
-        .to_str()
-        .ok()
-        .and_then(|h| h.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_owned());
-    let Some(token) = token.filter(|t| !t.is_empty()) else {
+    let Some(token) = bearer(header).filter(|t| !t.is_empty()) else {
         let p = Problem::unauthorized("the Authorization header must be `Bearer <token>`");
         return Ok(req.into_response(p.to_response()));
     };
-    match auth.authenticate(&token) {
+    match auth.authenticate(token) {
         Ok(principal) => {
             req.extensions_mut().insert(principal);
             next.call(req)
@@ -454,5 +457,27 @@ pub async fn authenticate(
             tracing::info!(reason = %e, "bearer token refused");
             Ok(req.into_response(Problem::unauthorized(e.to_string()).to_response()))
         }
+    }
+}
+
+#[cfg(test)]
+mod bearer_tests {
+    use actix_web::http::header::HeaderValue;
+
+    use super::bearer;
+
+    #[test]
+    fn a_bearer_header_gives_its_token_and_anything_else_gives_none() {
+        let token = |v: &'static [u8]| {
+            HeaderValue::from_bytes(v)
+                .ok()
+                .and_then(|v| bearer(&v).map(str::to_owned))
+        };
+        assert_eq!(token(b"Bearer abc.def.ghi").as_deref(), Some("abc.def.ghi"));
+        assert_eq!(token(b"bEaReR   abc  ").as_deref(), Some("abc"));
+        assert_eq!(token(b"Bearer ").as_deref(), Some(""));
+        assert_eq!(token(b"Basic dXNlcjpwYXNz"), None);
+        assert_eq!(token(b"Bearer"), None);
+        assert_eq!(token(b"Bearer abc\xc3\xa9"), None, "not ASCII");
     }
 }

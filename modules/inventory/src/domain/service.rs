@@ -96,7 +96,7 @@ impl InventoryService {
     ///
     /// # Errors
     /// [`ReadError::NotFound`].
-    #[tracing::instrument(skip_all, fields(sku = %sku))]
+    #[tracing::instrument(skip_all, fields(sku = sku.as_str()))]
     pub async fn product(&self, ctx: &CallContext, sku: &Sku) -> Result<Product, ReadError> {
         match self.inner.store.product(sku).await? {
             Some(p) if p.active || ctx.principal.is_staff() => Ok(p),
