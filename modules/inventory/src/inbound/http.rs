@@ -785,7 +785,6 @@ type Api = web::Data<InventoryService>;
         (status = 409, description = "duplicate sku", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
-#[tracing::instrument(skip_all)]
 pub async fn create_product(
     api: Api,
     ctx: CallContext,
@@ -809,7 +808,6 @@ pub async fn create_product(
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
-#[tracing::instrument(skip_all)]
 pub async fn list_products(
     api: Api,
     ctx: CallContext,
@@ -842,7 +840,6 @@ pub async fn list_products(
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
-#[tracing::instrument(skip_all)]
 pub async fn get_product(
     api: Api,
     ctx: CallContext,
@@ -864,7 +861,6 @@ pub async fn get_product(
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
-#[tracing::instrument(skip_all)]
 pub async fn update_product(
     api: Api,
     ctx: CallContext,
@@ -889,7 +885,6 @@ pub async fn update_product(
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "a body with fields"),
     ))]
-#[tracing::instrument(skip_all)]
 pub async fn delete_product(
     api: Api,
     ctx: CallContext,
@@ -911,7 +906,6 @@ pub async fn delete_product(
         (status = 409, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
-#[tracing::instrument(skip_all)]
 pub async fn create_warehouse(
     api: Api,
     ctx: CallContext,
@@ -941,7 +935,6 @@ pub async fn create_warehouse(
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
-#[tracing::instrument(skip_all)]
 pub async fn list_warehouses(
     api: Api,
     ctx: CallContext,
@@ -964,7 +957,6 @@ pub async fn list_warehouses(
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "bad input, unknown sku or warehouse", body = Problem, content_type = "application/problem+json"),
     ))]
-#[tracing::instrument(skip_all)]
 pub async fn receive(
     api: Api,
     ctx: CallContext,
@@ -988,7 +980,6 @@ pub async fn receive(
         (status = 409, body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "bad input, unknown sku or warehouse", body = Problem, content_type = "application/problem+json"),
     ))]
-#[tracing::instrument(skip_all)]
 pub async fn adjust(
     api: Api,
     ctx: CallContext,
@@ -1009,7 +1000,6 @@ pub async fn adjust(
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
-#[tracing::instrument(skip_all)]
 pub async fn get_stock(
     api: Api,
     ctx: CallContext,
@@ -1030,7 +1020,6 @@ pub async fn get_stock(
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
-#[tracing::instrument(skip_all)]
 pub async fn list_movements(
     api: Api,
     ctx: CallContext,
@@ -1060,7 +1049,6 @@ pub async fn list_movements(
         (status = 409, description = "insufficient stock (`shortages` lists the short lines), or the id is taken by a different request", body = InsufficientStock, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
-#[tracing::instrument(skip_all)]
 pub async fn reserve(
     api: Api,
     ctx: CallContext,
@@ -1087,7 +1075,6 @@ pub async fn reserve(
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
-#[tracing::instrument(skip_all)]
 pub async fn get_reservation(
     api: Api,
     ctx: CallContext,
@@ -1110,7 +1097,6 @@ pub async fn get_reservation(
         (status = 409, description = "the transition does not apply (`reservation_status` says where it stands), or expired", body = ReservationConflict, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "a body with fields"),
     ))]
-#[tracing::instrument(skip_all)]
 pub async fn confirm_reservation(
     api: Api,
     ctx: CallContext,
@@ -1134,7 +1120,6 @@ pub async fn confirm_reservation(
         (status = 409, description = "the transition does not apply (`reservation_status` says where it stands), or expired", body = ReservationConflict, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "a body with fields"),
     ))]
-#[tracing::instrument(skip_all)]
 pub async fn commit_reservation(
     api: Api,
     ctx: CallContext,
@@ -1158,7 +1143,6 @@ pub async fn commit_reservation(
         (status = 409, description = "the transition does not apply (`reservation_status` says where it stands), or expired", body = ReservationConflict, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "a body with fields"),
     ))]
-#[tracing::instrument(skip_all)]
 pub async fn release_reservation(
     api: Api,
     ctx: CallContext,

@@ -446,7 +446,6 @@ fn location(p: &Payment) -> String {
         (status = 422, body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Provider unavailable (breaker open, fault); `Retry-After` says when; the payment stays pending", body = Problem, content_type = "application/problem+json"),
     ))]
-#[tracing::instrument(skip_all)]
 pub async fn create_payment(
     ctx: CallContext,
     api: web::Data<PaymentService>,
@@ -475,7 +474,6 @@ pub async fn create_payment(
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
-#[tracing::instrument(skip_all)]
 pub async fn list_payments(
     ctx: CallContext,
     api: web::Data<PaymentService>,
@@ -528,7 +526,6 @@ pub async fn list_payments(
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
-#[tracing::instrument(skip_all)]
 pub async fn get_payment(
     ctx: CallContext,
     api: web::Data<PaymentService>,
@@ -557,7 +554,6 @@ pub async fn get_payment(
         (status = 422, body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Provider unavailable; `Retry-After` says when; retry with the same key", body = Problem, content_type = "application/problem+json"),
     ))]
-#[tracing::instrument(skip_all)]
 pub async fn create_refund(
     ctx: CallContext,
     api: web::Data<PaymentService>,
