@@ -391,10 +391,6 @@ pub fn mint(
         .context("failed to sign the token")
 }
 
-/// Gateway middleware: a request with an `Authorization` header must carry a
-/// valid bearer token (401 otherwise); its principal goes into the request's
-/// extensions. Requests without the header pass; handlers that need a
-/// principal answer 401 themselves.
 /// The token of a `Bearer <token>` header value, borrowed from it; `None`
 /// for another scheme or a value that is not ASCII (what
 /// `HeaderValue::to_str` refuses, as it arrives from the wire). Checked a
@@ -410,6 +406,10 @@ fn bearer(value: &actix_web::http::header::HeaderValue) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// Gateway middleware: a request with an `Authorization` header must carry a
+/// valid bearer token (401 otherwise); its principal goes into the request's
+/// extensions. Requests without the header pass; handlers that need a
+/// principal answer 401 themselves.
 pub async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,

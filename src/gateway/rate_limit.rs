@@ -223,7 +223,6 @@ pub async fn evict_periodically(
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
-/// Gateway middleware; runs after authentication so it can key by principal.
 /// The `RateLimit` header's value, `"<policy>";r=<remaining>;t=<reset>`.
 fn ratelimit_value(name: &str, remaining: u32, reset: u32) -> String {
     let mut v = String::with_capacity(name.len() + 24);
@@ -236,6 +235,7 @@ fn ratelimit_value(name: &str, remaining: u32, reset: u32) -> String {
     v
 }
 
+/// Gateway middleware; runs after authentication so it can key by principal.
 pub async fn limit(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
