@@ -1016,6 +1016,14 @@ mod tests {
         })
     }
 
+    /// The lines, each without its timestamp's value, one text.
+    fn untimed_lines(got: &[(String, serde_json::Value)]) -> String {
+        got.iter()
+            .map(|(raw, _)| untimed(raw))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// What `log` writes inside the `http_request` span the gateway opens
     /// when the log is not alone.
     fn in_span(log: impl Fn()) -> String {
@@ -1030,19 +1038,12 @@ mod tests {
             let _entered = span.enter();
             log();
         });
-        got.iter()
-            .map(|(raw, _)| untimed(raw))
-            .collect::<Vec<_>>()
-            .join("\n")
+        untimed_lines(&got)
     }
 
     /// What `log` writes in the request scope the gateway uses instead.
     fn in_scope(log: impl Fn()) -> String {
-        let got = lines(|| in_request(&request_fields(), log));
-        got.iter()
-            .map(|(raw, _)| untimed(raw))
-            .collect::<Vec<_>>()
-            .join("\n")
+        untimed_lines(&lines(|| in_request(&request_fields(), log)))
     }
 
     #[test]
