@@ -31,6 +31,11 @@ pub enum StoreError {
 pub struct Change {
     /// A new status and the transition that records it; `None` keeps the status.
     pub status: Option<(OrderStatus, Transition)>,
+    /// A transition the saga made in memory and did not store on its own
+    /// (`pending` → `awaiting_payment` when the charge follows in the same
+    /// run): its history row goes in this write, before `status`'s. The
+    /// order passed to [`OrderStore::apply`] already shows its effect.
+    pub earlier: Option<Transition>,
     pub payment_id: Option<String>,
     pub failure_reason: Option<String>,
     pub attempts: Option<u32>,

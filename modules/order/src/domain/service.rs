@@ -160,6 +160,14 @@ fn event_type_of(status: OrderStatus) -> Option<&'static str> {
     }
 }
 
+/// Log a transition a write stored for an earlier step (see [`Change::earlier`]).
+fn log_earlier(order: &Order, change: &Change) {
+    if let Some(t) = &change.earlier {
+        let from = t.from.map_or("", OrderStatus::as_str);
+        tracing::info!(order_id = %order.id, from, to = %t.to, "order transition");
+    }
+}
+
 fn backoff(attempts: u32, base: Duration, max: Duration) -> Duration {
     agora_kernel::outbox::backoff(attempts, base, max)
 }
@@ -467,16 +475,18 @@ impl OrderService {
         if to.is_final() || to == OrderStatus::Confirmed {
             metrics::counter!("agora_saga_outcomes_total", "status" => to.as_str()).increment(1);
         }
+        log_earlier(order, &change);
         tracing::info!(order_id = %order.id, from = %order.status, to = %to, "order transition");
         Ok(saved)
     }
 
     async fn schedule_retry(&self, order: &Order, why: &str) -> Order {
-        self.retry_with(order, why, None).await
+        self.retry_with(order, why, Change::default()).await
     }
 
-    /// Schedule a retry, recording a payment the step took on the way.
-    async fn retry_with(&self, order: &Order, why: &str, payment_id: Option<String>) -> Order {
+    /// Schedule a retry, storing what the step carried on the way (a payment
+    /// it took, a transition it made in memory).
+    async fn retry_with(&self, order: &Order, why: &str, carried: Change) -> Order {
         let attempts = order.attempts + 1;
         let delay = backoff(attempts, self.config.retry_base, self.config.retry_max);
         let mut at = self.now() + chrono::Duration::from_std(delay).unwrap_or_default();
@@ -492,11 +502,13 @@ impl OrderService {
             attempts: Some(attempts),
             next_attempt_at: Some(Some(at)),
             lease_owner: Some(self.owner.clone()),
-            payment_id,
-            ..Change::default()
+            ..carried
         };
         match self.store.apply(order, &change).await {
-            Ok(o) => o,
+            Ok(o) => {
+                log_earlier(order, &change);
+                o
+            }
             Err(e) => {
                 tracing::warn!(order_id = %order.id, error = %e, "failed to record a retry; the recovery worker picks it up");
                 order.clone()
@@ -537,18 +549,28 @@ impl OrderService {
     /// Run saga steps until the order waits (retry scheduled) or settles.
     /// The caller holds the order's lease.
     pub async fn advance(&self, mut order: Order, correlation_id: &str) -> Order {
+        // The reserve's `awaiting_payment`, made in memory: the charge's write
+        // (whatever it is) stores it, one write fewer per order.
+        let mut earlier = None;
         for _ in 0..8 {
             let started = Instant::now();
             let step = order.status;
             let result = match order.status {
                 OrderStatus::Pending => self.step_reserve(&order, correlation_id).await,
-                OrderStatus::AwaitingPayment => self.step_charge(&order, correlation_id).await,
+                OrderStatus::AwaitingPayment => {
+                    self.step_charge(&order, correlation_id, earlier.take())
+                        .await
+                }
                 _ => return order,
             };
             metrics::histogram!("agora_saga_step_duration_seconds", "step" => step.as_str())
                 .record(started.elapsed().as_secs_f64());
             match result {
                 Ok(Next::Continue(next)) => order = next,
+                Ok(Next::Reserved(next, t)) => {
+                    order = next;
+                    earlier = Some(t);
+                }
                 Ok(Next::Settled(settled)) => return settled,
                 Err(Step::Retry(next)) => return *next,
                 Err(Step::Failed(e)) => {
@@ -582,22 +604,25 @@ impl OrderService {
             .await
         {
             Ok(ReserveOutcome::Reserved) => {
-                let change = Change {
-                    attempts: Some(0),
-                    next_attempt_at: Some(Some(self.now())),
-                    ..Change::default()
+                // Not stored on its own: the charge, which always follows, stores
+                // it with its own write (a crash before that leaves the order
+                // `pending`, and its recovery replays the reservation).
+                let to = OrderStatus::AwaitingPayment;
+                debug_assert!(order.status.can_become(to) && event_type_of(to).is_none());
+                let now = self.now();
+                let t = Transition {
+                    from: Some(order.status),
+                    to,
+                    at: now,
+                    actor: SYSTEM.to_owned(),
+                    reason: None,
+                    correlation_id: corr.to_owned(),
                 };
-                Ok(Next::Continue(
-                    self.transition(
-                        order,
-                        OrderStatus::AwaitingPayment,
-                        SYSTEM,
-                        None,
-                        corr,
-                        change,
-                    )
-                    .await?,
-                ))
+                let mut next = order.clone();
+                next.status = to;
+                next.attempts = 0;
+                next.next_attempt_at = Some(now);
+                Ok(Next::Reserved(next, t))
             }
             Ok(ReserveOutcome::Ended) => {
                 // A replay after the reservation ran out: it holds no stock, and
@@ -632,23 +657,29 @@ impl OrderService {
 
     /// Settle the order `rejected` for `reason`; nothing is reserved.
     async fn reject(&self, order: &Order, corr: &str, reason: String) -> Result<Next, Step> {
-        self.settle_failed(order, corr, OrderStatus::Rejected, None, reason)
-            .await
+        self.settle_failed(
+            order,
+            corr,
+            OrderStatus::Rejected,
+            Change::default(),
+            reason,
+        )
+        .await
     }
 
-    /// Settle the order in the failed status `to` for `reason`.
+    /// Settle the order in the failed status `to` for `reason`, storing what
+    /// the step carried.
     async fn settle_failed(
         &self,
         order: &Order,
         corr: &str,
         to: OrderStatus,
-        payment_id: Option<String>,
+        carried: Change,
         reason: String,
     ) -> Result<Next, Step> {
         let change = Change {
-            payment_id,
             failure_reason: Some(reason.clone()),
-            ..Change::default()
+            ..carried
         };
         let settled = self
             .transition(order, to, SYSTEM, Some(&reason), corr, change)
@@ -660,22 +691,40 @@ impl OrderService {
         &self,
         order: &Order,
         corr: &str,
-        payment_id: Option<String>,
+        carried: Change,
         reason: String,
     ) -> Result<Next, Step> {
         if let Err(e) = self.release_stock(order, corr).await {
-            // Stock must not stay reserved for a failed order: retry the whole step.
+            // Stock must not stay reserved for a failed order: retry the whole
+            // step (the payment is found again by its key).
+            let carried = Change {
+                payment_id: None,
+                ..carried
+            };
             return Err(Step::retry(
-                self.schedule_retry(order, &format!("releasing stock failed: {e}"))
+                self.retry_with(order, &format!("releasing stock failed: {e}"), carried)
                     .await,
             ));
         }
-        self.settle_failed(order, corr, OrderStatus::PaymentFailed, payment_id, reason)
+        self.settle_failed(order, corr, OrderStatus::PaymentFailed, carried, reason)
             .await
     }
 
-    async fn step_charge(&self, order: &Order, corr: &str) -> Result<Next, Step> {
+    /// Charge for the order; `earlier` is the reserve's transition when it
+    /// was made in memory, stored by whichever write this step ends with.
+    async fn step_charge(
+        &self,
+        order: &Order,
+        corr: &str,
+        earlier: Option<Transition>,
+    ) -> Result<Next, Step> {
         let ctx = CallContext::service(crate::NAME, corr);
+        // What every write of this step carries: the payment it took, if any.
+        let carried = |payment_id: Option<String>| Change {
+            payment_id,
+            earlier: earlier.clone(),
+            ..Change::default()
+        };
         if self.now() >= order.payment_deadline && order.payment_id.is_none() {
             // Past the deadline with no payment recorded: fail, unless a charge
             // took money before a crash kept it from being recorded; then the
@@ -686,7 +735,12 @@ impl OrderService {
             );
             if !taken {
                 return self
-                    .fail_payment(order, corr, None, "the payment deadline passed".into())
+                    .fail_payment(
+                        order,
+                        corr,
+                        carried(None),
+                        "the payment deadline passed".into(),
+                    )
                     .await;
             }
         }
@@ -705,10 +759,7 @@ impl OrderService {
                 // a crash before it is caught by the replayed charge (same key).
                 match self.stock.confirm(&ctx, &order.reservation_id()).await {
                     Ok(()) => {
-                        let change = Change {
-                            payment_id: Some(payment_id),
-                            ..Change::default()
-                        };
+                        let change = carried(Some(payment_id));
                         Ok(Next::Continue(
                             self.transition(
                                 order,
@@ -731,7 +782,7 @@ impl OrderService {
                                 self.retry_with(
                                     order,
                                     &format!("refund failed: {e}"),
-                                    Some(payment_id),
+                                    carried(Some(payment_id)),
                                 )
                                 .await,
                             ));
@@ -739,7 +790,7 @@ impl OrderService {
                         self.fail_payment(
                             order,
                             corr,
-                            Some(payment_id),
+                            carried(Some(payment_id)),
                             format!("the stock reservation ended: {m}"),
                         )
                         .await
@@ -748,7 +799,7 @@ impl OrderService {
                         self.retry_with(
                             order,
                             &format!("confirming stock failed: {e}"),
-                            Some(payment_id),
+                            carried(Some(payment_id)),
                         )
                         .await,
                     )),
@@ -758,13 +809,13 @@ impl OrderService {
                 self.fail_payment(
                     order,
                     corr,
-                    Some(payment_id),
+                    carried(Some(payment_id)),
                     format!("payment declined: {code}"),
                 )
                 .await
             }
             Err(PortError::Refused(m)) => {
-                self.fail_payment(order, corr, None, format!("payment refused: {m}"))
+                self.fail_payment(order, corr, carried(None), format!("payment refused: {m}"))
                     .await
             }
             Err(e) if self.now() >= order.payment_deadline => {
@@ -775,22 +826,23 @@ impl OrderService {
                         self.fail_payment(
                             order,
                             corr,
-                            None,
+                            carried(None),
                             format!("the payment deadline passed ({e})"),
                         )
                         .await
                     }
                     _ => Err(Step::retry(
-                        self.schedule_retry(
+                        self.retry_with(
                             order,
                             &format!("past the deadline with a charge in flight: {e}"),
+                            carried(None),
                         )
                         .await,
                     )),
                 }
             }
             Err(e) => Err(Step::retry(
-                self.schedule_retry(order, &e.to_string()).await,
+                self.retry_with(order, &e.to_string(), carried(None)).await,
             )),
         }
     }
@@ -1083,6 +1135,9 @@ impl OrderService {
 /// A step that moved the order: on to the next step, or settled for now.
 enum Next {
     Continue(Order),
+    /// Stock reserved: the order as it is in memory, `awaiting_payment`, and
+    /// the transition that the charge's write stores.
+    Reserved(Order, Transition),
     Settled(Order),
 }
 

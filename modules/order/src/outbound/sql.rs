@@ -181,7 +181,10 @@ macro_rules! sql_order_store {
                      lease_until = CASE WHEN $12 THEN 0 ELSE lease_until END \
                      WHERE id = $9 AND version = $10 AND ($11::text IS NULL OR lease_owner = $11) RETURNING id), \
                      h AS (INSERT INTO order_history (order_id, from_status, to_status, at, actor, reason, correlation_id) \
-                     SELECT id, $13, $14, $15, $16, $17, $18 FROM u WHERE $14::text IS NOT NULL), \
+                     SELECT u.id, v.f, v.t, v.at, v.actor, v.reason, v.corr FROM u, (VALUES \
+                     (1, $23::text, $24::text, $25::bigint, $26::text, $27::text, $28::text), \
+                     (2, $13::text, $14::text, $15::bigint, $16::text, $17::text, $18::text)) \
+                     AS v(n, f, t, at, actor, reason, corr) WHERE v.t IS NOT NULL ORDER BY v.n), \
                      e AS ({}) \
                      SELECT (SELECT COUNT(*) FROM u), EXISTS (SELECT 1 FROM orders WHERE id = $9)",
                     agora_kernel::outbox::$module::insert_from("u", 19, 20)
@@ -284,6 +287,7 @@ macro_rules! sql_order_store {
                     let now = Utc::now();
                     let next = changed(current, change, now);
                     let t = change.status.as_ref().map(|(_, t)| t);
+                    let e = change.earlier.as_ref();
                     let batch = agora_kernel::outbox::$module::Batch::of(&change.events)?;
                     let (matched, exists): (i64, bool) = sqlx::query_as(&APPLY)
                         .bind(next.status.as_str())
@@ -308,6 +312,12 @@ macro_rules! sql_order_store {
                         .bind(batch.ids)
                         .bind(batch.types)
                         .bind(batch.envelopes)
+                        .bind(e.and_then(|t| t.from).map(|s| s.as_str()))
+                        .bind(e.map(|t| t.to.as_str()))
+                        .bind(e.map(|t| epoch_ms(t.at)))
+                        .bind(e.map(|t| t.actor.as_str()))
+                        .bind(e.and_then(|t| t.reason.as_deref()))
+                        .bind(e.map(|t| t.correlation_id.as_str()))
                         .fetch_one(&self.pool)
                         .await
                         .context("failed to update an order")?;
@@ -655,7 +665,7 @@ pub mod sqlite {
                             .map_err(|e| unexpected(e, "failed to read an order"))?;
                         return Err(if n == 0 { StoreError::NotFound } else { StoreError::Conflict });
                     }
-                    if let Some((_, t)) = &change.status {
+                    for t in change.earlier.iter().chain(change.status.as_ref().map(|(_, t)| t)) {
                         insert_history(tx, id, t)?;
                     }
                     enqueue_all(tx, &change.events)?;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use agora_kernel::EventEnvelope;
-use chrono::{Duration as Span, Utc};
+use chrono::{DateTime, Duration as Span, Utc};
 
 use super::fakes::eur;
 use crate::domain::models::{
@@ -257,6 +257,46 @@ async fn leases_exclude_each_other_and_the_recovery_worker(store: Arc<dyn OrderS
     );
 }
 
+async fn a_change_stores_an_earlier_transition_before_its_own(store: Arc<dyn OrderStore>) {
+    let o = order("alice");
+    store
+        .insert(&o, &created(&o), &[], &lease(Utc::now()))
+        .await
+        .unwrap();
+    let at =
+        |ms: i64| DateTime::from_timestamp_millis(o.created_at.timestamp_millis() + ms).unwrap();
+    let step = |from, to, ms| Transition {
+        from: Some(from),
+        to,
+        at: at(ms),
+        actor: "system".into(),
+        reason: None,
+        correlation_id: "req-2".into(),
+    };
+    let reserved = step(OrderStatus::Pending, OrderStatus::AwaitingPayment, 1);
+    let confirmed = step(OrderStatus::AwaitingPayment, OrderStatus::Confirmed, 2);
+    // The saga's order in memory already shows the earlier transition.
+    let in_memory = Order {
+        status: OrderStatus::AwaitingPayment,
+        ..o.clone()
+    };
+    let change = Change {
+        status: Some((OrderStatus::Confirmed, confirmed.clone())),
+        earlier: Some(reserved.clone()),
+        ..Change::default()
+    };
+    let next = store.apply(&in_memory, &change).await.unwrap();
+    assert_eq!((next.status, next.version), (OrderStatus::Confirmed, 2));
+    let history = store.history(o.id).await.unwrap();
+    assert_eq!(history[1..], [reserved, confirmed]);
+    // A conflicting change stores neither.
+    assert!(matches!(
+        store.apply(&in_memory, &change).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(store.history(o.id).await.unwrap().len(), 3);
+}
+
 macro_rules! contract {
     ($($name:ident),* ; $($db_name:ident),*) => {
         mod on_sqlite {
@@ -389,6 +429,6 @@ async fn only_the_lease_holder_renews_releases_or_changes_the_order_under_it(
     );
 }
 
-contract!(listing_is_newest_first_filtered_and_paged_by_id, leases_exclude_each_other_and_the_recovery_worker,
+contract!(a_change_stores_an_earlier_transition_before_its_own, listing_is_newest_first_filtered_and_paged_by_id, leases_exclude_each_other_and_the_recovery_worker,
     an_idempotency_key_is_unique_per_customer, only_the_lease_holder_renews_releases_or_changes_the_order_under_it;
     an_order_round_trips_with_its_history_and_event, a_change_is_a_compare_and_swap_on_version);
