@@ -1,6 +1,64 @@
 //! Test support shared by every module's suite (feature `testing`).
 
+use std::sync::Mutex;
 use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::events::{EventEnvelope, EventHandler};
+
+/// Records every event a module's outbox relay publishes: subscribe it to
+/// the bus the module is built with (`bus.subscribe(recorder.clone())`).
+pub struct Recorder {
+    sources: [&'static str; 1],
+    seen: Mutex<Vec<EventEnvelope>>,
+}
+
+impl Recorder {
+    /// A recorder of the events `module` publishes.
+    pub fn of(module: &'static str) -> Self {
+        Self {
+            sources: [module],
+            seen: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Every event so far, in the order they were published.
+    pub fn events(&self) -> Vec<EventEnvelope> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The events of one type so far.
+    pub fn of_type(&self, event_type: &str) -> Vec<EventEnvelope> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.event_type == event_type)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl EventHandler for Recorder {
+    fn name(&self) -> &str {
+        "test-recorder"
+    }
+    fn sources(&self) -> &[&str] {
+        &self.sources
+    }
+    fn handles(&self, _event_type: &str) -> bool {
+        true
+    }
+    async fn handle(&self, event: &EventEnvelope) -> anyhow::Result<()> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(event.clone());
+        Ok(())
+    }
+}
 
 /// A fresh PostgreSQL database on the test server (`AGORA_TEST_POSTGRES_URL`,
 /// default `postgres://postgres@127.0.0.1:5432/postgres`). Outside CI a missing

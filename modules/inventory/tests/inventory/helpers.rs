@@ -2,55 +2,19 @@
 //! file, or a new MongoDB database name), a clock the test moves, a recorder
 //! of published events, and callers with each role.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use agora_inventory::domain::models::{
     LineRequest, NewProduct, NewReservation, NewWarehouse, OrderRef, ProductName, Quantity,
     Receipt, ReservationId, Sku, Threshold, WarehouseCode,
 };
 use agora_inventory::{InventoryModule, InventoryService, ManualClock, Settings};
-use agora_kernel::{
-    CallContext, Currency, EventEnvelope, EventHandler, InMemoryBus, Money, Principal, Role,
-};
-use async_trait::async_trait;
+use agora_kernel::{CallContext, Currency, InMemoryBus, Money, Principal, Role};
 use tempfile::TempDir;
 use uuid::Uuid;
 
-/// Records every event the outbox relay publishes.
-#[derive(Default)]
-pub struct Recorder {
-    seen: Mutex<Vec<EventEnvelope>>,
-}
-
-#[async_trait]
-impl EventHandler for Recorder {
-    fn name(&self) -> &str {
-        "test-recorder"
-    }
-    fn sources(&self) -> &[&str] {
-        &["inventory"]
-    }
-    fn handles(&self, _event_type: &str) -> bool {
-        true
-    }
-    async fn handle(&self, event: &EventEnvelope) -> anyhow::Result<()> {
-        self.seen.lock().unwrap().push(event.clone());
-        Ok(())
-    }
-}
-
-impl Recorder {
-    pub fn events(&self) -> Vec<EventEnvelope> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    pub fn of_type(&self, t: &str) -> Vec<EventEnvelope> {
-        self.events()
-            .into_iter()
-            .filter(|e| e.event_type == t)
-            .collect()
-    }
-}
+/// Records every event the outbox relay publishes (the kernel's).
+pub use agora_kernel::testing::Recorder;
 
 /// A module on its own fresh database.
 pub struct Harness {
@@ -65,7 +29,7 @@ pub struct Harness {
 impl Harness {
     async fn build(url: &str, dir: Option<TempDir>) -> Self {
         let bus = Arc::new(InMemoryBus::new());
-        let events = Arc::new(Recorder::default());
+        let events = Arc::new(Recorder::of("inventory"));
         bus.subscribe(events.clone());
         let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
         let module =

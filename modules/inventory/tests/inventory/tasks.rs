@@ -19,7 +19,7 @@ async fn the_background_sweeper_releases_expired_reservations_and_the_relay_publ
     let mut settings = Settings::with_url(&url);
     settings.sweep_interval_secs = 1;
     let bus = Arc::new(InMemoryBus::new());
-    let events = Arc::new(Recorder::default());
+    let events = Arc::new(Recorder::of("inventory"));
     bus.subscribe(events.clone());
     let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
     let module = InventoryModule::build_with_clock(&settings, &url, bus, clock.clone())

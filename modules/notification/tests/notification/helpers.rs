@@ -26,40 +26,10 @@ pub enum Backend {
     Postgres,
 }
 
-/// A fresh PostgreSQL database on the machine's server, or `None` (with a
-/// message) when no server is reachable outside CI. In CI a missing server fails.
+/// A fresh PostgreSQL database, or `None` (skip, with a message) outside CI
+/// (the kernel's).
 pub async fn fresh_postgres_database() -> Option<String> {
-    let admin_url = std::env::var("AGORA_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let conn =
-        tokio::time::timeout(Duration::from_secs(5), sqlx::PgPool::connect(&admin_url)).await;
-    let pool = match conn {
-        Ok(Ok(pool)) => pool,
-        other => {
-            let why = match other {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timed out".into(),
-            };
-            if std::env::var("CI").is_ok() {
-                panic!("PostgreSQL is required in CI but unreachable at {admin_url}: {why}");
-            }
-            eprintln!(
-                "SKIPPED: PostgreSQL unreachable at {admin_url} ({why}); set AGORA_TEST_POSTGRES_URL"
-            );
-            return None;
-        }
-    };
-    let name = format!("agora_test_{}", Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    let base = admin_url
-        .rsplit_once('/')
-        .map(|(b, _)| b.to_owned())
-        .unwrap();
-    Some(format!("{base}/{name}"))
+    agora_kernel::testing::fresh_postgres_url().await
 }
 
 /// A database URL for `backend` (kept alive by the returned guard), or `None`

@@ -7,10 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agora_kernel::db::SqlDatabase;
-use agora_kernel::{
-    CallContext, Currency, EventBus, EventEnvelope, EventHandler, InMemoryBus, Money, Principal,
-    Role,
-};
+use agora_kernel::{CallContext, Currency, EventBus, InMemoryBus, Money, Principal, Role};
 use agora_payment::domain::models::{
     ChargeRequest, ChargeResult, CustomerId, OrderId, PaymentMethod, RefundResult,
 };
@@ -28,75 +25,13 @@ pub enum Backend {
     Postgres,
 }
 
-/// Records every event the outbox relay publishes.
-#[derive(Default)]
-pub struct Recorder {
-    seen: Mutex<Vec<EventEnvelope>>,
-}
+/// Records every event the outbox relay publishes (the kernel's).
+pub use agora_kernel::testing::Recorder;
 
-#[async_trait]
-impl EventHandler for Recorder {
-    fn name(&self) -> &str {
-        "test-recorder"
-    }
-    fn sources(&self) -> &[&str] {
-        &["payment"]
-    }
-    fn handles(&self, _event_type: &str) -> bool {
-        true
-    }
-    async fn handle(&self, event: &EventEnvelope) -> anyhow::Result<()> {
-        self.seen.lock().unwrap().push(event.clone());
-        Ok(())
-    }
-}
-
-impl Recorder {
-    pub fn of_type(&self, t: &str) -> Vec<EventEnvelope> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e.event_type == t)
-            .cloned()
-            .collect()
-    }
-}
-
-/// A fresh PostgreSQL database on the machine's server, or `None` (with a
-/// message) when no server is reachable outside CI. In CI a missing server fails.
+/// A fresh PostgreSQL database, or `None` (skip, with a message) outside CI
+/// (the kernel's).
 pub async fn fresh_postgres_database() -> Option<String> {
-    let admin_url = std::env::var("AGORA_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let conn =
-        tokio::time::timeout(Duration::from_secs(5), sqlx::PgPool::connect(&admin_url)).await;
-    let pool = match conn {
-        Ok(Ok(pool)) => pool,
-        other => {
-            let why = match other {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timed out".into(),
-            };
-            if std::env::var("CI").is_ok() {
-                panic!("PostgreSQL is required in CI but unreachable at {admin_url}: {why}");
-            }
-            eprintln!(
-                "SKIPPED: PostgreSQL unreachable at {admin_url} ({why}); set AGORA_TEST_POSTGRES_URL"
-            );
-            return None;
-        }
-    };
-    let name = format!("agora_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    let base = admin_url
-        .rsplit_once('/')
-        .map(|(b, _)| b.to_owned())
-        .unwrap();
-    Some(format!("{base}/{name}"))
+    agora_kernel::testing::fresh_postgres_url().await
 }
 
 /// A payment module on its own fresh database.
@@ -132,7 +67,7 @@ impl Harness {
         let mut settings = Settings::with_url(&url);
         configure(&mut settings);
         let bus = Arc::new(InMemoryBus::new());
-        let events = Arc::new(Recorder::default());
+        let events = Arc::new(Recorder::of("payment"));
         bus.subscribe(events.clone());
         let clock = Arc::new(ManualClock::new());
         let module = PaymentModule::build_with_clock(
