@@ -217,10 +217,6 @@ impl Module for InventoryModule {
         inbound::http::configure(cfg, self.api.clone());
     }
 
-    fn openapi(&self) -> utoipa::openapi::OpenApi {
-        openapi()
-    }
-
     fn background_tasks(&self) -> Vec<BackgroundTask> {
         let relay = self.relay.clone();
         let api = self.api.clone();

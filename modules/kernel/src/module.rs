@@ -46,9 +46,6 @@ pub trait Module: Send + Sync + 'static {
     /// behind the gateway (auth, rate limits).
     fn configure(&self, cfg: &mut actix_web::web::ServiceConfig);
 
-    /// The module's OpenAPI fragment (paths and schemas).
-    fn openapi(&self) -> utoipa::openapi::OpenApi;
-
     /// Tasks to run beside the server; each stops when its token is cancelled.
     fn background_tasks(&self) -> Vec<BackgroundTask>;
 

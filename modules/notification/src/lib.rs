@@ -336,10 +336,6 @@ impl Module for NotificationModule {
         inbound::http::routes(cfg, self.service.clone());
     }
 
-    fn openapi(&self) -> utoipa::openapi::OpenApi {
-        openapi()
-    }
-
     fn background_tasks(&self) -> Vec<BackgroundTask> {
         let service = self.service.clone();
         vec![

@@ -186,10 +186,6 @@ impl Module for OrderModule {
         inbound::http::configure(cfg, self.service.clone(), self.base.db.idempotency());
     }
 
-    fn openapi(&self) -> utoipa::openapi::OpenApi {
-        openapi()
-    }
-
     fn background_tasks(&self) -> Vec<BackgroundTask> {
         let service = self.service.clone();
         let every = self.recovery_every;

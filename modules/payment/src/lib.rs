@@ -287,10 +287,6 @@ impl Module for PaymentModule {
         );
     }
 
-    fn openapi(&self) -> utoipa::openapi::OpenApi {
-        openapi()
-    }
-
     fn background_tasks(&self) -> Vec<BackgroundTask> {
         vec![self.base.relay_task(), self.base.idempotency_purge_task()]
     }

@@ -1,9 +1,7 @@
 //! Orders and the values they are made of. Every type here is parsed, never
 //! merely validated: holding an `OrderRequest` means the input was good.
 
-use std::collections::BTreeMap;
-
-use agora_kernel::{Currency, FieldErrors, Money};
+use agora_kernel::{FieldErrors, Money};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -324,24 +322,6 @@ pub fn price_lines(lines: &[(RequestedLine, Money)]) -> Result<(Vec<OrderLine>, 
     Ok((out, total))
 }
 
-/// The currency of a set of quoted prices, or the skus that disagree.
-pub fn single_currency(quotes: &BTreeMap<String, Money>) -> Result<Option<Currency>, Vec<String>> {
-    let mut currencies = quotes.values().map(|m| m.currency());
-    let Some(first) = currencies.next() else {
-        return Ok(None);
-    };
-    let odd: Vec<String> = quotes
-        .iter()
-        .filter(|(_, m)| m.currency() != first)
-        .map(|(s, _)| s.clone())
-        .collect();
-    if odd.is_empty() {
-        Ok(Some(first))
-    } else {
-        Err(odd)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,7 +391,7 @@ mod tests {
 
     #[test]
     fn lines_are_priced_in_minor_units() {
-        let eur = Currency::parse("EUR").unwrap_or_else(|_| unreachable!());
+        let eur = agora_kernel::Currency::parse("EUR").unwrap_or_else(|_| unreachable!());
         let line = |sku: &str, q: i64| RequestedLine {
             sku: Sku::parse(sku).unwrap_or_else(|_| unreachable!()),
             quantity: Quantity::parse(q).unwrap_or_else(|_| unreachable!()),

@@ -7,7 +7,7 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use agora_kernel::http::{NoBody, OptionalJson};
 use agora_kernel::idempotency::{Idempotency, IdempotencyConfig, IdempotencyStore};
-use agora_kernel::pagination::{Page, parse_limit};
+use agora_kernel::pagination::parse_limit;
 use agora_kernel::{CallContext, FieldErrors, Problem};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -345,7 +345,7 @@ pub async fn list(
     } else {
         None
     };
-    Ok(HttpResponse::Ok().json(Page { items, next_cursor }))
+    Ok(HttpResponse::Ok().json(OrderPage { items, next_cursor }))
 }
 
 /// One order: the owner, staff or admin (anyone else gets 404).
