@@ -77,15 +77,49 @@ impl InventoryService {
 
     /// # Errors
     /// [`CatalogueError::Forbidden`] unless staff; [`CatalogueError::DuplicateSku`].
+    /// Whether the caller may change the catalogue (staff). Handlers ask
+    /// before they validate a body, so that a caller who may not learns
+    /// nothing from validation; every catalogue change asks again.
+    ///
+    /// # Errors
+    /// [`CatalogueError::Forbidden`].
+    pub fn authorize_catalogue(&self, ctx: &CallContext) -> Result<(), CatalogueError> {
+        deny(ctx, STAFF).map_or(Ok(()), |why| Err(CatalogueError::Forbidden(why)))
+    }
+
+    /// Whether the caller may add warehouses (staff); as [`Self::authorize_catalogue`].
+    ///
+    /// # Errors
+    /// [`WarehouseError::Forbidden`].
+    pub fn authorize_warehouses(&self, ctx: &CallContext) -> Result<(), WarehouseError> {
+        deny(ctx, STAFF).map_or(Ok(()), |why| Err(WarehouseError::Forbidden(why)))
+    }
+
+    /// Whether the caller may receive or adjust stock (staff); as
+    /// [`Self::authorize_catalogue`].
+    ///
+    /// # Errors
+    /// [`StockError::Forbidden`].
+    pub fn authorize_stock(&self, ctx: &CallContext) -> Result<(), StockError> {
+        deny(ctx, STAFF).map_or(Ok(()), |why| Err(StockError::Forbidden(why)))
+    }
+
+    /// Whether the caller may reserve stock (a service); as
+    /// [`Self::authorize_catalogue`].
+    ///
+    /// # Errors
+    /// [`ReserveError::Forbidden`].
+    pub fn authorize_reserve(&self, ctx: &CallContext) -> Result<(), ReserveError> {
+        deny(ctx, RESERVERS).map_or(Ok(()), |why| Err(ReserveError::Forbidden(why)))
+    }
+
     #[tracing::instrument(skip_all, fields(sku = %p.sku))]
     pub async fn create_product(
         &self,
         ctx: &CallContext,
         p: NewProduct,
     ) -> Result<Product, CatalogueError> {
-        if let Some(why) = deny(ctx, STAFF) {
-            return Err(CatalogueError::Forbidden(why));
-        }
+        self.authorize_catalogue(ctx)?;
         self.inner
             .store
             .create_product(&p, self.inner.clock.now())
@@ -157,9 +191,7 @@ impl InventoryService {
         sku: &Sku,
         patch: ProductPatch,
     ) -> Result<Product, CatalogueError> {
-        if let Some(why) = deny(ctx, STAFF) {
-            return Err(CatalogueError::Forbidden(why));
-        }
+        self.authorize_catalogue(ctx)?;
         self.inner
             .store
             .update_product(sku, &patch, false, self.inner.clock.now())
@@ -176,9 +208,7 @@ impl InventoryService {
         ctx: &CallContext,
         sku: &Sku,
     ) -> Result<Product, CatalogueError> {
-        if let Some(why) = deny(ctx, STAFF) {
-            return Err(CatalogueError::Forbidden(why));
-        }
+        self.authorize_catalogue(ctx)?;
         self.inner
             .store
             .update_product(sku, &ProductPatch::default(), true, self.inner.clock.now())
@@ -195,9 +225,7 @@ impl InventoryService {
         ctx: &CallContext,
         w: NewWarehouse,
     ) -> Result<Warehouse, WarehouseError> {
-        if let Some(why) = deny(ctx, STAFF) {
-            return Err(WarehouseError::Forbidden(why));
-        }
+        self.authorize_warehouses(ctx)?;
         self.inner
             .store
             .create_warehouse(&w, self.inner.clock.now())
@@ -237,9 +265,7 @@ impl InventoryService {
     /// [`StockError::Forbidden`] unless staff; unknown sku or warehouse.
     #[tracing::instrument(skip_all, fields(sku = %r.sku, warehouse = %r.warehouse))]
     pub async fn receive(&self, ctx: &CallContext, r: Receipt) -> Result<Movement, StockError> {
-        if let Some(why) = deny(ctx, STAFF) {
-            return Err(StockError::Forbidden(why));
-        }
+        self.authorize_stock(ctx)?;
         self.inner.store.receive(&r, &self.meta(ctx)).await
     }
 
@@ -248,9 +274,7 @@ impl InventoryService {
     /// [`StockError::WouldUnderflow`].
     #[tracing::instrument(skip_all, fields(sku = %a.sku, warehouse = %a.warehouse))]
     pub async fn adjust(&self, ctx: &CallContext, a: Adjustment) -> Result<Movement, StockError> {
-        if let Some(why) = deny(ctx, STAFF) {
-            return Err(StockError::Forbidden(why));
-        }
+        self.authorize_stock(ctx)?;
         self.inner.store.adjust(&a, &self.meta(ctx)).await
     }
 
@@ -313,9 +337,7 @@ impl InventoryService {
         ctx: &CallContext,
         r: NewReservation,
     ) -> Result<ReserveOutcome, ReserveError> {
-        if let Some(why) = deny(ctx, RESERVERS) {
-            return Err(ReserveError::Forbidden(why));
-        }
+        self.authorize_reserve(ctx)?;
         NewReservation::check_lines(&r.lines).map_err(|e| ReserveError::InvalidLines(e.0))?;
         let meta = self.meta(ctx);
         let ttl = r.ttl.unwrap_or(self.inner.default_ttl);

@@ -7,7 +7,7 @@ use actix_web::http::header;
 use actix_web::{HttpResponse, ResponseError, web};
 use agora_kernel::http::NoBody;
 use agora_kernel::pagination::parse_limit;
-use agora_kernel::{CallContext, Currency, FieldErrors, Money, Problem, Role};
+use agora_kernel::{CallContext, Currency, FieldErrors, Money, Problem};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -791,7 +791,7 @@ pub async fn create_product(
     body: web::Json<CreateProductRequest>,
 ) -> Result<HttpResponse, ApiError> {
     // Roles first: a caller who may not do this learns nothing from validation.
-    ctx.principal.require_any(&[Role::Staff])?;
+    api.authorize_catalogue(&ctx)?;
     let new = body.into_inner().try_into_domain()?;
     let p = api.create_product(&ctx, new).await?;
     Ok(HttpResponse::Created()
@@ -867,7 +867,7 @@ pub async fn update_product(
     sku: web::Path<String>,
     body: web::Json<UpdateProductRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    ctx.principal.require_any(&[Role::Staff])?;
+    api.authorize_catalogue(&ctx)?;
     let sku = path_sku(&sku)?;
     let patch = body.into_inner().try_into_domain()?;
     let p = api.update_product(&ctx, &sku, patch).await?;
@@ -912,7 +912,7 @@ pub async fn create_warehouse(
     body: web::Json<CreateWarehouseRequest>,
 ) -> Result<HttpResponse, ApiError> {
     // Roles first: a caller who may not do this learns nothing from validation.
-    ctx.principal.require_any(&[Role::Staff])?;
+    api.authorize_warehouses(&ctx)?;
     let body = body.into_inner();
     let mut errors = FieldErrors::default();
     let code = errors.check("code", WarehouseCode::parse(&body.code));
@@ -963,7 +963,7 @@ pub async fn receive(
     body: web::Json<ReceiptRequest>,
 ) -> Result<HttpResponse, ApiError> {
     // Roles first: a caller who may not do this learns nothing from validation.
-    ctx.principal.require_any(&[Role::Staff])?;
+    api.authorize_stock(&ctx)?;
     let r = body.into_inner().try_into_domain()?;
     let m = api.receive(&ctx, r).await?;
     Ok(HttpResponse::Created().json(MovementResponse::from(m)))
@@ -986,7 +986,7 @@ pub async fn adjust(
     body: web::Json<AdjustmentRequest>,
 ) -> Result<HttpResponse, ApiError> {
     // Roles first: a caller who may not do this learns nothing from validation.
-    ctx.principal.require_any(&[Role::Staff])?;
+    api.authorize_stock(&ctx)?;
     let a = body.into_inner().try_into_domain()?;
     let m = api.adjust(&ctx, a).await?;
     Ok(HttpResponse::Created().json(MovementResponse::from(m)))
@@ -1055,7 +1055,7 @@ pub async fn reserve(
     body: web::Json<ReservationRequest>,
 ) -> Result<HttpResponse, ApiError> {
     // Roles first: a caller who may not do this learns nothing from validation.
-    ctx.principal.require_any(&[Role::Service])?;
+    api.authorize_reserve(&ctx)?;
     let r = body.into_inner().try_into_domain()?;
     let outcome = api.reserve(&ctx, r).await?;
     let mut response = if outcome.created {
