@@ -28,5 +28,5 @@ pub use context::{CallContext, RequestId};
 pub use events::{DeliveryPolicy, EventBus, EventEnvelope, EventHandler, InMemoryBus};
 pub use module::{BackgroundTask, Module, ModuleInfo};
 pub use money::{Currency, Money, MoneyError};
-pub use principal::{Principal, Role};
+pub use principal::{Denied, Principal, Role};
 pub use problem::{FieldErrors, Problem};

@@ -95,17 +95,48 @@ impl Principal {
         self.has_any(&[Role::Staff])
     }
 
-    /// `Err(403)` unless the principal holds one of `roles`.
-    pub fn require_any(&self, roles: &[Role]) -> Result<(), Problem> {
+    /// `Err` unless the principal holds one of `roles` (admin holds every
+    /// one): a domain error, which the HTTP edge answers with 403.
+    ///
+    /// # Errors
+    /// [`Denied`], naming the roles.
+    pub fn require(&self, roles: &[Role]) -> Result<(), Denied> {
         if self.has_any(roles) {
             Ok(())
         } else {
-            let wanted: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-            Err(Problem::forbidden(format!(
-                "this action needs one of the roles: {}",
-                wanted.join(", ")
-            )))
+            Err(Denied {
+                roles: roles.to_vec(),
+            })
         }
+    }
+
+    /// [`Self::require`] for HTTP handlers: `Err(403)` problem+json.
+    ///
+    /// # Errors
+    /// 403, naming the roles.
+    pub fn require_any(&self, roles: &[Role]) -> Result<(), Problem> {
+        self.require(roles).map_err(Problem::from)
+    }
+}
+
+/// The caller holds none of the roles an action needs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this action needs one of the roles: {}", list(.roles))]
+pub struct Denied {
+    pub roles: Vec<Role>,
+}
+
+fn list(roles: &[Role]) -> String {
+    roles
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl From<Denied> for Problem {
+    fn from(d: Denied) -> Self {
+        Problem::forbidden(d.to_string())
     }
 }
 
@@ -142,6 +173,23 @@ mod tests {
             c.require_any(&[Role::Staff]).err().map(|p| p.status),
             Some(403)
         );
+    }
+
+    #[test]
+    fn a_denial_names_the_roles_and_is_a_403_at_the_edge() {
+        let c = Principal::new("c", [Role::Customer]);
+        let denied = c.require(&[Role::Staff, Role::Service]).err();
+        assert_eq!(
+            denied.as_ref().map(ToString::to_string).as_deref(),
+            Some("this action needs one of the roles: staff, service")
+        );
+        let problem = denied.map(Problem::from);
+        assert_eq!(problem.as_ref().map(|p| p.status), Some(403));
+        assert_eq!(
+            problem.map(|p| p.detail).as_deref(),
+            Some("this action needs one of the roles: staff, service")
+        );
+        assert!(c.require(&[Role::Customer]).is_ok());
     }
 
     #[test]

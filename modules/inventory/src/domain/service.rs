@@ -27,7 +27,7 @@ const RESERVATION_READERS: &[Role] = &[Role::Service, Role::Staff];
 const AUDITORS: &[Role] = &[Role::Staff];
 
 fn deny(ctx: &CallContext, roles: &[Role]) -> Option<String> {
-    ctx.principal.require_any(roles).err().map(|p| p.detail)
+    ctx.principal.require(roles).err().map(|d| d.to_string())
 }
 
 struct Inner {

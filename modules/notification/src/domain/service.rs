@@ -426,8 +426,8 @@ impl NotificationService {
 
     fn require_reader(ctx: &CallContext) -> Result<(), NotificationError> {
         ctx.principal
-            .require_any(&[Role::Customer, Role::Staff])
-            .map_err(|p| NotificationError::Forbidden(p.detail))
+            .require(&[Role::Customer, Role::Staff])
+            .map_err(|d| NotificationError::Forbidden(d.to_string()))
     }
 
     /// A page of notifications, newest first: customers see only their own
@@ -501,8 +501,8 @@ impl NotificationService {
     /// Forbidden for non-customers, store failures.
     pub async fn preferences(&self, ctx: &CallContext) -> Result<Preferences, NotificationError> {
         ctx.principal
-            .require_any(&[Role::Customer])
-            .map_err(|p| NotificationError::Forbidden(p.detail))?;
+            .require(&[Role::Customer])
+            .map_err(|d| NotificationError::Forbidden(d.to_string()))?;
         let customer = &ctx.principal.subject;
         let mut prefs = self
             .store
@@ -528,8 +528,8 @@ impl NotificationService {
         mut prefs: Preferences,
     ) -> Result<Preferences, NotificationError> {
         ctx.principal
-            .require_any(&[Role::Customer])
-            .map_err(|p| NotificationError::Forbidden(p.detail))?;
+            .require(&[Role::Customer])
+            .map_err(|d| NotificationError::Forbidden(d.to_string()))?;
         prefs.customer_id = ctx.principal.subject.clone();
         self.store.put_preferences(&prefs, Utc::now()).await?;
         Ok(prefs)
@@ -545,8 +545,8 @@ impl NotificationService {
         id: NotificationId,
     ) -> Result<Notification, NotificationError> {
         ctx.principal
-            .require_any(&[Role::Staff])
-            .map_err(|p| NotificationError::Forbidden(p.detail))?;
+            .require(&[Role::Staff])
+            .map_err(|d| NotificationError::Forbidden(d.to_string()))?;
         let n = self
             .store
             .retry(id, Utc::now())

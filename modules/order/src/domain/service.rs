@@ -270,8 +270,8 @@ impl OrderService {
         request: OrderRequest,
     ) -> Result<Order, OrderError> {
         ctx.principal
-            .require_any(&[Role::Customer])
-            .map_err(|p| OrderError::Forbidden(p.detail))?;
+            .require(&[Role::Customer])
+            .map_err(|d| OrderError::Forbidden(d.to_string()))?;
         // A replay of a placed order is caught by the idempotency layer and, past
         // it, by the unique key on insert; only a replay that would now fail
         // validation (a sku retired since) needs the lookup.
@@ -914,8 +914,8 @@ impl OrderService {
     ) -> Result<Vec<Order>, OrderError> {
         if !ctx.principal.is_staff() {
             ctx.principal
-                .require_any(&[Role::Customer, Role::Service])
-                .map_err(|p| OrderError::Forbidden(p.detail))?;
+                .require(&[Role::Customer, Role::Service])
+                .map_err(|d| OrderError::Forbidden(d.to_string()))?;
             if !ctx.principal.has_any(&[Role::Service]) {
                 filter.customer_id = Some(ctx.principal.subject.clone());
             }
@@ -1046,8 +1046,8 @@ impl OrderService {
         to: OrderStatus,
     ) -> Result<Order, OrderError> {
         ctx.principal
-            .require_any(&[Role::Staff])
-            .map_err(|p| OrderError::Forbidden(p.detail))?;
+            .require(&[Role::Staff])
+            .map_err(|d| OrderError::Forbidden(d.to_string()))?;
         self.store.get(id).await?.ok_or(OrderError::NotFound)?;
         self.with_lease(id, || async {
             let order = self.store.get(id).await?.ok_or(OrderError::NotFound)?;
