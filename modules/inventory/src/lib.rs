@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use agora_kernel::db::{Backend, SqlDatabase};
 use agora_kernel::outbox::{OutboxRelay, OutboxStore, RelayConfig};
-use agora_kernel::{BackgroundTask, EventBus, Module, ModuleInfo};
+use agora_kernel::{BackgroundTask, EventBus, Module, ModuleInfo, Round, periodically};
 use anyhow::Context;
 use async_trait::async_trait;
 
@@ -228,11 +228,7 @@ impl Module for InventoryModule {
             BackgroundTask::new(
                 format!("{NAME}-reservation-sweeper"),
                 move |token| async move {
-                    loop {
-                        tokio::select! {
-                            () = token.cancelled() => break,
-                            () = tokio::time::sleep(every) => {}
-                        }
+                    periodically(&token, every, None, || async {
                         match sweep_all(&api).await {
                             Ok(0) => {}
                             Ok(n) => tracing::info!(released = n, "released expired reservations"),
@@ -240,7 +236,9 @@ impl Module for InventoryModule {
                                 tracing::error!(error = %format!("{e:#}"), "reservation sweep failed")
                             }
                         }
-                    }
+                        Round::Idle
+                    })
+                    .await;
                 },
             ),
         ]

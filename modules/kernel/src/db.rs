@@ -312,22 +312,25 @@ impl SqlModuleBase {
         crate::module::BackgroundTask::new(
             format!("{}-{task}", self.name),
             move |token| async move {
-                loop {
+                let hourly = Duration::from_secs(3600);
+                crate::module::periodically(&token, hourly, None, move || {
                     let cutoff = chrono::Utc::now()
                         .checked_sub_signed(keep)
                         .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-                    match purge(cutoff).await {
+                    // Started here, so that the round's future does not borrow `purge`.
+                    let purged = purge(cutoff);
+                    async move {
+                    match purged.await {
                         Ok(n) if n > 0 => tracing::info!(purged = n, what, "old rows deleted"),
                         Ok(_) => {}
                         Err(e) => {
                             tracing::warn!(error = %format!("{e:#}"), what, "failed to purge old rows")
                         }
                     }
-                    tokio::select! {
-                        () = token.cancelled() => break,
-                        () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                    crate::module::Round::Idle
                     }
-                }
+                })
+                .await;
             },
         )
     }

@@ -26,7 +26,7 @@ pub mod testing;
 
 pub use context::{CallContext, RequestId};
 pub use events::{DeliveryPolicy, EventBus, EventEnvelope, EventHandler, InMemoryBus};
-pub use module::{BackgroundTask, Module, ModuleInfo};
+pub use module::{BackgroundTask, Module, ModuleInfo, Round, periodically};
 pub use money::{Currency, Money, MoneyError};
 pub use principal::{Denied, Principal, Role};
 pub use problem::{FieldErrors, Problem};

@@ -1,5 +1,5 @@
-//! What a module gives the host: its routes, its OpenAPI fragment, its
-//! background tasks and its readiness check. The host only composes these.
+//! What a module gives the host: its routes, its background tasks and its
+//! readiness check. The host only composes these.
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
@@ -22,6 +22,50 @@ impl BackgroundTask {
         Self {
             name: name.into(),
             run: Box::new(move |token| Box::pin(f(token))),
+        }
+    }
+}
+
+/// How one round of a [`periodically`] task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// Nothing more is due: wait for the next round.
+    Idle,
+    /// More may be due at once (a full batch): run again without waiting.
+    More,
+}
+
+/// The loop of every periodic background task: run `round` at once, then
+/// again after `every` (or as soon as `wake` is notified), at once again
+/// when it returned [`Round::More`], until `token` is cancelled. A round is
+/// never interrupted: cancellation takes effect between rounds.
+pub async fn periodically<F, Fut>(
+    token: &CancellationToken,
+    every: std::time::Duration,
+    wake: Option<&tokio::sync::Notify>,
+    mut round: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Round>,
+{
+    loop {
+        let next = round().await;
+        if token.is_cancelled() {
+            break;
+        }
+        if next == Round::More {
+            continue;
+        }
+        let woken = async {
+            match wake {
+                Some(w) => w.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = token.cancelled() => break,
+            () = woken => {}
+            () = tokio::time::sleep(every) => {}
         }
     }
 }
@@ -57,4 +101,44 @@ pub trait Module: Send + Sync + 'static {
 
     /// Close pools and connections after the background tasks stopped.
     async fn shutdown(&self);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// A round that asks for more runs again at once, a wake starts the next
+    /// one before `every` (an hour here), and cancelling ends the loop.
+    #[tokio::test]
+    async fn rounds_repeat_when_more_is_due_wake_early_and_stop_when_cancelled() {
+        let token = CancellationToken::new();
+        let wake = Arc::new(Notify::new());
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn({
+            let (token, wake, rounds) = (token.clone(), wake.clone(), rounds.clone());
+            async move {
+                periodically(&token, Duration::from_secs(3600), Some(&wake), || {
+                    let n = rounds.fetch_add(1, Ordering::SeqCst) + 1;
+                    let _ = done.send(n);
+                    async move { if n < 3 { Round::More } else { Round::Idle } }
+                })
+                .await;
+            }
+        });
+        for expected in 1..=3 {
+            assert_eq!(finished.recv().await, Some(expected));
+        }
+        wake.notify_one();
+        assert_eq!(finished.recv().await, Some(4), "a wake runs the next round");
+        token.cancel();
+        task.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rounds.load(Ordering::SeqCst), 4);
+    }
 }

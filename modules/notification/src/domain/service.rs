@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agora_kernel::pagination::Page;
-use agora_kernel::{CallContext, EventEnvelope, Role};
+use agora_kernel::{CallContext, EventEnvelope, Role, Round};
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -399,26 +399,18 @@ impl NotificationService {
     /// cancelled, woken early when an event creates pending ones.
     pub async fn run_worker(self: Arc<Self>, token: CancellationToken) {
         tracing::info!("notification delivery worker started");
-        loop {
-            let claimed = match self.deliver_due().await {
-                Ok(n) => n,
+        let (every, wake) = (self.policy.poll_interval, Some(&self.wake));
+        agora_kernel::periodically(&token, every, wake, || async {
+            match self.deliver_due().await {
+                Ok(n) if n >= self.policy.batch_size as usize => Round::More,
+                Ok(_) => Round::Idle,
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "failed to claim due notifications");
-                    0
+                    Round::Idle
                 }
-            };
-            if token.is_cancelled() {
-                break;
             }
-            if claimed >= self.policy.batch_size as usize {
-                continue;
-            }
-            tokio::select! {
-                () = token.cancelled() => break,
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(self.policy.poll_interval) => {}
-            }
-        }
+        })
+        .await;
         tracing::info!("notification delivery worker stopped");
     }
 

@@ -5,23 +5,24 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agora_kernel::{Round, periodically};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::service::OrderService;
 
 pub async fn run(service: Arc<OrderService>, every: Duration, shutdown: CancellationToken) {
-    loop {
+    periodically(&shutdown, every, None, || async {
         match service.recover_due(50).await {
             Ok(n) if n > 0 => {
                 tracing::info!(resumed = n, "recovery worker resumed orders");
-                continue;
+                Round::More
             }
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "recovery worker failed to claim orders"),
+            Ok(_) => Round::Idle,
+            Err(e) => {
+                tracing::error!(error = %e, "recovery worker failed to claim orders");
+                Round::Idle
+            }
         }
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(every) => {}
-        }
-    }
+    })
+    .await;
 }
