@@ -9,6 +9,7 @@
 //! never depends on another module's crate.
 
 pub mod domain;
+pub mod events;
 mod inbound;
 mod outbound;
 
@@ -23,7 +24,8 @@ use utoipa::OpenApi;
 
 pub use domain::models::{Order, OrderId, OrderStatus};
 pub use domain::ports::{Catalogue, Payments, StockReservations};
-pub use domain::service::{OrderEventPayload, OrderService, SagaConfig};
+pub use domain::service::{OrderService, SagaConfig};
+pub use events::OrderEventPayload;
 
 /// The module's name: metric label, outbox source, event prefix.
 pub const NAME: &str = "order";

@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agora_kernel::{CallContext, EventEnvelope, FieldErrors, Principal, Role};
+
+use crate::events;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::models::{
@@ -90,20 +91,6 @@ impl From<StoreError> for OrderError {
     }
 }
 
-/// The payload of every `order.*.v1` event (see docs/events.md).
-#[derive(Debug, Clone, Serialize)]
-pub struct OrderEventPayload {
-    pub order_id: OrderId,
-    pub customer_id: String,
-    pub customer_email: Option<String>,
-    pub status: OrderStatus,
-    pub items: Vec<super::models::OrderLine>,
-    pub total_minor: i64,
-    pub currency: String,
-    pub payment_id: Option<String>,
-    pub reason: Option<String>,
-}
-
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 pub struct OrderService {
@@ -124,40 +111,14 @@ const SYSTEM: &str = "system";
 /// How many orders one recovery pass resumes at once.
 const RECOVERY_CONCURRENCY: usize = 16;
 
+/// `order`'s `event_type` event, as the saga writes it to the outbox.
 fn event(
     order: &Order,
     event_type: &str,
     correlation_id: &str,
     reason: Option<&str>,
 ) -> Result<EventEnvelope, OrderError> {
-    let payload = OrderEventPayload {
-        order_id: order.id,
-        customer_id: order.customer_id.clone(),
-        customer_email: order.customer_email.clone(),
-        status: order.status,
-        items: order.items.clone(),
-        total_minor: order.total.minor(),
-        currency: order.total.currency().to_string(),
-        payment_id: order.payment_id.clone(),
-        reason: reason.map(str::to_owned),
-    };
-    EventEnvelope::new(event_type, crate::NAME, correlation_id, &payload).map_err(|e| {
-        OrderError::Unexpected(anyhow::anyhow!("failed to serialise an order event: {e}"))
-    })
-}
-
-/// The event a status change publishes, if any.
-fn event_type_of(status: OrderStatus) -> Option<&'static str> {
-    match status {
-        OrderStatus::Pending => Some("order.placed.v1"),
-        OrderStatus::AwaitingPayment => None,
-        OrderStatus::Confirmed => Some("order.confirmed.v1"),
-        OrderStatus::Rejected => Some("order.rejected.v1"),
-        OrderStatus::PaymentFailed => Some("order.payment_failed.v1"),
-        OrderStatus::Cancelled => Some("order.cancelled.v1"),
-        OrderStatus::Shipped => Some("order.shipped.v1"),
-        OrderStatus::Delivered => Some("order.delivered.v1"),
-    }
+    events::envelope(order, event_type, correlation_id, reason).map_err(OrderError::Unexpected)
 }
 
 /// Log a transition a write stored for an earlier step (see [`Change::earlier`]).
@@ -317,7 +278,7 @@ impl OrderService {
             reason: None,
             correlation_id: ctx.correlation_id.clone(),
         };
-        let placed = event(&order, "order.placed.v1", &ctx.correlation_id, None)?;
+        let placed = event(&order, events::PLACED, &ctx.correlation_id, None)?;
         match self
             .store
             .insert(&order, &transition, &[placed], &self.lease())
@@ -447,7 +408,7 @@ impl OrderService {
         if let Some(r) = &change.failure_reason {
             next.failure_reason = Some(r.clone());
         }
-        if let Some(t) = event_type_of(to) {
+        if let Some(t) = events::type_of(to) {
             change.events.push(event(&next, t, correlation_id, reason)?);
         }
         change.status = Some((
@@ -608,7 +569,7 @@ impl OrderService {
                 // it with its own write (a crash before that leaves the order
                 // `pending`, and its recovery replays the reservation).
                 let to = OrderStatus::AwaitingPayment;
-                debug_assert!(order.status.can_become(to) && event_type_of(to).is_none());
+                debug_assert!(order.status.can_become(to) && events::type_of(to).is_none());
                 let now = self.now();
                 let t = Transition {
                     from: Some(order.status),

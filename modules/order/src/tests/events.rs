@@ -2,7 +2,7 @@
 //! each `order.*.v1` payload serialises to its fixture in `docs/events/`.
 
 use crate::domain::models::{OrderId, OrderLine, OrderStatus, Sku};
-use crate::domain::service::OrderEventPayload;
+use crate::events::OrderEventPayload;
 
 fn fixture(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap()
