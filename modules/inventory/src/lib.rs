@@ -19,7 +19,7 @@ use async_trait::async_trait;
 pub mod api;
 pub mod domain;
 pub mod events;
-pub mod inbound;
+pub(crate) mod inbound;
 pub(crate) mod outbound;
 pub mod remote;
 

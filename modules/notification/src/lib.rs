@@ -18,8 +18,11 @@ use secrecy::{ExposeSecret, SecretString};
 use utoipa::OpenApi;
 
 pub mod domain;
-pub mod inbound;
-pub mod outbound;
+pub(crate) mod inbound;
+pub(crate) mod outbound;
+/// The adapters the module's own test suites drive directly.
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use domain::service::{Channels, DeliveryPolicy, NotificationService};
 

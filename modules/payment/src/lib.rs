@@ -20,9 +20,12 @@ use secrecy::{ExposeSecret, SecretString};
 pub mod api;
 pub mod domain;
 pub mod events;
-pub mod inbound;
-pub mod outbound;
+pub(crate) mod inbound;
+pub(crate) mod outbound;
 pub mod remote;
+/// The adapters the module's own test suites drive directly.
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use api::{PaymentApi, PaymentSummary, RefundSummary};
 pub use domain::service::PaymentService;

@@ -56,10 +56,8 @@ impl TestStore {
     pub async fn start(backend: Backend) -> Option<Self> {
         let (url, dir) = database(backend).await?;
         let db = SqlDatabase::connect(&url).await.unwrap();
-        agora_notification::outbound::sql::migrate(&db)
-            .await
-            .unwrap();
-        let store = agora_notification::outbound::sql::store_for(&db);
+        agora_notification::testing::migrate(&db).await.unwrap();
+        let store = agora_notification::testing::store_for(&db);
         Some(Self {
             store,
             db,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use agora_notification::domain::models::{Channel, NotificationId};
 use agora_notification::domain::ports::{ChannelSender, DeliveryError, OutgoingMessage};
-use agora_notification::outbound::webhook::WebhookChannel;
+use agora_notification::testing::WebhookChannel;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use agora_kernel::breaker::{
-    BreakerConfig, BreakerState, CircuitBreaker, Clock, ManualClock, Permit, Rejected, STATE_GAUGE,
-    SystemClock,
+    BreakerConfig, BreakerState, CircuitBreaker, Clock, ManualClock, Permit, SystemClock,
 };
 
 use crate::domain::models::{ChargeResult, RefundResult};

@@ -7,8 +7,8 @@ use std::time::Duration;
 use agora_payment::domain::models::ChargeResult;
 use agora_payment::domain::ports::{PaymentProvider, ProviderChargeRequest, ProviderError};
 use agora_payment::domain::service::ChargeError;
-use agora_payment::outbound::breaker::{BreakerConfig, GuardedProvider, STATE_GAUGE};
-use agora_payment::outbound::simulated::SimulatedProvider;
+use agora_payment::testing::SimulatedProvider;
+use agora_payment::testing::{BreakerConfig, GuardedProvider, STATE_GAUGE};
 use agora_payment::{BreakerState, CircuitBreaker, ManualClock};
 use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder, SharedString,

@@ -93,7 +93,7 @@ impl Harness {
     }
 
     pub fn store(&self) -> Arc<dyn PaymentStore> {
-        agora_payment::outbound::sql::store_for(self.db())
+        agora_payment::testing::store_for(self.db())
     }
 
     /// A service on this module's store talking to `provider` directly (no breaker).

@@ -17,7 +17,7 @@ use agora_payment::domain::ports::{
     FaultKind, PaymentProvider, ProviderChargeRequest, ProviderError, ProviderRefundRequest,
 };
 use agora_payment::domain::service::ChargeError;
-use agora_payment::outbound::http_provider::HttpProvider;
+use agora_payment::testing::HttpProvider;
 use agora_payment::{BreakerState, ProviderKind};
 use secrecy::SecretString;
 use serde_json::json;

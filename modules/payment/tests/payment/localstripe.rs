@@ -6,7 +6,7 @@
 
 use agora_payment::ProviderKind;
 use agora_payment::domain::models::{PaymentStatus, RefundRequest, RequestKey};
-use agora_payment::outbound::http_provider::form_encode;
+use agora_payment::testing::form_encode;
 use secrecy::SecretString;
 
 use crate::helpers::{Backend, Harness, charge_request, service, staff};
