@@ -33,13 +33,13 @@ use uuid::Uuid;
 use crate::domain::models::{
     Adjustment, ChangeMeta, Movement, MovementKind, NewProduct, NewReservation, NewWarehouse,
     OrderRef, Product, ProductPatch, Receipt, Reservation, ReservationId, ReservationStatus,
-    ReservedLine, Shortage, Sku, StockLevel, StockSummary, Warehouse, WarehouseCode, allocate,
+    ReservedLine, Sku, StockLevel, StockSummary, Warehouse, WarehouseCode,
 };
 use crate::domain::ports::{
     CatalogueError, InventoryStore, ReservationError, ReserveError, ReserveOutcome, StockError,
     Transition, WarehouseError,
 };
-use crate::events;
+use crate::domain::stock::{self, Shift};
 
 /// Most attempts at one transaction before giving up (write conflicts).
 const MAX_ATTEMPTS: u32 = 200;
@@ -532,13 +532,11 @@ impl MongoStore {
     async fn shift_level<E>(
         &self,
         s: &mut ClientSession,
-        sku: &Sku,
-        warehouse: &WarehouseCode,
-        d_on_hand: i64,
-        d_reserved: i64,
+        shift: &Shift,
     ) -> TxResult<Option<StockLevel>, E> {
+        let (d_on_hand, d_reserved) = (shift.on_hand, shift.reserved);
         let d_available = d_on_hand - d_reserved;
-        let mut filter = doc! {"sku": sku.as_str(), "warehouse": warehouse.as_str()};
+        let mut filter = doc! {"sku": shift.sku.as_str(), "warehouse": shift.warehouse.as_str()};
         if d_available < 0 {
             filter.insert("available", doc! {"$gte": -d_available});
         }
@@ -648,20 +646,9 @@ impl MongoStore {
                 a.warehouse.clone(),
             )));
         }
-        let levels = self.levels_in(s, &a.sku).await?;
-        let before: i64 = levels.iter().map(StockLevel::available).sum();
-        let (on_hand, reserved) = levels
-            .iter()
-            .find(|l| l.warehouse == a.warehouse)
-            .map_or((0, 0), |l| (l.on_hand, l.reserved));
-        let delta = a.delta.get();
-        if on_hand + delta < 0 || on_hand + delta < reserved {
-            return Err(TxError::Domain(StockError::WouldUnderflow {
-                on_hand,
-                reserved,
-                delta,
-            }));
-        }
+        let write = stock::adjust(a, &product, &self.levels_in(s, &a.sku).await?, meta)
+            .map_err(TxError::Domain)?;
+        let delta = write.shift.on_hand;
         let level = if delta > 0 {
             let d = self
                 .levels
@@ -677,28 +664,14 @@ impl MongoStore {
                 .context("an upsert returned no document")?;
             StockLevel::try_from(d)?
         } else {
-            self.shift_level(s, &a.sku, &a.warehouse, delta, 0)
+            self.shift_level(s, &write.shift)
                 .await?
                 .ok_or(TxError::Retry("stock changed during an adjustment"))?
         };
-        let m = meta.movement(
-            &a.sku,
-            &level,
-            MovementKind::Adjustment,
-            delta,
-            Some(a.reason.as_str()),
-            None,
-            None,
-        );
+        let m = write.shift.movement(&level, meta);
         self.insert_movement(s, &m).await?;
-        if let Some(e) = events::low_stock(
-            &a.sku,
-            product.low_stock_threshold,
-            before,
-            before + delta,
-            &meta.correlation_id,
-        )? {
-            self.emit(s, &e).await?;
+        if let Some(e) = &write.event {
+            self.emit(s, e).await?;
         }
         Ok(m)
     }
@@ -711,14 +684,7 @@ impl MongoStore {
         meta: &ChangeMeta,
     ) -> TxResult<ReserveOutcome, ReserveError> {
         if let Some(existing) = self.reservation_in(s, r.id).await? {
-            return if existing.same_request(r) {
-                Ok(ReserveOutcome {
-                    reservation: existing,
-                    created: false,
-                })
-            } else {
-                Err(TxError::Domain(ReserveError::IdConflict(r.id)))
-            };
+            return stock::replay(existing, r).map_err(TxError::Domain);
         }
         let skus: Vec<&str> = r.lines.iter().map(|l| l.sku.as_str()).collect();
         let cursor = self
@@ -726,84 +692,27 @@ impl MongoStore {
             .find(doc! {"sku": {"$in": skus}})
             .session(&mut *s)
             .await?;
-        let products: BTreeMap<String, ProductDoc> = collect(cursor, s)
+        let mut found: BTreeMap<String, ProductDoc> = collect(cursor, s)
             .await?
             .into_iter()
             .map(|p| (p.sku.clone(), p))
             .collect();
-        let mut unknown = Vec::new();
-        let mut thresholds = Vec::with_capacity(r.lines.len());
-        for (i, line) in r.lines.iter().enumerate() {
-            match products.get(line.sku.as_str()) {
-                Some(p) if p.active => thresholds.push(p.low_stock_threshold),
-                _ => unknown.push((i, line.sku.clone())),
-            }
+        let mut products = Vec::with_capacity(r.lines.len());
+        let mut levels = Vec::with_capacity(r.lines.len());
+        for line in &r.lines {
+            products.push(
+                found
+                    .remove(line.sku.as_str())
+                    .map(Product::try_from)
+                    .transpose()?,
+            );
+            levels.push(self.levels_in(s, &line.sku).await?);
         }
-        if !unknown.is_empty() {
-            return Err(TxError::Domain(ReserveError::UnknownProducts(unknown)));
-        }
-        let mut plan = Vec::with_capacity(r.lines.len());
-        let mut befores = Vec::with_capacity(r.lines.len());
-        let mut short = Vec::new();
-        for (i, line) in r.lines.iter().enumerate() {
-            let levels = self.levels_in(s, &line.sku).await?;
-            let available: i64 = levels.iter().map(StockLevel::available).sum();
-            befores.push(available);
-            match allocate(&levels, line.quantity.get()) {
-                Some(allocations) => plan.push(ReservedLine {
-                    sku: line.sku.clone(),
-                    quantity: line.quantity.get(),
-                    allocations,
-                }),
-                None => short.push(Shortage {
-                    line: i,
-                    sku: line.sku.clone(),
-                    requested: line.quantity.get(),
-                    available,
-                }),
-            }
-        }
-        if !short.is_empty() {
-            return Err(TxError::Domain(ReserveError::Insufficient(short)));
-        }
-        let reservation = Reservation {
-            id: r.id,
-            order_id: r.order_id.clone(),
-            status: ReservationStatus::Held,
-            lines: plan,
-            expires_at: Some(expires_at),
-            created_at: meta.at,
-            updated_at: meta.at,
-        };
-        let mut low = Vec::new();
-        for ((line, threshold), before) in reservation.lines.iter().zip(thresholds).zip(befores) {
-            for alloc in &line.allocations {
-                // The guard: only if `available >= quantity` still holds.
-                let level = self
-                    .shift_level(s, &line.sku, &alloc.warehouse, 0, alloc.quantity)
-                    .await?
-                    .ok_or(TxError::Retry("stock changed during a reservation"))?;
-                let m = meta.movement(
-                    &line.sku,
-                    &level,
-                    MovementKind::Reservation,
-                    alloc.quantity,
-                    None,
-                    None,
-                    Some(r.id),
-                );
-                self.insert_movement(s, &m).await?;
-            }
-            low.extend(events::low_stock(
-                &line.sku,
-                threshold,
-                before,
-                before - line.quantity,
-                &meta.correlation_id,
-            )?);
-        }
+        let write =
+            stock::hold(r, &products, &levels, expires_at, meta).map_err(TxError::Domain)?;
+        self.apply_shifts(s, &write.shifts, meta).await?;
         self.reservations
-            .insert_one(ReservationDoc::from(&reservation))
+            .insert_one(ReservationDoc::from(&write.reservation))
             .session(&mut *s)
             .await
             .map_err(|e| {
@@ -813,13 +722,11 @@ impl MongoStore {
                     e.into()
                 }
             })?;
-        self.emit(s, &events::reserved(&reservation, &meta.correlation_id)?)
-            .await?;
-        for e in &low {
+        for e in &write.events {
             self.emit(s, e).await?;
         }
         Ok(ReserveOutcome {
-            reservation,
+            reservation: write.reservation,
             created: true,
         })
     }
@@ -835,51 +742,20 @@ impl MongoStore {
             .reservation_in(s, id)
             .await?
             .ok_or(TxError::Domain(ReservationError::NotFound(id)))?;
-        if !t.check(&current, meta.at).map_err(TxError::Domain)? {
+        let Some(write) = t.decide(&current, meta).map_err(TxError::Domain)? else {
             return Ok(current);
-        }
-        let (d_on_hand, d_reserved, kind, reason) = match t {
-            Transition::Confirm => (0, 0, None, None),
-            Transition::Commit => (-1, -1, Some(MovementKind::Commit), None),
-            Transition::Release(why) => (0, -1, Some(MovementKind::Release), Some(why.as_str())),
         };
-        if let Some(kind) = kind {
-            for line in &current.lines {
-                for alloc in &line.allocations {
-                    let level = self
-                        .shift_level(
-                            s,
-                            &line.sku,
-                            &alloc.warehouse,
-                            d_on_hand * alloc.quantity,
-                            d_reserved * alloc.quantity,
-                        )
-                        .await?
-                        .context("a reserved stock level no longer holds its reservation")?;
-                    let m = meta.movement(
-                        &line.sku,
-                        &level,
-                        kind,
-                        alloc.quantity,
-                        reason,
-                        None,
-                        Some(id),
-                    );
-                    self.insert_movement(s, &m).await?;
-                }
-            }
-        }
-        let updated = Reservation {
-            status: t.target(),
-            expires_at: None,
-            updated_at: meta.at,
-            ..current.clone()
-        };
+        self.apply_shifts(s, &write.shifts, meta).await?;
+        let updated = write.reservation;
         let result = self
             .reservations
             .update_one(
                 doc! {"_id": id.0.to_string(), "status": current.status.as_str()},
-                doc! {"$set": {"status": updated.status.as_str(), "expires_at": bson::Bson::Null, "updated_at": to_bson_time(meta.at)}},
+                doc! {"$set": {
+                    "status": updated.status.as_str(),
+                    "expires_at": updated.expires_at.map(to_bson_time),
+                    "updated_at": to_bson_time(updated.updated_at),
+                }},
             )
             .session(&mut *s)
             .await?;
@@ -888,18 +764,29 @@ impl MongoStore {
                 "the reservation changed during a transition",
             ));
         }
-        match t {
-            Transition::Confirm => {}
-            Transition::Commit => {
-                self.emit(s, &events::committed(&updated, &meta.correlation_id)?)
-                    .await?
-            }
-            Transition::Release(why) => {
-                self.emit(s, &events::released(&updated, why, &meta.correlation_id)?)
-                    .await?
-            }
+        for e in &write.events {
+            self.emit(s, e).await?;
         }
         Ok(updated)
+    }
+
+    /// Apply the domain's shifts, each with its movement; a guard that no
+    /// longer holds (another process moved the level) retries the transaction.
+    async fn apply_shifts<E>(
+        &self,
+        s: &mut ClientSession,
+        shifts: &[Shift],
+        meta: &ChangeMeta,
+    ) -> TxResult<(), E> {
+        for shift in shifts {
+            let level = self
+                .shift_level(s, shift)
+                .await?
+                .ok_or(TxError::Retry("stock changed during the transaction"))?;
+            self.insert_movement(s, &shift.movement(&level, meta))
+                .await?;
+        }
+        Ok(())
     }
 }
 

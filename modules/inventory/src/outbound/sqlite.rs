@@ -18,14 +18,14 @@ use uuid::Uuid;
 
 use crate::domain::models::{
     Adjustment, ChangeMeta, Movement, MovementKind, NewProduct, NewReservation, NewWarehouse,
-    OrderRef, Product, ProductPatch, Receipt, Reservation, ReservationId, ReservationStatus,
-    ReservedLine, Shortage, Sku, StockLevel, StockSummary, Warehouse, WarehouseCode, allocate,
+    OrderRef, Product, ProductPatch, Receipt, Reservation, ReservationId, ReservationStatus, Sku,
+    StockLevel, StockSummary, Warehouse, WarehouseCode,
 };
 use crate::domain::ports::{
     CatalogueError, InventoryStore, ReservationError, ReserveError, ReserveOutcome, StockError,
     Transition, WarehouseError,
 };
-use crate::events;
+use crate::domain::stock::{self, Shift};
 
 /// The module's migrations (versions ≥ 100; the kernel's are below, in the
 /// same bookkeeping table, and are left alone).
@@ -355,12 +355,51 @@ fn levels(conn: &Connection, sku: &Sku) -> anyhow::Result<Vec<StockLevel>> {
     .collect()
 }
 
-fn available(conn: &Connection, sku: &Sku) -> anyhow::Result<i64> {
-    conn.prepare_cached(
-        "SELECT COALESCE(SUM(on_hand - reserved), 0) FROM stock_levels WHERE sku = ?1",
-    )
-    .and_then(|mut s| s.query_row([sku.as_str()], |r| r.get(0)))
-    .context("failed to sum available stock")
+/// Add `quantity` (negative: take it away) to the on-hand stock of one
+/// `(sku, warehouse)`, creating the level at the first receipt. (The row
+/// inserted is checked even when it conflicts, hence `MAX`: a negative
+/// quantity always finds its row, as the domain refuses one below zero.)
+fn add_on_hand(
+    conn: &Connection,
+    sku: &Sku,
+    warehouse: &WarehouseCode,
+    quantity: i64,
+) -> anyhow::Result<StockLevel> {
+    let (on_hand, reserved) = conn
+        .prepare_cached(
+            "INSERT INTO stock_levels (sku, warehouse, on_hand, reserved) \
+             VALUES (?1, ?2, MAX(?3, 0), 0) \
+             ON CONFLICT (sku, warehouse) DO UPDATE SET on_hand = on_hand + ?3 \
+             RETURNING on_hand, reserved",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![sku.as_str(), warehouse.as_str(), quantity], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+        })
+        .context("failed to change on-hand stock")?;
+    Ok(StockLevel {
+        warehouse: warehouse.clone(),
+        on_hand,
+        reserved,
+    })
+}
+
+/// Apply the domain's shifts, each with its movement. A refused guard is
+/// unexpected here: the levels were read on this same writer.
+fn apply_shifts(conn: &Connection, shifts: &[Shift], meta: &ChangeMeta) -> anyhow::Result<()> {
+    for shift in shifts {
+        let level = shift_level(
+            conn,
+            &shift.sku,
+            &shift.warehouse,
+            shift.on_hand,
+            shift.reserved,
+        )?
+        .context("a stock level changed inside its own write transaction")?;
+        insert_movement(conn, &shift.movement(&level, meta))?;
+    }
+    Ok(())
 }
 
 fn insert_movement(conn: &Connection, m: &Movement) -> anyhow::Result<()> {
@@ -629,24 +668,7 @@ impl InventoryStore for SqliteStore {
             if !warehouse_exists(tx, &r.warehouse)? {
                 return Err(StockError::UnknownWarehouse(r.warehouse.clone()));
             }
-            let (on_hand, reserved): (i64, i64) = tx
-                .prepare_cached(
-                    "INSERT INTO stock_levels (sku, warehouse, on_hand, reserved) VALUES (?1, ?2, ?3, 0) \
-                     ON CONFLICT (sku, warehouse) DO UPDATE SET on_hand = on_hand + excluded.on_hand \
-                     RETURNING on_hand, reserved",
-                )
-                .and_then(|mut s| {
-                    s.query_row(
-                        params![r.sku.as_str(), r.warehouse.as_str(), r.quantity.get()],
-                        |row| Ok((row.get(0)?, row.get(1)?)),
-                    )
-                })
-                .context("failed to add stock")?;
-            let level = StockLevel {
-                warehouse: r.warehouse.clone(),
-                on_hand,
-                reserved,
-            };
+            let level = add_on_hand(tx, &r.sku, &r.warehouse, r.quantity.get())?;
             let m = meta.movement(
                 &r.sku,
                 &level,
@@ -667,63 +689,17 @@ impl InventoryStore for SqliteStore {
         let (a, meta) = (a.clone(), meta.clone());
         self.write(move |tx| {
             let (a, meta) = (&a, &meta);
-            let product =
-                load_product(tx, &a.sku)?.ok_or_else(|| StockError::UnknownProduct(a.sku.clone()))?;
+            let product = load_product(tx, &a.sku)?
+                .ok_or_else(|| StockError::UnknownProduct(a.sku.clone()))?;
             if !warehouse_exists(tx, &a.warehouse)? {
                 return Err(StockError::UnknownWarehouse(a.warehouse.clone()));
             }
-            let (on_hand, reserved): (i64, i64) = tx
-                .prepare_cached(
-                    "SELECT on_hand, reserved FROM stock_levels WHERE sku = ?1 AND warehouse = ?2",
-                )
-                .and_then(|mut s| {
-                    s.query_row([a.sku.as_str(), a.warehouse.as_str()], |row| {
-                        Ok((row.get(0)?, row.get(1)?))
-                    })
-                    .optional()
-                })
-                .context("failed to read a stock level")?
-                .unwrap_or((0, 0));
-            let delta = a.delta.get();
-            if on_hand + delta < 0 || on_hand + delta < reserved {
-                return Err(StockError::WouldUnderflow {
-                    on_hand,
-                    reserved,
-                    delta,
-                });
-            }
-            let before = available(tx, &a.sku)?;
-            tx.prepare_cached(
-                "INSERT INTO stock_levels (sku, warehouse, on_hand, reserved) VALUES (?1, ?2, ?3, 0) \
-                 ON CONFLICT (sku, warehouse) DO UPDATE SET on_hand = excluded.on_hand",
-            )
-            .and_then(|mut s| {
-                s.execute(params![a.sku.as_str(), a.warehouse.as_str(), on_hand + delta])
-            })
-            .context("failed to adjust stock")?;
-            let level = StockLevel {
-                warehouse: a.warehouse.clone(),
-                on_hand: on_hand + delta,
-                reserved,
-            };
-            let m = meta.movement(
-                &a.sku,
-                &level,
-                MovementKind::Adjustment,
-                delta,
-                Some(a.reason.as_str()),
-                None,
-                None,
-            );
+            let write = stock::adjust(a, &product, &levels(tx, &a.sku)?, meta)?;
+            let level = add_on_hand(tx, &a.sku, &a.warehouse, write.shift.on_hand)?;
+            let m = write.shift.movement(&level, meta);
             insert_movement(tx, &m)?;
-            if let Some(e) = events::low_stock(
-                &a.sku,
-                product.low_stock_threshold,
-                before,
-                before + delta,
-                &meta.correlation_id,
-            )? {
-                enqueue(tx, &e)?;
+            if let Some(e) = &write.event {
+                enqueue(tx, e)?;
             }
             Ok(m)
         })
@@ -781,96 +757,23 @@ impl InventoryStore for SqliteStore {
         expires_at: DateTime<Utc>,
         meta: &ChangeMeta,
     ) -> Result<ReserveOutcome, ReserveError> {
-        // One write transaction: the reads it allocates from are on the single
-        // writer, so no other reservation can move the levels in between.
+        // One write transaction: the reads the domain decides on are on the
+        // single writer, so no other reservation can move the levels in between.
         let (r, meta) = (r.clone(), meta.clone());
         self.write(move |tx| {
             let (r, meta) = (&r, &meta);
             if let Some(existing) = load_reservation(tx, r.id)? {
-                return if existing.same_request(r) {
-                    Ok(ReserveOutcome {
-                        reservation: existing,
-                        created: false,
-                    })
-                } else {
-                    Err(ReserveError::IdConflict(r.id))
-                };
+                return stock::replay(existing, r);
             }
-            let mut unknown = Vec::new();
-            let mut thresholds = Vec::with_capacity(r.lines.len());
-            for (i, line) in r.lines.iter().enumerate() {
-                match load_product(tx, &line.sku)? {
-                    Some(p) if p.active => thresholds.push(p.low_stock_threshold),
-                    _ => unknown.push((i, line.sku.clone())),
-                }
+            let mut products = Vec::with_capacity(r.lines.len());
+            let mut stock_levels = Vec::with_capacity(r.lines.len());
+            for line in &r.lines {
+                products.push(load_product(tx, &line.sku)?);
+                stock_levels.push(levels(tx, &line.sku)?);
             }
-            if !unknown.is_empty() {
-                return Err(ReserveError::UnknownProducts(unknown));
-            }
-            let mut plan = Vec::with_capacity(r.lines.len());
-            let mut short = Vec::new();
-            // What each sku has available before this reservation, from the levels
-            // read here (no second read inside the same write transaction).
-            let mut free: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
-            for (i, line) in r.lines.iter().enumerate() {
-                let levels = levels(tx, &line.sku)?;
-                free.entry(line.sku.as_str())
-                    .or_insert_with(|| levels.iter().map(StockLevel::available).sum());
-                match allocate(&levels, line.quantity.get()) {
-                    Some(allocations) => plan.push(ReservedLine {
-                        sku: line.sku.clone(),
-                        quantity: line.quantity.get(),
-                        allocations,
-                    }),
-                    None => short.push(Shortage {
-                        line: i,
-                        sku: line.sku.clone(),
-                        requested: line.quantity.get(),
-                        available: levels.iter().map(StockLevel::available).sum(),
-                    }),
-                }
-            }
-            if !short.is_empty() {
-                return Err(ReserveError::Insufficient(short));
-            }
-            let reservation = Reservation {
-                id: r.id,
-                order_id: r.order_id.clone(),
-                status: ReservationStatus::Held,
-                lines: plan,
-                expires_at: Some(expires_at),
-                created_at: meta.at,
-                updated_at: meta.at,
-            };
-            let mut low = Vec::new();
-            for (line, threshold) in reservation.lines.iter().zip(thresholds) {
-                let left = free
-                    .get_mut(line.sku.as_str())
-                    .context("a line's sku was not read")?;
-                let before = *left;
-                *left -= line.quantity;
-                for alloc in &line.allocations {
-                    let level = shift_level(tx, &line.sku, &alloc.warehouse, 0, alloc.quantity)?
-                        .context("a stock level changed inside its own write transaction")?;
-                    let m = meta.movement(
-                        &line.sku,
-                        &level,
-                        MovementKind::Reservation,
-                        alloc.quantity,
-                        None,
-                        None,
-                        Some(r.id),
-                    );
-                    insert_movement(tx, &m)?;
-                }
-                low.extend(events::low_stock(
-                    &line.sku,
-                    threshold,
-                    before,
-                    before - line.quantity,
-                    &meta.correlation_id,
-                )?);
-            }
+            let write = stock::hold(r, &products, &stock_levels, expires_at, meta)?;
+            apply_shifts(tx, &write.shifts, meta)?;
+            let reservation = &write.reservation;
             let lines =
                 serde_json::to_string(&reservation.lines).context("failed to serialise lines")?;
             tx.prepare_cached(concat!(
@@ -880,20 +783,19 @@ impl InventoryStore for SqliteStore {
             ))
             .and_then(|mut s| {
                 s.execute(params![
-                    r.id.0.to_string(),
-                    r.order_id.as_str(),
-                    ReservationStatus::Held.as_str(),
+                    reservation.id.0.to_string(),
+                    reservation.order_id.as_str(),
+                    reservation.status.as_str(),
                     lines,
-                    epoch_ms(expires_at),
-                    epoch_ms(meta.at),
-                    epoch_ms(meta.at),
+                    reservation.expires_at.map(epoch_ms),
+                    epoch_ms(reservation.created_at),
+                    epoch_ms(reservation.updated_at),
                 ])
             })
             .context("failed to insert a reservation")?;
-            enqueue(tx, &events::reserved(&reservation, &meta.correlation_id)?)?;
-            enqueue_all(tx, &low)?;
+            enqueue_all(tx, &write.events)?;
             Ok(ReserveOutcome {
-                reservation,
+                reservation: write.reservation,
                 created: true,
             })
         })
@@ -915,55 +817,21 @@ impl InventoryStore for SqliteStore {
         self.write(move |tx| {
             let meta = &meta;
             let current = load_reservation(tx, id)?.ok_or(ReservationError::NotFound(id))?;
-            if !t.check(&current, meta.at)? {
+            let Some(write) = t.decide(&current, meta)? else {
                 return Ok(current);
-            }
-            let (d_on_hand, d_reserved, kind, reason) = match t {
-                Transition::Confirm => (0, 0, None, None),
-                Transition::Commit => (-1, -1, Some(MovementKind::Commit), None),
-                Transition::Release(why) => {
-                    (0, -1, Some(MovementKind::Release), Some(why.as_str()))
-                }
             };
-            if let Some(kind) = kind {
-                for line in &current.lines {
-                    for alloc in &line.allocations {
-                        let level = shift_level(
-                            tx,
-                            &line.sku,
-                            &alloc.warehouse,
-                            d_on_hand * alloc.quantity,
-                            d_reserved * alloc.quantity,
-                        )?
-                        .context("a reserved stock level no longer holds its reservation")?;
-                        let m = meta.movement(
-                            &line.sku,
-                            &level,
-                            kind,
-                            alloc.quantity,
-                            reason,
-                            None,
-                            Some(id),
-                        );
-                        insert_movement(tx, &m)?;
-                    }
-                }
-            }
-            let updated = Reservation {
-                status: t.target(),
-                expires_at: None,
-                updated_at: meta.at,
-                ..current.clone()
-            };
+            apply_shifts(tx, &write.shifts, meta)?;
+            let updated = write.reservation;
             let changed = tx
                 .prepare_cached(
-                    "UPDATE reservations SET status = ?1, expires_at = NULL, updated_at = ?2 \
-                     WHERE id = ?3 AND status = ?4",
+                    "UPDATE reservations SET status = ?1, expires_at = ?2, updated_at = ?3 \
+                     WHERE id = ?4 AND status = ?5",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
                         updated.status.as_str(),
-                        epoch_ms(meta.at),
+                        updated.expires_at.map(epoch_ms),
+                        epoch_ms(updated.updated_at),
                         id.0.to_string(),
                         current.status.as_str(),
                     ])
@@ -975,15 +843,7 @@ impl InventoryStore for SqliteStore {
                 )
                 .into());
             }
-            match t {
-                Transition::Confirm => {}
-                Transition::Commit => {
-                    enqueue(tx, &events::committed(&updated, &meta.correlation_id)?)?;
-                }
-                Transition::Release(why) => {
-                    enqueue(tx, &events::released(&updated, why, &meta.correlation_id)?)?;
-                }
-            }
+            enqueue_all(tx, &write.events)?;
             Ok(updated)
         })
         .await

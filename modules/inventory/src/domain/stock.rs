@@ -1,0 +1,274 @@
+//! The rules of every write that moves stock, decided once, here, from what a
+//! store read inside its transaction. A store reads (the reservation, the
+//! products, the levels), asks this module what the write is, then applies
+//! it: guarded level updates ([`Shift`]), the movements that record them, the
+//! reservation row and the events, all in its one transaction. Replay,
+//! product checks, allocation across warehouses, shortages, the transition
+//! table and low-stock crossings live only here, so the SQLite and MongoDB
+//! stores cannot drift apart on them.
+
+use agora_kernel::EventEnvelope;
+
+use super::models::{
+    Adjustment, ChangeMeta, Movement, MovementKind, NewReservation, Product, Reservation,
+    ReservationId, ReservationStatus, ReservedLine, Shortage, Sku, StockLevel, WarehouseCode,
+    allocate,
+};
+use super::ports::{ReservationError, ReserveError, ReserveOutcome, StockError, Transition};
+use crate::events;
+
+/// One guarded change to a `(sku, warehouse)` level, and the movement that
+/// records it. A store applies `on_hand` and `reserved` as deltas, refusing
+/// the update when either would go below zero or reserved above on hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shift {
+    pub sku: Sku,
+    pub warehouse: WarehouseCode,
+    /// Delta of on-hand stock.
+    pub on_hand: i64,
+    /// Delta of reserved stock.
+    pub reserved: i64,
+    kind: MovementKind,
+    quantity: i64,
+    reason: Option<String>,
+    reservation: Option<ReservationId>,
+}
+
+impl Shift {
+    /// The movement row for this shift, given the level it left.
+    pub fn movement(&self, after: &StockLevel, meta: &ChangeMeta) -> Movement {
+        meta.movement(
+            &self.sku,
+            after,
+            self.kind,
+            self.quantity,
+            self.reason.as_deref(),
+            None,
+            self.reservation,
+        )
+    }
+}
+
+/// A reservation write: the reservation as it is to be stored, the shifts to
+/// apply (in order) and the events to emit with them (in order).
+#[derive(Debug, Clone)]
+pub struct ReservationWrite {
+    pub reservation: Reservation,
+    pub shifts: Vec<Shift>,
+    pub events: Vec<EventEnvelope>,
+}
+
+/// A request whose id is already taken: the first result when it is the same
+/// request (an idempotent replay), a conflict otherwise.
+///
+/// # Errors
+/// [`ReserveError::IdConflict`].
+pub fn replay(existing: Reservation, r: &NewReservation) -> Result<ReserveOutcome, ReserveError> {
+    if existing.same_request(r) {
+        Ok(ReserveOutcome {
+            reservation: existing,
+            created: false,
+        })
+    } else {
+        Err(ReserveError::IdConflict(r.id))
+    }
+}
+
+/// Hold every line of `r` or none. `products[i]` and `levels[i]` are what the
+/// store read for line `i` inside its transaction (levels by warehouse code).
+///
+/// # Errors
+/// [`ReserveError::UnknownProducts`] when a line names an unknown or inactive
+/// product, [`ReserveError::Insufficient`] when a line is short of stock.
+pub fn hold(
+    r: &NewReservation,
+    products: &[Option<Product>],
+    levels: &[Vec<StockLevel>],
+    expires_at: chrono::DateTime<chrono::Utc>,
+    meta: &ChangeMeta,
+) -> Result<ReservationWrite, ReserveError> {
+    let unknown: Vec<(usize, Sku)> = r
+        .lines
+        .iter()
+        .zip(products)
+        .enumerate()
+        .filter(|(_, (_, p))| !p.as_ref().is_some_and(|p| p.active))
+        .map(|(i, (line, _))| (i, line.sku.clone()))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ReserveError::UnknownProducts(unknown));
+    }
+    let mut lines = Vec::with_capacity(r.lines.len());
+    let mut short = Vec::new();
+    for (i, (line, levels)) in r.lines.iter().zip(levels).enumerate() {
+        let quantity = line.quantity.get();
+        match allocate(levels, quantity) {
+            Some(allocations) => lines.push(ReservedLine {
+                sku: line.sku.clone(),
+                quantity,
+                allocations,
+            }),
+            None => short.push(Shortage {
+                line: i,
+                sku: line.sku.clone(),
+                requested: quantity,
+                available: total_available(levels),
+            }),
+        }
+    }
+    if !short.is_empty() {
+        return Err(ReserveError::Insufficient(short));
+    }
+    let reservation = Reservation {
+        id: r.id,
+        order_id: r.order_id.clone(),
+        status: ReservationStatus::Held,
+        lines,
+        expires_at: Some(expires_at),
+        created_at: meta.at,
+        updated_at: meta.at,
+    };
+    let shifts = shifts(&reservation, 0, 1, MovementKind::Reservation, None);
+    let mut events = vec![events::reserved(&reservation, &meta.correlation_id)?];
+    for ((line, product), levels) in reservation.lines.iter().zip(products).zip(levels) {
+        let threshold = product.as_ref().map_or(0, |p| p.low_stock_threshold);
+        let before = total_available(levels);
+        events.extend(events::low_stock(
+            &line.sku,
+            threshold,
+            before,
+            before - line.quantity,
+            &meta.correlation_id,
+        )?);
+    }
+    Ok(ReservationWrite {
+        reservation,
+        shifts,
+        events,
+    })
+}
+
+impl Transition {
+    /// What taking this transition from `current` writes: `None` when it
+    /// already happened (an idempotent repeat, nothing to write).
+    ///
+    /// # Errors
+    /// Those of [`Transition::check`]; events that do not serialise.
+    pub fn decide(
+        self,
+        current: &Reservation,
+        meta: &ChangeMeta,
+    ) -> Result<Option<ReservationWrite>, ReservationError> {
+        if !self.check(current, meta.at)? {
+            return Ok(None);
+        }
+        let reservation = Reservation {
+            status: self.target(),
+            expires_at: None,
+            updated_at: meta.at,
+            ..current.clone()
+        };
+        let corr = &meta.correlation_id;
+        let (shifts, events) = match self {
+            Self::Confirm => (Vec::new(), Vec::new()),
+            Self::Commit => (
+                shifts(current, -1, -1, MovementKind::Commit, None),
+                vec![events::committed(&reservation, corr)?],
+            ),
+            Self::Release(why) => (
+                shifts(current, 0, -1, MovementKind::Release, Some(why.as_str())),
+                vec![events::released(&reservation, why, corr)?],
+            ),
+        };
+        Ok(Some(ReservationWrite {
+            reservation,
+            shifts,
+            events,
+        }))
+    }
+}
+
+/// One shift per allocation of `r`, each moving on hand by `on_hand` and
+/// reserved by `reserved` times the allocated quantity.
+fn shifts(
+    r: &Reservation,
+    on_hand: i64,
+    reserved: i64,
+    kind: MovementKind,
+    reason: Option<&str>,
+) -> Vec<Shift> {
+    r.lines
+        .iter()
+        .flat_map(|line| {
+            line.allocations.iter().map(move |a| Shift {
+                sku: line.sku.clone(),
+                warehouse: a.warehouse.clone(),
+                on_hand: on_hand * a.quantity,
+                reserved: reserved * a.quantity,
+                kind,
+                quantity: a.quantity,
+                reason: reason.map(str::to_owned),
+                reservation: Some(r.id),
+            })
+        })
+        .collect()
+}
+
+/// A stock adjustment: the shift to apply and a low-stock event when it
+/// takes the sku's available stock below its threshold. `levels` are every
+/// level of the sku, read inside the store's transaction.
+#[derive(Debug, Clone)]
+pub struct AdjustmentWrite {
+    pub shift: Shift,
+    pub event: Option<EventEnvelope>,
+}
+
+/// Decide an adjustment of `product`'s stock, refusing one that would leave
+/// the warehouse below zero or below what it has reserved.
+///
+/// # Errors
+/// [`StockError::WouldUnderflow`]; events that do not serialise.
+pub fn adjust(
+    a: &Adjustment,
+    product: &Product,
+    levels: &[StockLevel],
+    meta: &ChangeMeta,
+) -> Result<AdjustmentWrite, StockError> {
+    let (on_hand, reserved) = levels
+        .iter()
+        .find(|l| l.warehouse == a.warehouse)
+        .map_or((0, 0), |l| (l.on_hand, l.reserved));
+    let delta = a.delta.get();
+    if on_hand + delta < 0 || on_hand + delta < reserved {
+        return Err(StockError::WouldUnderflow {
+            on_hand,
+            reserved,
+            delta,
+        });
+    }
+    let before = total_available(levels);
+    let event = events::low_stock(
+        &a.sku,
+        product.low_stock_threshold,
+        before,
+        before + delta,
+        &meta.correlation_id,
+    )?;
+    Ok(AdjustmentWrite {
+        shift: Shift {
+            sku: a.sku.clone(),
+            warehouse: a.warehouse.clone(),
+            on_hand: delta,
+            reserved: 0,
+            kind: MovementKind::Adjustment,
+            quantity: delta,
+            reason: Some(a.reason.as_str().to_owned()),
+            reservation: None,
+        },
+        event,
+    })
+}
+
+fn total_available(levels: &[StockLevel]) -> i64 {
+    levels.iter().map(StockLevel::available).sum()
+}
