@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use agora_kernel::InvalidSetting;
 use agora_kernel::db::Backend;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -200,13 +201,16 @@ pub struct RouteQuota {
 #[error("{0}")]
 pub struct SettingsError(pub String);
 
-/// `rate_limit.per_second` → `AGORA__RATE_LIMIT__PER_SECOND`.
-pub fn env_name(key: &str) -> String {
-    format!("AGORA__{}", key.replace('.', "__").to_ascii_uppercase())
-}
+pub use agora_kernel::settings::env_name;
 
 fn invalid(key: &str, why: impl std::fmt::Display) -> SettingsError {
     SettingsError(format!("invalid setting {} ({key}): {why}", env_name(key)))
+}
+
+impl From<InvalidSetting> for SettingsError {
+    fn from(e: InvalidSetting) -> Self {
+        Self(e.to_string())
+    }
 }
 
 impl Settings {
@@ -291,12 +295,8 @@ impl Settings {
                 )));
             }
         }
-        self.inventory
-            .validate()
-            .map_err(|(key, why)| invalid(key, why))?;
-        self.order
-            .validate()
-            .map_err(|(key, why)| invalid(key, why))?;
+        self.inventory.validate()?;
+        self.order.validate(agora_inventory::MAX_TTL_SECS)?;
         self.validate_auth()?;
         self.validate_placement()?;
         self.validate_databases()?;

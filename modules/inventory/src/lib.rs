@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use agora_kernel::db::{Backend, SqlDatabase};
 use agora_kernel::outbox::{OutboxRelay, OutboxStore, RelayConfig};
-use agora_kernel::{BackgroundTask, EventBus, Module, ModuleInfo, Round, periodically};
+use agora_kernel::{
+    BackgroundTask, EventBus, InvalidSetting, Module, ModuleInfo, Round, periodically,
+};
 use anyhow::Context;
 use async_trait::async_trait;
 
@@ -53,22 +55,22 @@ fn default_sweep_interval_secs() -> u64 {
 }
 
 impl Settings {
-    /// Checks deserialisation cannot express: `Err((key, why))`, the key as
-    /// `inventory.<name>` so the host can name `AGORA__INVENTORY__<NAME>`.
+    /// Checks deserialisation cannot express, naming the key as
+    /// `inventory.<name>`.
     ///
     /// # Errors
     /// The first invalid key and why.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         if !(1..=MAX_TTL_SECS).contains(&self.reservation_ttl_secs) {
-            return Err((
+            return Err(InvalidSetting::new(
                 "inventory.reservation_ttl_secs",
                 format!("must be between 1 and {MAX_TTL_SECS} seconds"),
             ));
         }
         if self.sweep_interval_secs == 0 {
-            return Err((
+            return Err(InvalidSetting::new(
                 "inventory.sweep_interval_secs",
-                "must be at least 1".to_owned(),
+                "must be at least 1",
             ));
         }
         Ok(())
@@ -130,9 +132,7 @@ impl InventoryModule {
         bus: Arc<dyn EventBus>,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
-        settings
-            .validate()
-            .map_err(|(key, why)| anyhow::anyhow!("invalid setting {key}: {why}"))?;
+        settings.validate()?;
         let ttl = domain::models::Ttl::from_secs(settings.reservation_ttl_secs as i64)
             .map_err(|e| anyhow::anyhow!("invalid setting inventory.reservation_ttl_secs: {e}"))?;
         let (store, port, outbox): (

@@ -6,6 +6,7 @@
 //! database (outbox, inbox, idempotency keys). No business rule lives here.
 
 pub mod breaker;
+pub mod clock;
 pub mod context;
 pub mod db;
 pub mod events;
@@ -20,13 +21,16 @@ pub mod pagination;
 pub mod principal;
 pub mod problem;
 pub mod remote;
+pub mod settings;
 pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::{CallContext, RequestId};
 pub use events::{DeliveryPolicy, EventBus, EventEnvelope, EventHandler, InMemoryBus};
 pub use module::{BackgroundTask, Module, ModuleInfo, Round, periodically};
 pub use money::{Currency, Money, MoneyError};
 pub use principal::{Denied, Principal, Role};
 pub use problem::{FieldErrors, Problem};
+pub use settings::InvalidSetting;

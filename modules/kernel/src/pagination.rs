@@ -1,6 +1,9 @@
 //! Collections answer `{"items": [...], "next_cursor": ...}`; `limit` is 1–100
-//! (default 20); cursors are opaque strings (base64url of a module-chosen key).
+//! (default 20); cursors are opaque strings (base64url of a module-chosen key,
+//! made and read only by [`encode_cursor`] and [`decode_cursor`]).
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -31,6 +34,19 @@ pub fn parse_limit(raw: Option<&str>) -> Result<u32, Problem> {
     }
 }
 
+/// A cursor over `key` (the last item's sort key), opaque to callers.
+pub fn encode_cursor(key: &str) -> String {
+    URL_SAFE_NO_PAD.encode(key)
+}
+
+/// The key back from a cursor; `None` when it is not one this API handed out.
+pub fn decode_cursor(cursor: &str) -> Option<String> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,6 +61,19 @@ mod tests {
                 Some(422),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn cursors_are_base64url_of_their_key_and_foreign_ones_are_refused() {
+        let c = encode_cursor("SKU-1/ü");
+        assert!(
+            c.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        );
+        assert_eq!(decode_cursor(&c).as_deref(), Some("SKU-1/ü"));
+        for foreign in ["zz", "zzz", "not a cursor", "//"] {
+            assert_eq!(decode_cursor(foreign), None, "{foreign}");
         }
     }
 }

@@ -1,7 +1,10 @@
 //! RFC 9457 `application/problem+json`: the one error body agora ever returns.
 //!
-//! Every module's `ApiError` converts into a [`Problem`]; the gateway turns every
-//! other failure (404, 405, 413, 415, panics) into one as well.
+//! Every module's handlers answer `Result<_, Problem>`, each domain error
+//! converting with its module's `impl From<…Error> for Problem` (the one path
+//! from a domain error to HTTP); the gateway turns every other failure (404,
+//! 405, 413, 415, panics) into one as well. 5xx bodies never carry internals:
+//! [`Problem::unexpected`] logs the cause chain instead.
 
 use std::collections::BTreeMap;
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agora_kernel::db::SqlModuleBase;
-use agora_kernel::{BackgroundTask, EventBus, Module, ModuleInfo};
+use agora_kernel::{BackgroundTask, EventBus, InvalidSetting, Module, ModuleInfo};
 use anyhow::Context;
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
@@ -152,48 +152,41 @@ impl Settings {
         }
     }
 
-    /// Checks serde cannot express; the message names the variable to fix.
+    /// Checks serde cannot express, naming the key as `notification.<name>`.
     ///
     /// # Errors
     /// The first invalid key.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         let positive = [
-            ("MAX_ATTEMPTS", "max_attempts", u64::from(self.max_attempts)),
-            ("RETRY_BASE_MS", "retry_base_ms", self.retry_base_ms),
-            ("RETRY_MAX_MS", "retry_max_ms", self.retry_max_ms),
-            (
-                "POLL_INTERVAL_MS",
-                "poll_interval_ms",
-                self.poll_interval_ms,
-            ),
-            ("BATCH_SIZE", "batch_size", u64::from(self.batch_size)),
-            ("SMTP__TIMEOUT_MS", "smtp.timeout_ms", self.smtp.timeout_ms),
-            ("SMS__TIMEOUT_MS", "sms.timeout_ms", self.sms.timeout_ms),
-            ("PUSH__TIMEOUT_MS", "push.timeout_ms", self.push.timeout_ms),
+            ("notification.max_attempts", u64::from(self.max_attempts)),
+            ("notification.retry_base_ms", self.retry_base_ms),
+            ("notification.retry_max_ms", self.retry_max_ms),
+            ("notification.poll_interval_ms", self.poll_interval_ms),
+            ("notification.batch_size", u64::from(self.batch_size)),
+            ("notification.smtp.timeout_ms", self.smtp.timeout_ms),
+            ("notification.sms.timeout_ms", self.sms.timeout_ms),
+            ("notification.push.timeout_ms", self.push.timeout_ms),
         ];
-        for (env, key, value) in positive {
+        for (key, value) in positive {
             if value == 0 {
-                anyhow::bail!(
-                    "invalid setting AGORA__NOTIFICATION__{env} (notification.{key}): must be at least 1"
-                );
+                return Err(InvalidSetting::new(key, "must be at least 1"));
             }
         }
-        for (env, key, url) in [
-            ("SMS__URL", "sms.url", &self.sms.url),
-            ("PUSH__URL", "push.url", &self.push.url),
+        for (key, url) in [
+            ("notification.sms.url", &self.sms.url),
+            ("notification.push.url", &self.push.url),
         ] {
             let url = url.trim();
             if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
-                anyhow::bail!(
-                    "invalid setting AGORA__NOTIFICATION__{env} (notification.{key}): must be an http(s) URL or empty"
-                );
+                return Err(InvalidSetting::new(key, "must be an http(s) URL or empty"));
             }
         }
         let smtp = self.smtp.url.expose_secret().trim();
         if !(smtp.is_empty() || smtp.starts_with("smtp://") || smtp.starts_with("smtps://")) {
-            anyhow::bail!(
-                "invalid setting AGORA__NOTIFICATION__SMTP__URL (notification.smtp.url): must be smtp://host:port, smtps://host or empty"
-            );
+            return Err(InvalidSetting::new(
+                "notification.smtp.url",
+                "must be smtp://host:port, smtps://host or empty",
+            ));
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agora_kernel::db::{SqlDatabase, SqlModuleBase};
-use agora_kernel::{BackgroundTask, EventBus, Module, ModuleInfo};
+use agora_kernel::{BackgroundTask, EventBus, InvalidSetting, Module, ModuleInfo};
 use async_trait::async_trait;
 use serde::Deserialize;
 use utoipa::OpenApi;
@@ -71,26 +71,36 @@ pub struct Settings {
     pub lease_secs: u64,
 }
 
-/// The inventory module's longest reservation, which bounds the deadline.
-const MAX_DEADLINE_SECS: u64 = 7 * 24 * 3600 - 300;
+/// How much longer than the payment deadline a reservation is held, so the
+/// stock outlives every payment retry.
+const RESERVATION_MARGIN_SECS: u64 = 300;
 
 impl Settings {
-    /// Values deserialisation cannot check; the error names the key.
+    /// Values deserialisation cannot check, naming the key as `order.<name>`.
+    /// `longest_reservation_secs` is the longest reservation the inventory
+    /// module holds (it owns that limit); the deadline plus the margin must fit.
     ///
     /// # Errors
-    /// `(key, why)` for the first bad value.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if !(1..=MAX_DEADLINE_SECS).contains(&self.payment_deadline_secs) {
-            return Err((
+    /// The first bad value.
+    pub fn validate(&self, longest_reservation_secs: u64) -> Result<(), InvalidSetting> {
+        let max_deadline = longest_reservation_secs.saturating_sub(RESERVATION_MARGIN_SECS);
+        if !(1..=max_deadline).contains(&self.payment_deadline_secs) {
+            return Err(InvalidSetting::new(
                 "order.payment_deadline_secs",
-                format!("must be between 1 and {MAX_DEADLINE_SECS}"),
+                format!("must be between 1 and {max_deadline}"),
             ));
         }
         if self.lease_secs == 0 {
-            return Err(("order.lease_secs", "must be at least 1".into()));
+            return Err(InvalidSetting::new(
+                "order.lease_secs",
+                "must be at least 1",
+            ));
         }
         if self.recovery_every_ms == 0 {
-            return Err(("order.recovery_every_ms", "must be at least 1".into()));
+            return Err(InvalidSetting::new(
+                "order.recovery_every_ms",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -100,7 +110,7 @@ impl Settings {
         SagaConfig {
             payment_deadline: deadline,
             // Longer than the deadline, so a reservation outlives every retry.
-            reservation_ttl: deadline + Duration::from_secs(300),
+            reservation_ttl: deadline + Duration::from_secs(RESERVATION_MARGIN_SECS),
             lease: Duration::from_secs(self.lease_secs.max(1)),
             retry_base: Duration::from_millis(self.retry_base_ms.max(1)),
             retry_max: Duration::from_secs(self.retry_max_secs.max(1)),

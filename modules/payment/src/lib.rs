@@ -13,7 +13,7 @@ use std::time::Duration;
 use agora_kernel::db::SqlModuleBase;
 use agora_kernel::idempotency::IdempotencyConfig;
 use agora_kernel::outbox::OutboxRelay;
-use agora_kernel::{BackgroundTask, EventBus, Module, ModuleInfo};
+use agora_kernel::{BackgroundTask, EventBus, InvalidSetting, Module, ModuleInfo};
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -131,17 +131,18 @@ impl Settings {
         }
     }
 
-    /// Checks serde cannot express; the message names the variable to fix.
+    /// Checks serde cannot express, naming the key as `payment.<name>`.
     ///
     /// # Errors
     /// The first invalid key.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         if self.provider == ProviderKind::Http {
             let url = self.provider_url.trim();
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                anyhow::bail!(
-                    "invalid setting AGORA__PAYMENT__PROVIDER_URL (payment.provider_url): the http provider needs an http(s) URL"
-                );
+                return Err(InvalidSetting::new(
+                    "payment.provider_url",
+                    "the http provider needs an http(s) URL",
+                ));
             }
             if self.provider_secret_key.expose_secret().is_empty() {
                 tracing::warn!(
@@ -149,20 +150,20 @@ impl Settings {
                 );
             }
         }
-        if self.provider_timeout_ms == 0 {
-            anyhow::bail!(
-                "invalid setting AGORA__PAYMENT__PROVIDER_TIMEOUT_MS (payment.provider_timeout_ms): must be at least 1"
-            );
-        }
-        if self.breaker.failure_threshold == 0 {
-            anyhow::bail!(
-                "invalid setting AGORA__PAYMENT__BREAKER__FAILURE_THRESHOLD (payment.breaker.failure_threshold): must be at least 1"
-            );
-        }
-        if self.breaker.recovery_timeout_secs == 0 {
-            anyhow::bail!(
-                "invalid setting AGORA__PAYMENT__BREAKER__RECOVERY_TIMEOUT_SECS (payment.breaker.recovery_timeout_secs): must be at least 1"
-            );
+        for (key, value) in [
+            ("payment.provider_timeout_ms", self.provider_timeout_ms),
+            (
+                "payment.breaker.failure_threshold",
+                u64::from(self.breaker.failure_threshold),
+            ),
+            (
+                "payment.breaker.recovery_timeout_secs",
+                self.breaker.recovery_timeout_secs,
+            ),
+        ] {
+            if value == 0 {
+                return Err(InvalidSetting::new(key, "must be at least 1"));
+            }
         }
         Ok(())
     }

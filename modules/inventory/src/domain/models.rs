@@ -676,17 +676,7 @@ impl ReleaseReason {
     }
 }
 
-/// Cursor over a key, opaque to callers: hex of the key's bytes.
-pub fn encode_cursor(key: &str) -> String {
-    hex::encode(key.as_bytes())
-}
-
-/// The key back from a cursor; `None` when it is not one of ours.
-pub fn decode_cursor(cursor: &str) -> Option<String> {
-    hex::decode(cursor)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-}
+pub use agora_kernel::pagination::{decode_cursor, encode_cursor};
 
 #[cfg(test)]
 mod tests {

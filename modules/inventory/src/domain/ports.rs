@@ -2,6 +2,7 @@
 //! MongoDB, chosen at run time) and a clock. Also the errors each operation
 //! can end in, which both the service and the store speak.
 
+pub use agora_kernel::clock::{Clock, ManualClock, SystemClock};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -144,8 +145,9 @@ impl Transition {
     }
 
     /// Whether `r` may take this transition at `now`: `Ok(true)` apply it,
-    /// `Ok(false)` it already happened (idempotent), `Err` it may not. Both
-    /// adapters call this on the row they hold locked (or guard on its status).
+    /// `Ok(false)` it already happened (idempotent), `Err` it may not.
+    /// [`Transition::decide`] asks this of the row a store read inside its
+    /// transaction (and guards its update on).
     ///
     /// # Errors
     /// [`ReservationError::Expired`] for a held reservation past its TTL;
@@ -238,8 +240,8 @@ pub trait InventoryStore: Send + Sync {
     /// [`StockError::UnknownProduct`], [`StockError::UnknownWarehouse`]; store failures.
     async fn receive(&self, r: &Receipt, meta: &ChangeMeta) -> Result<Movement, StockError>;
 
-    /// Correct on-hand stock; refused when the result would be below zero or
-    /// below what is reserved.
+    /// Correct on-hand stock, as [`super::stock::adjust`] decides: refused
+    /// when the result would be below zero or below what is reserved.
     ///
     /// # Errors
     /// As [`InventoryStore::receive`], plus [`StockError::WouldUnderflow`].
@@ -262,8 +264,10 @@ pub trait InventoryStore: Send + Sync {
         limit: u32,
     ) -> anyhow::Result<Vec<Movement>>;
 
-    /// Reserve every line or none, allocating with [`super::models::allocate`].
-    /// A second call with the same id and request returns the first result.
+    /// Reserve every line or none, as [`super::stock::replay`] and
+    /// [`super::stock::hold`] decide from what the store read inside its
+    /// transaction: a second call with the same id and request returns the
+    /// first result.
     ///
     /// # Errors
     /// [`ReserveError::UnknownProducts`], [`ReserveError::Insufficient`],
@@ -279,7 +283,7 @@ pub trait InventoryStore: Send + Sync {
     /// Store failures.
     async fn reservation(&self, id: ReservationId) -> anyhow::Result<Option<Reservation>>;
 
-    /// Apply a transition checked by [`Transition::check`] at `meta.at`.
+    /// Apply what [`Transition::decide`] makes of the stored reservation at `meta.at`.
     ///
     /// # Errors
     /// [`ReservationError::NotFound`] and those of [`Transition::check`]; store failures.
@@ -301,51 +305,4 @@ pub trait InventoryStore: Send + Sync {
     /// # Errors
     /// The store does not answer.
     async fn ping(&self) -> anyhow::Result<()>;
-}
-
-/// What time it is; tests drive a [`ManualClock`].
-pub trait Clock: Send + Sync {
-    fn now(&self) -> DateTime<Utc>;
-}
-
-/// The wall clock, in whole milliseconds (what every store keeps).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        truncate_ms(Utc::now())
-    }
-}
-
-/// A clock that moves only when told to.
-#[derive(Debug)]
-pub struct ManualClock(std::sync::Mutex<DateTime<Utc>>);
-
-impl ManualClock {
-    pub fn new(start: DateTime<Utc>) -> Self {
-        Self(std::sync::Mutex::new(truncate_ms(start)))
-    }
-
-    pub fn advance(&self, by: chrono::Duration) {
-        let mut t = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *t += by;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// Drop sub-millisecond precision, as both stores do.
-pub fn truncate_ms(t: DateTime<Utc>) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
 }

@@ -4,7 +4,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::http::header;
-use actix_web::{HttpResponse, ResponseError, web};
+use actix_web::{HttpResponse, web};
 use agora_kernel::http::NoBody;
 use agora_kernel::pagination::parse_limit;
 use agora_kernel::{CallContext, Currency, FieldErrors, Money, Problem};
@@ -26,90 +26,64 @@ use crate::domain::service::InventoryService;
 
 // ---- errors -----------------------------------------------------------------------------
 
-/// A failed inventory request, rendered as problem+json. 5xx bodies never carry
-/// internals: the cause chain goes to the log.
-#[derive(Debug)]
-pub struct ApiError(pub Problem);
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
+fn unexpected(e: &anyhow::Error) -> Problem {
+    Problem::unexpected(e, "inventory")
 }
 
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        self.0.status_code()
-    }
-    fn error_response(&self) -> HttpResponse {
-        self.0.to_response()
-    }
+fn field(field: &str, message: impl Into<String>) -> Problem {
+    Problem::invalid_field(field, message)
 }
 
-impl From<Problem> for ApiError {
-    fn from(p: Problem) -> Self {
-        Self(p)
-    }
-}
-
-fn unexpected(e: &anyhow::Error) -> ApiError {
-    ApiError(Problem::unexpected(e, "inventory"))
-}
-
-fn field(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError(Problem::invalid_field(field, message))
-}
-
-impl From<CatalogueError> for ApiError {
+impl From<CatalogueError> for Problem {
     fn from(e: CatalogueError) -> Self {
         match e {
-            CatalogueError::DuplicateSku(_) => Self(Problem::conflict(e.to_string())),
-            CatalogueError::NotFound(_) => Self(Problem::not_found(e.to_string())),
-            CatalogueError::Forbidden(why) => Self(Problem::forbidden(why)),
+            CatalogueError::DuplicateSku(_) => Problem::conflict(e.to_string()),
+            CatalogueError::NotFound(_) => Problem::not_found(e.to_string()),
+            CatalogueError::Forbidden(why) => Problem::forbidden(why),
             CatalogueError::Unexpected(e) => unexpected(&e),
         }
     }
 }
 
-impl From<WarehouseError> for ApiError {
+impl From<WarehouseError> for Problem {
     fn from(e: WarehouseError) -> Self {
         match e {
-            WarehouseError::Duplicate(_) => Self(Problem::conflict(e.to_string())),
-            WarehouseError::Forbidden(why) => Self(Problem::forbidden(why)),
+            WarehouseError::Duplicate(_) => Problem::conflict(e.to_string()),
+            WarehouseError::Forbidden(why) => Problem::forbidden(why),
             WarehouseError::Unexpected(e) => unexpected(&e),
         }
     }
 }
 
-impl From<StockError> for ApiError {
+impl From<StockError> for Problem {
     fn from(e: StockError) -> Self {
         match e {
             StockError::UnknownProduct(_) => field("sku", e.to_string()),
             StockError::UnknownWarehouse(_) => field("warehouse", e.to_string()),
-            StockError::WouldUnderflow { .. } => Self(Problem::new(
+            StockError::WouldUnderflow { .. } => Problem::new(
                 StatusCode::CONFLICT,
                 "stock-underflow",
                 "Stock would fall below zero or below what is reserved",
                 e.to_string(),
-            )),
-            StockError::Forbidden(why) => Self(Problem::forbidden(why)),
+            ),
+            StockError::Forbidden(why) => Problem::forbidden(why),
             StockError::Unexpected(e) => unexpected(&e),
         }
     }
 }
 
-impl From<ReadError> for ApiError {
+impl From<ReadError> for Problem {
     fn from(e: ReadError) -> Self {
         match e {
-            ReadError::NotFound(what) => Self(Problem::not_found(what)),
+            ReadError::NotFound(what) => Problem::not_found(what),
             ReadError::BadCursor => field("cursor", e.to_string()),
-            ReadError::Forbidden(why) => Self(Problem::forbidden(why)),
+            ReadError::Forbidden(why) => Problem::forbidden(why),
             ReadError::Unexpected(e) => unexpected(&e),
         }
     }
 }
 
-impl From<ReserveError> for ApiError {
+impl From<ReserveError> for Problem {
     fn from(e: ReserveError) -> Self {
         match e {
             ReserveError::InvalidLines(why) => field("lines", why),
@@ -121,7 +95,7 @@ impl From<ReserveError> for ApiError {
                         format!("no active product with sku {sku}"),
                     );
                 }
-                Self(Problem::validation(errors.into_map()))
+                Problem::validation(errors.into_map())
             }
             // `shortages` (documented as `InsufficientStock`) lists each short line.
             ReserveError::Insufficient(short) => {
@@ -145,31 +119,29 @@ impl From<ReserveError> for ApiError {
                     );
                 }
                 let shortages: Vec<ShortageBody> = short.iter().map(ShortageBody::from).collect();
-                Self(p.with_extension("shortages", serde_json::json!(shortages)))
+                p.with_extension("shortages", serde_json::json!(shortages))
             }
-            ReserveError::IdConflict(_) => Self(Problem::conflict(e.to_string())),
-            ReserveError::Forbidden(why) => Self(Problem::forbidden(why)),
+            ReserveError::IdConflict(_) => Problem::conflict(e.to_string()),
+            ReserveError::Forbidden(why) => Problem::forbidden(why),
             ReserveError::Unexpected(e) => unexpected(&e),
         }
     }
 }
 
-impl From<ReservationError> for ApiError {
+impl From<ReservationError> for Problem {
     fn from(e: ReservationError) -> Self {
         match e {
-            ReservationError::NotFound(_) => Self(Problem::not_found(e.to_string())),
+            ReservationError::NotFound(_) => Problem::not_found(e.to_string()),
             // `reservation_status` says where it stands (documented on the routes).
-            ReservationError::InvalidTransition { from, .. } => Self(
-                Problem::conflict(e.to_string())
-                    .with_extension("reservation_status", serde_json::json!(from)),
-            ),
-            ReservationError::Expired(_) => Self(Problem::new(
+            ReservationError::InvalidTransition { from, .. } => Problem::conflict(e.to_string())
+                .with_extension("reservation_status", serde_json::json!(from)),
+            ReservationError::Expired(_) => Problem::new(
                 StatusCode::CONFLICT,
                 "reservation-expired",
                 "Reservation expired",
                 e.to_string(),
-            )),
-            ReservationError::Forbidden(why) => Self(Problem::forbidden(why)),
+            ),
+            ReservationError::Forbidden(why) => Problem::forbidden(why),
             ReservationError::Unexpected(e) => unexpected(&e),
         }
     }
@@ -213,7 +185,7 @@ pub struct CreateProductRequest {
 }
 
 impl CreateProductRequest {
-    fn try_into_domain(self) -> Result<NewProduct, ApiError> {
+    fn try_into_domain(self) -> Result<NewProduct, Problem> {
         let mut errors = FieldErrors::default();
         let sku = errors.check("sku", Sku::parse(&self.sku));
         let name = errors.check("name", ProductName::parse(&self.name));
@@ -235,7 +207,7 @@ impl CreateProductRequest {
                 price,
                 low_stock_threshold,
             }),
-            _ => Err(ApiError(Problem::internal())),
+            _ => Err(Problem::internal()),
         }
     }
 }
@@ -256,7 +228,7 @@ pub struct UpdateProductRequest {
 }
 
 impl UpdateProductRequest {
-    fn try_into_domain(self) -> Result<ProductPatch, ApiError> {
+    fn try_into_domain(self) -> Result<ProductPatch, Problem> {
         let mut errors = FieldErrors::default();
         let mut patch = ProductPatch::default();
         if let Some(n) = &self.name {
@@ -397,7 +369,7 @@ fn sku_and_warehouse(
 }
 
 impl ReceiptRequest {
-    fn try_into_domain(self) -> Result<Receipt, ApiError> {
+    fn try_into_domain(self) -> Result<Receipt, Problem> {
         let mut errors = FieldErrors::default();
         let (sku, warehouse) = sku_and_warehouse(&mut errors, &self.sku, &self.warehouse);
         let quantity = errors.check("quantity", Quantity::new(self.quantity));
@@ -413,13 +385,13 @@ impl ReceiptRequest {
                 quantity,
                 reference: reference.flatten(),
             }),
-            _ => Err(ApiError(Problem::internal())),
+            _ => Err(Problem::internal()),
         }
     }
 }
 
 impl AdjustmentRequest {
-    fn try_into_domain(self) -> Result<Adjustment, ApiError> {
+    fn try_into_domain(self) -> Result<Adjustment, Problem> {
         let mut errors = FieldErrors::default();
         let (sku, warehouse) = sku_and_warehouse(&mut errors, &self.sku, &self.warehouse);
         let delta = errors.check("delta", Delta::new(self.delta));
@@ -432,7 +404,7 @@ impl AdjustmentRequest {
                 delta,
                 reason,
             }),
-            _ => Err(ApiError(Problem::internal())),
+            _ => Err(Problem::internal()),
         }
     }
 }
@@ -729,7 +701,7 @@ pub struct ProductListQuery {
 /// The most skus one quote may ask for.
 pub const MAX_QUOTE_SKUS: usize = 100;
 
-fn parse_skus(raw: &str) -> Result<Vec<Sku>, ApiError> {
+fn parse_skus(raw: &str) -> Result<Vec<Sku>, Problem> {
     let parts: Vec<&str> = raw.split(',').map(str::trim).collect();
     if parts.is_empty() || parts.len() > MAX_QUOTE_SKUS || parts.iter().any(|p| p.is_empty()) {
         return Err(field(
@@ -761,14 +733,14 @@ fn reservation_status_schema() -> utoipa::openapi::Object {
     string_enum(&RESERVATION_STATUSES)
 }
 
-fn path_sku(raw: &str) -> Result<Sku, ApiError> {
-    Sku::parse(raw).map_err(|_| ApiError(Problem::not_found(format!("no product with sku {raw}"))))
+fn path_sku(raw: &str) -> Result<Sku, Problem> {
+    Sku::parse(raw).map_err(|_| Problem::not_found(format!("no product with sku {raw}")))
 }
 
-fn path_reservation(raw: &str) -> Result<ReservationId, ApiError> {
+fn path_reservation(raw: &str) -> Result<ReservationId, Problem> {
     Uuid::parse_str(raw)
         .map(ReservationId)
-        .map_err(|_| ApiError(Problem::not_found(format!("no reservation {raw}"))))
+        .map_err(|_| Problem::not_found(format!("no reservation {raw}")))
 }
 
 // ---- handlers --------------------------------------------------------------------------------
@@ -789,7 +761,7 @@ pub async fn create_product(
     api: Api,
     ctx: CallContext,
     body: web::Json<CreateProductRequest>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     // Roles first: a caller who may not do this learns nothing from validation.
     api.authorize_catalogue(&ctx)?;
     let new = body.into_inner().try_into_domain()?;
@@ -812,7 +784,7 @@ pub async fn list_products(
     api: Api,
     ctx: CallContext,
     q: web::Query<ProductListQuery>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     let limit = parse_limit(q.limit.as_deref())?;
     if let Some(raw) = q.skus.as_deref() {
         if q.cursor.is_some() {
@@ -844,7 +816,7 @@ pub async fn get_product(
     api: Api,
     ctx: CallContext,
     sku: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     let sku = path_sku(&sku)?;
     let p = api.product(&ctx, &sku).await?;
     Ok(HttpResponse::Ok().json(ProductResponse::from(p)))
@@ -866,7 +838,7 @@ pub async fn update_product(
     ctx: CallContext,
     sku: web::Path<String>,
     body: web::Json<UpdateProductRequest>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     api.authorize_catalogue(&ctx)?;
     let sku = path_sku(&sku)?;
     let patch = body.into_inner().try_into_domain()?;
@@ -890,7 +862,7 @@ pub async fn delete_product(
     ctx: CallContext,
     sku: web::Path<String>,
     _body: NoBody,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     let sku = path_sku(&sku)?;
     let p = api.deactivate_product(&ctx, &sku).await?;
     Ok(HttpResponse::Ok().json(ProductResponse::from(p)))
@@ -910,7 +882,7 @@ pub async fn create_warehouse(
     api: Api,
     ctx: CallContext,
     body: web::Json<CreateWarehouseRequest>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     // Roles first: a caller who may not do this learns nothing from validation.
     api.authorize_warehouses(&ctx)?;
     let body = body.into_inner();
@@ -919,7 +891,7 @@ pub async fn create_warehouse(
     let name = errors.check("name", ProductName::parse(&body.name));
     errors.into_result()?;
     let (Some(code), Some(name)) = (code, name) else {
-        return Err(ApiError(Problem::internal()));
+        return Err(Problem::internal());
     };
     let w = api
         .create_warehouse(&ctx, NewWarehouse { code, name })
@@ -939,7 +911,7 @@ pub async fn list_warehouses(
     api: Api,
     ctx: CallContext,
     q: web::Query<ListQuery>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     let limit = parse_limit(q.limit.as_deref())?;
     let page = api.warehouses(&ctx, q.cursor.as_deref(), limit).await?;
     Ok(HttpResponse::Ok().json(WarehouseList {
@@ -961,7 +933,7 @@ pub async fn receive(
     api: Api,
     ctx: CallContext,
     body: web::Json<ReceiptRequest>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     // Roles first: a caller who may not do this learns nothing from validation.
     api.authorize_stock(&ctx)?;
     let r = body.into_inner().try_into_domain()?;
@@ -984,7 +956,7 @@ pub async fn adjust(
     api: Api,
     ctx: CallContext,
     body: web::Json<AdjustmentRequest>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     // Roles first: a caller who may not do this learns nothing from validation.
     api.authorize_stock(&ctx)?;
     let a = body.into_inner().try_into_domain()?;
@@ -1004,7 +976,7 @@ pub async fn get_stock(
     api: Api,
     ctx: CallContext,
     sku: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     let sku = path_sku(&sku)?;
     let s = api.stock(&ctx, &sku).await?;
     Ok(HttpResponse::Ok().json(StockResponse::from(s)))
@@ -1025,7 +997,7 @@ pub async fn list_movements(
     ctx: CallContext,
     sku: web::Path<String>,
     q: web::Query<ListQuery>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     let sku = path_sku(&sku)?;
     let limit = parse_limit(q.limit.as_deref())?;
     let page = api
@@ -1053,7 +1025,7 @@ pub async fn reserve(
     api: Api,
     ctx: CallContext,
     body: web::Json<ReservationRequest>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     // Roles first: a caller who may not do this learns nothing from validation.
     api.authorize_reserve(&ctx)?;
     let r = body.into_inner().try_into_domain()?;
@@ -1079,7 +1051,7 @@ pub async fn get_reservation(
     api: Api,
     ctx: CallContext,
     id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     let id = path_reservation(&id)?;
     let r = api.reservation(&ctx, id).await?;
     Ok(HttpResponse::Ok().json(ReservationResponse::from(r)))
@@ -1102,7 +1074,7 @@ pub async fn confirm_reservation(
     ctx: CallContext,
     id: web::Path<String>,
     _body: NoBody,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     let id = path_reservation(&id)?;
     let r = api.confirm(&ctx, id).await?;
     Ok(HttpResponse::Ok().json(ReservationResponse::from(r)))
@@ -1125,7 +1097,7 @@ pub async fn commit_reservation(
     ctx: CallContext,
     id: web::Path<String>,
     _body: NoBody,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     let id = path_reservation(&id)?;
     let r = api.commit(&ctx, id).await?;
     Ok(HttpResponse::Ok().json(ReservationResponse::from(r)))
@@ -1148,7 +1120,7 @@ pub async fn release_reservation(
     ctx: CallContext,
     id: web::Path<String>,
     _body: NoBody,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     let id = path_reservation(&id)?;
     let r = api.release(&ctx, id).await?;
     Ok(HttpResponse::Ok().json(ReservationResponse::from(r)))

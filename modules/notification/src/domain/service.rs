@@ -554,18 +554,15 @@ impl NotificationService {
     }
 }
 
-/// Cursors are opaque: `n` and the last id's 32 hex digits.
+/// A cursor after `id` (the kernel's opaque scheme over the id).
 pub fn encode_cursor(id: NotificationId) -> String {
-    format!("n{}", id.as_uuid().simple())
+    agora_kernel::pagination::encode_cursor(&id.to_string())
 }
 
 /// `None` for a cursor this module did not hand out.
 pub fn decode_cursor(s: &str) -> Option<NotificationId> {
-    let hex = s.strip_prefix('n')?;
-    if hex.len() != 32 {
-        return None;
-    }
-    uuid::Uuid::try_parse(hex).ok().map(NotificationId)
+    let key = agora_kernel::pagination::decode_cursor(s)?;
+    uuid::Uuid::try_parse(&key).ok().map(NotificationId)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use actix_web::{HttpResponse, ResponseError, web};
+use actix_web::{HttpResponse, web};
 use agora_kernel::http::NoBody;
 use agora_kernel::pagination::parse_limit;
 use agora_kernel::{CallContext, FieldErrors, Problem};
@@ -19,42 +19,16 @@ use crate::domain::service::{
     NotificationDetail, NotificationError, NotificationService, decode_cursor,
 };
 
-/// The module's HTTP error: a problem+json body; 5xx never carry internals.
-#[derive(Debug)]
-pub struct ApiError(Problem);
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl ResponseError for ApiError {
-    fn status_code(&self) -> actix_web::http::StatusCode {
-        self.0.status_code()
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        self.0.to_response()
-    }
-}
-
-impl From<Problem> for ApiError {
-    fn from(p: Problem) -> Self {
-        Self(p)
-    }
-}
-
-impl From<NotificationError> for ApiError {
+impl From<NotificationError> for Problem {
     fn from(e: NotificationError) -> Self {
-        Self(match e {
+        match e {
             NotificationError::Forbidden(detail) => Problem::forbidden(detail),
             NotificationError::NotFound => Problem::not_found("no such notification"),
             NotificationError::NotDead(status) => Problem::conflict(format!(
                 "only a dead notification can be retried; this one is {status}"
             )),
             NotificationError::Unexpected(cause) => Problem::unexpected(&cause, "notification"),
-        })
+        }
     }
 }
 
@@ -361,8 +335,8 @@ fn outcome_schema() -> utoipa::openapi::Object {
     string_enum([Sent, Failed, Rejected].map(|o| o.as_str()))
 }
 
-fn parse_id(raw: &str) -> Result<NotificationId, ApiError> {
-    NotificationId::parse(raw).map_err(|_| Problem::not_found("no such notification").into())
+fn parse_id(raw: &str) -> Result<NotificationId, Problem> {
+    NotificationId::parse(raw).map_err(|_| Problem::not_found("no such notification"))
 }
 
 /// List notifications: a customer's own, or (staff) everyone's with filters.
@@ -379,7 +353,7 @@ pub async fn list(
     ctx: CallContext,
     service: web::Data<NotificationService>,
     query: web::Query<ListQuery>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     let filter = query.into_inner().try_into_filter()?;
     let page = service.list(&ctx, filter).await?;
     Ok(HttpResponse::Ok().json(NotificationPage {
@@ -401,7 +375,7 @@ pub async fn get(
     ctx: CallContext,
     service: web::Data<NotificationService>,
     id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     let id = parse_id(&id)?;
     let detail = service.get(&ctx, id).await?;
     Ok(HttpResponse::Ok().json(NotificationDetailBody::from(&detail)))
@@ -418,7 +392,7 @@ pub async fn get(
 pub async fn get_preferences(
     ctx: CallContext,
     service: web::Data<NotificationService>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     let prefs = service.preferences(&ctx).await?;
     Ok(HttpResponse::Ok().json(PreferencesBody::from(&prefs)))
 }
@@ -438,7 +412,7 @@ pub async fn put_preferences(
     ctx: CallContext,
     service: web::Data<NotificationService>,
     body: web::Json<PreferencesBody>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     let prefs = body.into_inner().try_into_domain()?;
     let saved = service.put_preferences(&ctx, prefs).await?;
     Ok(HttpResponse::Ok().json(PreferencesBody::from(&saved)))
@@ -462,7 +436,7 @@ pub async fn retry(
     service: web::Data<NotificationService>,
     id: web::Path<String>,
     _body: NoBody,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     let id = parse_id(&id)?;
     let n = service.retry(&ctx, id).await?;
     Ok(HttpResponse::Ok().json(NotificationBody::from(&n)))

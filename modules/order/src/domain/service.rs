@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agora_kernel::{CallContext, EventEnvelope, FieldErrors, Principal, Role};
+use agora_kernel::{CallContext, Clock, EventEnvelope, FieldErrors, Principal, Role, SystemClock};
 
 use crate::events;
 use chrono::{DateTime, Utc};
@@ -91,15 +91,13 @@ impl From<StoreError> for OrderError {
     }
 }
 
-pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
-
 pub struct OrderService {
     store: Arc<dyn OrderStore>,
     catalogue: Arc<dyn Catalogue>,
     stock: Arc<dyn StockReservations>,
     payments: Arc<dyn Payments>,
     config: SagaConfig,
-    clock: Clock,
+    clock: Arc<dyn Clock>,
     relay: Option<Arc<Notify>>,
     /// This instance's name on the leases it takes (several instances may
     /// serve one database).
@@ -147,7 +145,7 @@ impl OrderService {
             stock,
             payments,
             config,
-            clock: Arc::new(Utc::now),
+            clock: Arc::new(SystemClock),
             relay: None,
             owner: format!("order-{}", uuid::Uuid::now_v7().simple()),
         }
@@ -159,7 +157,7 @@ impl OrderService {
     }
 
     /// Use another clock (tests).
-    pub fn with_clock(mut self, clock: Clock) -> Self {
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
     }
@@ -171,7 +169,7 @@ impl OrderService {
     }
 
     fn now(&self) -> DateTime<Utc> {
-        (self.clock)()
+        self.clock.now()
     }
 
     fn lease_until(&self) -> DateTime<Utc> {

@@ -7,7 +7,7 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use agora_kernel::http::{NoBody, OptionalJson};
 use agora_kernel::idempotency::{Idempotency, IdempotencyConfig, IdempotencyStore};
-use agora_kernel::pagination::parse_limit;
+use agora_kernel::pagination::{self, parse_limit};
 use agora_kernel::{CallContext, FieldErrors, Problem};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -320,7 +320,7 @@ pub async fn list(
     let created_after = time("created_after", q.created_after.as_deref());
     let created_before = time("created_before", q.created_before.as_deref());
     let before = q.cursor.as_deref().and_then(|c| {
-        let parsed = OrderId::parse(c).ok();
+        let parsed = pagination::decode_cursor(c).and_then(|k| OrderId::parse(&k).ok());
         if parsed.is_none() {
             errors.add("cursor", "is not a cursor this API returned");
         }
@@ -341,7 +341,9 @@ pub async fn list(
         .map(OrderBody::from)
         .collect();
     let next_cursor = if more {
-        items.last().map(|o| o.id.to_string())
+        items
+            .last()
+            .map(|o| pagination::encode_cursor(&o.id.to_string()))
     } else {
         None
     };

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agora_kernel::{CallContext, Role};
+use agora_kernel::{CallContext, Clock, Role, SystemClock};
 use chrono::Utc;
 use tokio::sync::Notify;
 
@@ -137,6 +137,7 @@ pub struct PaymentPage {
 #[derive(Clone)]
 pub struct PaymentService {
     inner: Arc<Inner>,
+    clock: Arc<dyn Clock>,
 }
 
 struct Inner {
@@ -168,7 +169,19 @@ impl PaymentService {
                 lease,
                 relay,
             }),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Use another clock (tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn now(&self) -> chrono::DateTime<Utc> {
+        self.clock.now()
     }
 
     /// `sqlite` or `postgres`.
@@ -177,7 +190,7 @@ impl PaymentService {
     }
 
     fn stale_before(&self) -> chrono::DateTime<Utc> {
-        Utc::now() - chrono::Duration::from_std(self.inner.lease).unwrap_or_default()
+        self.now() - chrono::Duration::from_std(self.inner.lease).unwrap_or_default()
     }
 
     fn wake_relay(&self) {
@@ -228,7 +241,7 @@ impl PaymentService {
             request: req.clone(),
             provider: self.inner.provider.name().to_owned(),
         };
-        let payment = match self.inner.store.reserve_charge(&new, Utc::now()).await? {
+        let payment = match self.inner.store.reserve_charge(&new, self.now()).await? {
             Reservation::Created(p) => p,
             Reservation::Existing(p) => {
                 if !p.matches(&req) {
@@ -246,7 +259,7 @@ impl PaymentService {
                 let leased = self
                     .inner
                     .store
-                    .lease_charge(p.id, Utc::now(), self.stale_before())
+                    .lease_charge(p.id, self.now(), self.stale_before())
                     .await?;
                 if !leased {
                     return Err(ChargeError::InProgress { payment_id: p.id });
@@ -283,7 +296,7 @@ impl PaymentService {
         let finished = self
             .inner
             .store
-            .finish_charge(&p, &result, &ctx.correlation_id, Utc::now())
+            .finish_charge(&p, &result, &ctx.correlation_id, self.now())
             .await?;
         match finished {
             Some(payment) => {
@@ -347,7 +360,7 @@ impl PaymentService {
             id: RefundId::new(),
             request: req.clone(),
         };
-        let refund = match self.inner.store.reserve_refund(&new, Utc::now()).await {
+        let refund = match self.inner.store.reserve_refund(&new, self.now()).await {
             Ok(Reservation::Created(r)) => r,
             Ok(Reservation::Existing(r)) => {
                 let same_reason = r.reason.as_deref() == req.reason.as_ref().map(|x| x.as_str());
@@ -374,7 +387,7 @@ impl PaymentService {
                 let leased = self
                     .inner
                     .store
-                    .lease_refund(r.id, Utc::now(), self.stale_before())
+                    .lease_refund(r.id, self.now(), self.stale_before())
                     .await?;
                 if !leased {
                     return Err(RefundError::InProgress { refund_id: r.id });
@@ -426,7 +439,7 @@ impl PaymentService {
         let finished = self
             .inner
             .store
-            .finish_refund(r.id, &result, &ctx.correlation_id, Utc::now())
+            .finish_refund(r.id, &result, &ctx.correlation_id, self.now())
             .await?;
         let (payment, refund, refunded_now) = match finished {
             Some((p, refund)) => {

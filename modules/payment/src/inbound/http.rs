@@ -1,6 +1,6 @@
 //! The payment module's HTTP endpoints (mounted under `/api/v1`), their bodies
-//! and OpenAPI annotations, and [`ApiError`], which renders every domain error
-//! as problem+json.
+//! and OpenAPI annotations, and how every domain error becomes problem+json
+//! (`From<…Error> for Problem`, the one error path every module's edge shares).
 //!
 //! - `POST /payments` (service, admin; `Idempotency-Key`) — charge an order
 //! - `GET /payments?order_id=&customer_id=&limit=&cursor=` — list
@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header;
-use actix_web::{HttpResponse, ResponseError, guard, web};
+use actix_web::{HttpResponse, guard, web};
 use agora_kernel::idempotency::{Idempotency, IdempotencyConfig, IdempotencyStore};
-use agora_kernel::pagination::parse_limit;
+use agora_kernel::pagination::{self, parse_limit};
 use agora_kernel::{CallContext, Currency, FieldErrors, Money, Problem};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -29,75 +29,42 @@ use crate::domain::service::{
     ChargeError, GetPaymentError, ListPaymentsError, PaymentService, RefundError,
 };
 
-/// Every error a payment endpoint answers, as problem+json. 5xx bodies carry
-/// no internals: the cause chain goes to the log.
-#[derive(Debug)]
-pub struct ApiError(pub Problem);
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
+fn unexpected(e: &anyhow::Error) -> Problem {
+    Problem::unexpected(e, "payment")
 }
 
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        self.0.status_code()
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        self.0.to_response()
-    }
-}
-
-impl From<Problem> for ApiError {
-    fn from(p: Problem) -> Self {
-        Self(p)
-    }
-}
-
-fn unexpected(e: &anyhow::Error) -> ApiError {
-    ApiError(Problem::unexpected(e, "payment"))
-}
-
-fn provider_unavailable(retry_after_secs: u64) -> ApiError {
-    ApiError(Problem::new(
+fn provider_unavailable(retry_after_secs: u64) -> Problem {
+    Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "payment-provider-unavailable",
         "Payment provider unavailable",
         format!("the payment provider is unavailable; retry in {retry_after_secs} s with the same request"),
-    ).with_retry_after(retry_after_secs))
+    ).with_retry_after(retry_after_secs)
 }
 
 /// Charge problems carry what a client of the API needs to act on them (see
 /// the spec): `payment_id` on `order-already-charged`, in-progress and
 /// provider-unavailable answers.
-impl From<ChargeError> for ApiError {
+impl From<ChargeError> for Problem {
     fn from(e: ChargeError) -> Self {
         let detail = e.to_string();
         match e {
-            ChargeError::Forbidden => Self(Problem::forbidden(detail)),
-            ChargeError::OrderAlreadyCharged { payment_id, .. } => Self(
-                Problem::new(
-                    StatusCode::CONFLICT,
-                    "order-already-charged",
-                    "Order already charged",
-                    detail,
-                )
+            ChargeError::Forbidden => Problem::forbidden(detail),
+            ChargeError::OrderAlreadyCharged { payment_id, .. } => Problem::new(
+                StatusCode::CONFLICT,
+                "order-already-charged",
+                "Order already charged",
+                detail,
+            )
+            .with_extension("payment_id", json!(payment_id)),
+            ChargeError::InProgress { payment_id } => Problem::conflict(detail)
+                .with_retry_after(1)
                 .with_extension("payment_id", json!(payment_id)),
-            ),
-            ChargeError::InProgress { payment_id } => Self(
-                Problem::conflict(detail)
-                    .with_retry_after(1)
-                    .with_extension("payment_id", json!(payment_id)),
-            ),
             ChargeError::ProviderUnavailable {
                 retry_after_secs,
                 payment_id,
-            } => {
-                let ApiError(p) = provider_unavailable(retry_after_secs);
-                Self(p.with_extension("payment_id", json!(payment_id)))
-            }
+            } => provider_unavailable(retry_after_secs)
+                .with_extension("payment_id", json!(payment_id)),
             ChargeError::Unexpected(e) => unexpected(&e),
         }
     }
@@ -106,77 +73,68 @@ impl From<ChargeError> for ApiError {
 /// Refund problems carry `refundable_minor` (`refund-exceeds-payment`),
 /// `payment_status` (`payment-not-refundable`), `refund_id` and `code`
 /// (`refund-rejected`), `payment_currency` (a currency mismatch).
-impl From<RefundError> for ApiError {
+impl From<RefundError> for Problem {
     fn from(e: RefundError) -> Self {
         let detail = e.to_string();
         match e {
-            RefundError::Forbidden => Self(Problem::forbidden(detail)),
-            RefundError::NotFound => Self(Problem::not_found(detail)),
-            RefundError::NotRefundable(status) => Self(
-                Problem::new(
-                    StatusCode::CONFLICT,
-                    "payment-not-refundable",
-                    "Payment not refundable",
-                    detail,
-                )
-                .with_extension("payment_status", json!(status.as_str())),
-            ),
-            RefundError::ExceedsRefundable { refundable_minor } => Self(
-                Problem::new(
-                    StatusCode::CONFLICT,
-                    "refund-exceeds-payment",
-                    "Refund exceeds the payment",
-                    detail,
-                )
-                .with_extension("refundable_minor", json!(refundable_minor)),
-            ),
-            RefundError::KeyReused => Self(Problem::new(
+            RefundError::Forbidden => Problem::forbidden(detail),
+            RefundError::NotFound => Problem::not_found(detail),
+            RefundError::NotRefundable(status) => Problem::new(
+                StatusCode::CONFLICT,
+                "payment-not-refundable",
+                "Payment not refundable",
+                detail,
+            )
+            .with_extension("payment_status", json!(status.as_str())),
+            RefundError::ExceedsRefundable { refundable_minor } => Problem::new(
+                StatusCode::CONFLICT,
+                "refund-exceeds-payment",
+                "Refund exceeds the payment",
+                detail,
+            )
+            .with_extension("refundable_minor", json!(refundable_minor)),
+            RefundError::KeyReused => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",
                 "Idempotency key reused",
                 detail,
-            )),
-            RefundError::CurrencyMismatch { payment, .. } => Self(
+            ),
+            RefundError::CurrencyMismatch { payment, .. } => {
                 Problem::invalid_field("currency", detail)
-                    .with_extension("payment_currency", json!(payment.code())),
-            ),
-            RefundError::InProgress { refund_id } => Self(
-                Problem::conflict(detail)
-                    .with_retry_after(1)
-                    .with_extension("refund_id", json!(refund_id)),
-            ),
-            RefundError::Rejected { refund_id, code } => Self(
-                Problem::new(
-                    StatusCode::CONFLICT,
-                    "refund-rejected",
-                    "Refund rejected",
-                    detail,
-                )
-                .with_extension("refund_id", json!(refund_id))
-                .with_extension("code", json!(code)),
-            ),
+                    .with_extension("payment_currency", json!(payment.code()))
+            }
+            RefundError::InProgress { refund_id } => Problem::conflict(detail)
+                .with_retry_after(1)
+                .with_extension("refund_id", json!(refund_id)),
+            RefundError::Rejected { refund_id, code } => Problem::new(
+                StatusCode::CONFLICT,
+                "refund-rejected",
+                "Refund rejected",
+                detail,
+            )
+            .with_extension("refund_id", json!(refund_id))
+            .with_extension("code", json!(code)),
             RefundError::ProviderUnavailable {
                 retry_after_secs,
                 refund_id,
             } => {
-                let ApiError(p) = provider_unavailable(retry_after_secs);
-                Self(p.with_extension("refund_id", json!(refund_id)))
+                provider_unavailable(retry_after_secs).with_extension("refund_id", json!(refund_id))
             }
             RefundError::Unexpected(e) => unexpected(&e),
         }
     }
 }
 
-impl From<GetPaymentError> for ApiError {
+impl From<GetPaymentError> for Problem {
     fn from(e: GetPaymentError) -> Self {
         match e {
-            GetPaymentError::NotFound => Self(Problem::not_found(e.to_string())),
+            GetPaymentError::NotFound => Problem::not_found(e.to_string()),
             GetPaymentError::Unexpected(e) => unexpected(&e),
         }
     }
 }
 
-impl From<ListPaymentsError> for ApiError {
+impl From<ListPaymentsError> for Problem {
     fn from(e: ListPaymentsError) -> Self {
         match e {
             ListPaymentsError::Unexpected(e) => unexpected(&e),
@@ -240,7 +198,7 @@ pub struct CreatePaymentBody {
 }
 
 impl CreatePaymentBody {
-    fn try_into_domain(self) -> Result<ChargeRequest, ApiError> {
+    fn try_into_domain(self) -> Result<ChargeRequest, Problem> {
         let mut errors = FieldErrors::default();
         let order_id = errors.check("order_id", OrderId::parse(&self.order_id));
         let customer_id = errors.check("customer_id", CustomerId::parse(&self.customer_id));
@@ -254,9 +212,9 @@ impl CreatePaymentBody {
         match (order_id, customer_id, amount, currency, method) {
             (Some(o), Some(c), Some(a), Some(cur), Some(m)) => {
                 ChargeRequest::new(o, c, Money::new(a, cur), m)
-                    .map_err(|e| ApiError(Problem::invalid_field("amount_minor", e.to_string())))
+                    .map_err(|e| Problem::invalid_field("amount_minor", e.to_string()))
             }
-            _ => Err(ApiError(Problem::internal())),
+            _ => Err(Problem::internal()),
         }
     }
 }
@@ -418,12 +376,11 @@ pub struct ListQuery {
 }
 
 fn encode_cursor(id: PaymentId) -> String {
-    hex::encode(id.to_string())
+    pagination::encode_cursor(&id.to_string())
 }
 
 fn decode_cursor(s: &str) -> Option<PaymentId> {
-    let bytes = hex::decode(s).ok()?;
-    PaymentId::parse(std::str::from_utf8(&bytes).ok()?).ok()
+    PaymentId::parse(&pagination::decode_cursor(s)?).ok()
 }
 
 fn location(p: &Payment) -> String {
@@ -450,7 +407,7 @@ pub async fn create_payment(
     ctx: CallContext,
     api: web::Data<PaymentService>,
     body: web::Json<CreatePaymentBody>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     api.authorize_charge(&ctx)?;
     let req = body.into_inner().try_into_domain()?;
     let charged = api.charge(&ctx, req).await?;
@@ -478,7 +435,7 @@ pub async fn list_payments(
     ctx: CallContext,
     api: web::Data<PaymentService>,
     query: web::Query<ListQuery>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     let q = query.into_inner();
     let mut errors = FieldErrors::default();
     let limit = match parse_limit(q.limit.as_deref()) {
@@ -530,7 +487,7 @@ pub async fn get_payment(
     ctx: CallContext,
     api: web::Data<PaymentService>,
     id: web::Path<Uuid>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     let payment = api.get(&ctx, PaymentId(id.into_inner())).await?;
     Ok(HttpResponse::Ok().json(PaymentBody::from(&payment)))
 }
@@ -560,7 +517,7 @@ pub async fn create_refund(
     id: web::Path<Uuid>,
     req: actix_web::HttpRequest,
     body: web::Json<CreateRefundBody>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Problem> {
     api.authorize_refund(&ctx)?;
     let body = body.into_inner();
     let mut errors = FieldErrors::default();
@@ -581,17 +538,17 @@ pub async fn create_refund(
     let key = match key {
         Some(k) => errors.check("Idempotency-Key", k),
         None => {
-            return Err(ApiError(Problem::bad_request(
+            return Err(Problem::bad_request(
                 "this request needs an Idempotency-Key header (1–255 visible ASCII characters)",
-            )));
+            ));
         }
     };
     errors.into_result()?;
     let (Some(amount), Some(key)) = (amount, key) else {
-        return Err(ApiError(Problem::internal()));
+        return Err(Problem::internal());
     };
     let mut request = RefundRequest::new(PaymentId(id.into_inner()), amount, reason, key)
-        .map_err(|e| ApiError(Problem::invalid_field("amount_minor", e.to_string())))?;
+        .map_err(|e| Problem::invalid_field("amount_minor", e.to_string()))?;
     request.currency = currency;
     let refunded = api.refund(&ctx, request).await?;
     let mut res = if refunded.refunded_now {
