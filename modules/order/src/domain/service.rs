@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agora_kernel::{CallContext, Clock, EventEnvelope, FieldErrors, Principal, Role, SystemClock};
+use agora_kernel::{CallContext, Clock, EventEnvelope, Principal, Role, SystemClock};
 
 use crate::events;
 use chrono::{DateTime, Utc};
@@ -72,13 +72,47 @@ pub enum OrderError {
     /// Another step holds the order; retry shortly.
     #[error("the order is being processed; retry shortly")]
     Busy,
+    /// What is wrong, per request field (HTTP renders the fields as paths).
     #[error("the request is invalid")]
-    Validation(BTreeMap<String, Vec<String>>),
+    Validation(BTreeMap<RequestField, Vec<String>>),
     /// A module this needs is unavailable; nothing changed.
     #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
+}
+
+/// The part of an order request a validation error points at, as data: the
+/// HTTP edge renders it as the body's path (`items`, `items[1].sku`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RequestField {
+    /// The lines as a whole.
+    Items,
+    /// The sku of line `i` (0-based, in the request's order).
+    ItemSku(usize),
+}
+
+/// Validation errors as the domain collects them.
+#[derive(Debug, Default)]
+struct Invalid(BTreeMap<RequestField, Vec<String>>);
+
+impl Invalid {
+    fn add(&mut self, field: RequestField, message: impl Into<String>) {
+        self.0.entry(field).or_default().push(message.into());
+    }
+
+    fn one(field: RequestField, message: impl Into<String>) -> OrderError {
+        let mut e = Self::default();
+        e.add(field, message);
+        OrderError::Validation(e.0)
+    }
+}
+
+/// A page of orders, newest first: `next` is the last item's id when more follow.
+#[derive(Debug, Clone)]
+pub struct OrderListPage {
+    pub items: Vec<Order>,
+    pub next: Option<OrderId>,
 }
 
 impl From<StoreError> for OrderError {
@@ -322,24 +356,22 @@ impl OrderService {
                 }
                 PortError::Unexpected(e) => OrderError::Unexpected(e),
             })?;
-        let mut errors = FieldErrors::default();
+        let mut errors = Invalid::default();
         let mut priced = Vec::with_capacity(request.lines.len());
         let currency = request
             .lines
             .iter()
             .find_map(|l| quotes.get(l.sku.as_str()).map(|q| q.price.currency()));
         for (i, line) in request.lines.iter().enumerate() {
+            let field = RequestField::ItemSku(i);
             match quotes.get(line.sku.as_str()) {
-                None => errors.add(
-                    &format!("items[{i}].sku"),
-                    format!("unknown sku `{}`", line.sku.as_str()),
-                ),
+                None => errors.add(field, format!("unknown sku `{}`", line.sku.as_str())),
                 Some(q) if !q.active => errors.add(
-                    &format!("items[{i}].sku"),
+                    field,
                     format!("sku `{}` is not for sale", line.sku.as_str()),
                 ),
                 Some(q) if Some(q.price.currency()) != currency => errors.add(
-                    &format!("items[{i}].sku"),
+                    field,
                     format!(
                         "sku `{}` is priced in {}, the order in {}",
                         line.sku.as_str(),
@@ -350,18 +382,16 @@ impl OrderService {
                 Some(q) => priced.push((line.clone(), q.price)),
             }
         }
-        if !errors.is_empty() {
-            return Err(OrderError::Validation(errors.into_map()));
+        if !errors.0.is_empty() {
+            return Err(OrderError::Validation(errors.0));
         }
-        let (items, total) = price_lines(&priced).map_err(|m| {
-            let mut e = FieldErrors::default();
-            e.add("items", m);
-            OrderError::Validation(e.into_map())
-        })?;
+        let (items, total) =
+            price_lines(&priced).map_err(|m| Invalid::one(RequestField::Items, m))?;
         if total.minor() <= 0 {
-            let mut e = FieldErrors::default();
-            e.add("items", "the order total must be more than zero");
-            return Err(OrderError::Validation(e.into_map()));
+            return Err(Invalid::one(
+                RequestField::Items,
+                "the order total must be more than zero",
+            ));
         }
         Ok((items, total))
     }
@@ -880,6 +910,29 @@ impl OrderService {
             }
         }
         Ok(self.store.list(&filter, before, limit).await?)
+    }
+
+    /// One page of [`OrderService::list`]: up to `limit` orders older than
+    /// `before`, and where the next page starts when more follow.
+    ///
+    /// # Errors
+    /// As [`OrderService::list`].
+    pub async fn page(
+        &self,
+        ctx: &CallContext,
+        filter: OrderFilter,
+        before: Option<OrderId>,
+        limit: u32,
+    ) -> Result<OrderListPage, OrderError> {
+        let mut items = self.list(ctx, filter, before, limit + 1).await?;
+        let more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        let next = if more {
+            items.last().map(|o| o.id)
+        } else {
+            None
+        };
+        Ok(OrderListPage { items, next })
     }
 
     pub async fn history(

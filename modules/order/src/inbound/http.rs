@@ -17,7 +17,7 @@ use crate::domain::models::{
     Order, OrderFilter, OrderId, OrderLine, OrderRequest, OrderStatus, Quantity, RequestedLine,
     ShippingAddress, Sku, Transition,
 };
-use crate::domain::service::{OrderError, OrderService};
+use crate::domain::service::{OrderError, OrderService, RequestField};
 
 /// `POST /orders`. The example orders two of the skus `agora demo` loads.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -195,6 +195,16 @@ pub struct HistoryPage {
     pub next_cursor: Option<String>,
 }
 
+/// The body path a domain validation error points at.
+impl std::fmt::Display for RequestField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Items => f.write_str("items"),
+            Self::ItemSku(i) => write!(f, "items[{i}].sku"),
+        }
+    }
+}
+
 impl From<OrderError> for Problem {
     fn from(e: OrderError) -> Self {
         match e {
@@ -203,7 +213,12 @@ impl From<OrderError> for Problem {
             e @ OrderError::IllegalTransition { .. } => Problem::conflict(e.to_string()),
             e @ OrderError::VersionMismatch { .. } => Problem::precondition_failed(e.to_string()),
             e @ OrderError::Busy => Problem::conflict(e.to_string()).with_retry_after(1),
-            OrderError::Validation(errors) => Problem::validation(errors),
+            OrderError::Validation(errors) => Problem::validation(
+                errors
+                    .into_iter()
+                    .map(|(field, messages)| (field.to_string(), messages))
+                    .collect(),
+            ),
             OrderError::Unavailable(m) => Problem::unavailable(m, 5),
             OrderError::Unexpected(e) => Problem::unexpected(&e, "order"),
         }
@@ -333,21 +348,13 @@ pub async fn list(
         created_after,
         created_before,
     };
-    let orders = svc.list(&ctx, filter, before, limit + 1).await?;
-    let more = orders.len() > limit as usize;
-    let items: Vec<OrderBody> = orders
-        .into_iter()
-        .take(limit as usize)
-        .map(OrderBody::from)
-        .collect();
-    let next_cursor = if more {
-        items
-            .last()
-            .map(|o| pagination::encode_cursor(&o.id.to_string()))
-    } else {
-        None
-    };
-    Ok(HttpResponse::Ok().json(OrderPage { items, next_cursor }))
+    let page = svc.page(&ctx, filter, before, limit).await?;
+    Ok(HttpResponse::Ok().json(OrderPage {
+        items: page.items.into_iter().map(OrderBody::from).collect(),
+        next_cursor: page
+            .next
+            .map(|id| pagination::encode_cursor(&id.to_string())),
+    }))
 }
 
 /// One order: the owner, staff or admin (anyone else gets 404).

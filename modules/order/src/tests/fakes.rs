@@ -282,3 +282,10 @@ impl Payments for FakePayments {
         Ok(RefundOutcome::Refunded)
     }
 }
+
+/// Tests name validation fields as the API shows them (`items[1].sku`).
+impl PartialEq<&str> for crate::domain::service::RequestField {
+    fn eq(&self, other: &&str) -> bool {
+        self.to_string().as_str() == *other
+    }
+}
