@@ -16,8 +16,8 @@ use agora_inventory::domain::ports::{ReadError, ReservationError, ReserveError};
 use agora_kernel::{CallContext, Money};
 use agora_order::domain::models::{OrderId, Sku};
 use agora_order::domain::ports::{
-    Catalogue, ChargeOutcome, ChargeRequest, PaymentState, Payments, PortError, Quote,
-    RefundOutcome, ReserveOutcome, StockReservations,
+    Catalogue, ChargeOutcome, ChargeRequest, PaymentRef, PaymentState, Payments, PortError, Quote,
+    RefundOutcome, Refusal, ReserveOutcome, StockReservations,
 };
 use agora_payment::PaymentApi;
 use agora_payment::domain::models as pay;
@@ -28,7 +28,7 @@ use async_trait::async_trait;
 pub struct InventoryPorts(pub Arc<dyn InventoryApi>);
 
 fn refused(e: impl std::fmt::Display) -> PortError {
-    PortError::Refused(e.to_string())
+    PortError::Refused(Refusal::new(e))
 }
 
 fn unavailable(module: &str, e: &anyhow::Error) -> PortError {
@@ -156,7 +156,7 @@ impl Payments for PaymentPorts {
         &self,
         ctx: &CallContext,
         order_id: OrderId,
-    ) -> Result<Option<(String, PaymentState)>, PortError> {
+    ) -> Result<Option<(PaymentRef, PaymentState)>, PortError> {
         match self
             .0
             .find_by_order(ctx, pay::OrderId(order_id.as_uuid()))
@@ -172,7 +172,7 @@ impl Payments for PaymentPorts {
                         PaymentState::Settled
                     }
                 };
-                Ok(Some((p.id.to_string(), state)))
+                Ok(Some((PaymentRef::new(p.id.to_string()), state)))
             }
             Err(GetPaymentError::NotFound) => Ok(None),
             Err(GetPaymentError::Unexpected(e)) => Err(unavailable("payment", &e)),
@@ -186,18 +186,18 @@ impl Payments for PaymentPorts {
     ) -> Result<ChargeOutcome, PortError> {
         let request = pay::ChargeRequest::new(
             pay::OrderId(r.order_id.as_uuid()),
-            pay::CustomerId::parse(&r.customer_id).map_err(refused)?,
+            pay::CustomerId::parse(r.customer_id.as_str()).map_err(refused)?,
             r.amount,
             pay::PaymentMethod::parse(&r.payment_method).map_err(refused)?,
         )
         .map_err(refused)?;
         match self.0.charge(ctx, request, &r.idempotency_key).await {
             Ok(p) if p.status == pay::PaymentStatus::Failed => Ok(ChargeOutcome::Declined {
-                payment_id: p.id.to_string(),
+                payment_id: PaymentRef::new(p.id.to_string()),
                 code: p.failure_code.unwrap_or_else(|| "declined".into()),
             }),
             Ok(p) => Ok(ChargeOutcome::Succeeded {
-                payment_id: p.id.to_string(),
+                payment_id: PaymentRef::new(p.id.to_string()),
             }),
             Err(e @ (ChargeError::ProviderUnavailable { .. } | ChargeError::InProgress { .. })) => {
                 Err(PortError::Unavailable(e.to_string()))
@@ -210,11 +210,11 @@ impl Payments for PaymentPorts {
     async fn refund(
         &self,
         ctx: &CallContext,
-        payment_id: &str,
+        payment_id: &PaymentRef,
         amount: Money,
         key: &str,
     ) -> Result<RefundOutcome, PortError> {
-        let id = pay::PaymentId::parse(payment_id).map_err(refused)?;
+        let id = pay::PaymentId::parse(payment_id.as_str()).map_err(refused)?;
         let request_key = pay::RequestKey::parse(key).map_err(refused)?;
         let request =
             pay::RefundRequest::of_money(id, amount, None, request_key).map_err(refused)?;

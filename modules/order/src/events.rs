@@ -63,7 +63,7 @@ pub fn envelope(
         items: order.items.clone(),
         total_minor: order.total.minor(),
         currency: order.total.currency().to_string(),
-        payment_id: order.payment_id.clone(),
+        payment_id: order.payment_id.as_ref().map(|p| p.as_str().to_owned()),
         reason: reason.map(str::to_owned),
     };
     EventEnvelope::new(event_type, crate::NAME, correlation_id, &payload)

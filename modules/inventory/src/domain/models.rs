@@ -684,7 +684,7 @@ mod tests {
 
     fn level(w: &str, on_hand: i64, reserved: i64) -> StockLevel {
         StockLevel {
-            warehouse: WarehouseCode::parse(w).unwrap_or_else(|_| unreachable!()),
+            warehouse: WarehouseCode::parse(w).unwrap(),
             on_hand,
             reserved,
         }

@@ -248,7 +248,7 @@ pub struct Order {
     pub total: Money,
     pub shipping_address: ShippingAddress,
     pub payment_method: String,
-    pub payment_id: Option<String>,
+    pub payment_id: Option<PaymentRef>,
     pub failure_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -322,6 +322,41 @@ pub fn price_lines(lines: &[(RequestedLine, Money)]) -> Result<(Vec<OrderLine>, 
     Ok((out, total))
 }
 
+/// Who pays, as the payment module knows them: the principal's subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerRef(String);
+
+impl CustomerRef {
+    pub fn new(subject: impl Into<String>) -> Self {
+        Self(subject.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The payment module's id of an order's payment; opaque to this module,
+/// which keeps it and hands it back for refunds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PaymentRef(String);
+
+impl PaymentRef {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for PaymentRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,16 +426,16 @@ mod tests {
 
     #[test]
     fn lines_are_priced_in_minor_units() {
-        let eur = agora_kernel::Currency::parse("EUR").unwrap_or_else(|_| unreachable!());
+        let eur = agora_kernel::Currency::parse("EUR").unwrap();
         let line = |sku: &str, q: i64| RequestedLine {
-            sku: Sku::parse(sku).unwrap_or_else(|_| unreachable!()),
-            quantity: Quantity::parse(q).unwrap_or_else(|_| unreachable!()),
+            sku: Sku::parse(sku).unwrap(),
+            quantity: Quantity::parse(q).unwrap(),
         };
         let (lines, total) = price_lines(&[
             (line("A", 2), Money::new(1250, eur)),
             (line("B", 1), Money::new(99, eur)),
         ])
-        .unwrap_or_else(|_| unreachable!());
+        .unwrap();
         assert_eq!(lines[0].line_total_minor, 2500);
         assert_eq!(total, Money::new(2599, eur));
     }

@@ -10,6 +10,7 @@ use agora_kernel::{CallContext, EventEnvelope, Money};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+pub use super::models::{CustomerRef, PaymentRef};
 use super::models::{Order, OrderFilter, OrderId, OrderStatus, ShippingAddress, Sku, Transition};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +37,7 @@ pub struct Change {
     /// run): its history row goes in this write, before `status`'s. The
     /// order passed to [`OrderStore::apply`] already shows its effect.
     pub earlier: Option<Transition>,
-    pub payment_id: Option<String>,
+    pub payment_id: Option<PaymentRef>,
     pub failure_reason: Option<String>,
     pub attempts: Option<u32>,
     /// `Some(None)` clears the retry time.
@@ -153,6 +154,24 @@ pub trait OrderStore: Send + Sync {
     async fn count_in_status(&self, status: OrderStatus) -> Result<i64, StoreError>;
 }
 
+/// Another module's refusal. What it said is kept for the logs and retry
+/// notes; it never reaches an order's `failure_reason` or an API answer, which
+/// the order module words itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(String);
+
+impl Refusal {
+    pub fn new(said: impl std::fmt::Display) -> Self {
+        Self(said.to_string())
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Why a call to another module did not give an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
@@ -161,7 +180,7 @@ pub enum PortError {
     Unavailable(String),
     /// It will never succeed as asked.
     #[error("refused: {0}")]
-    Refused(String),
+    Refused(Refusal),
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }
@@ -235,7 +254,7 @@ pub trait StockReservations: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChargeRequest {
     pub order_id: OrderId,
-    pub customer_id: String,
+    pub customer_id: CustomerRef,
     pub amount: Money,
     pub payment_method: String,
     pub idempotency_key: String,
@@ -244,11 +263,11 @@ pub struct ChargeRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChargeOutcome {
     Succeeded {
-        payment_id: String,
+        payment_id: PaymentRef,
     },
     /// Final: the card was declined.
     Declined {
-        payment_id: String,
+        payment_id: PaymentRef,
         code: String,
     },
 }
@@ -286,7 +305,7 @@ pub trait Payments: Send + Sync {
         &self,
         ctx: &CallContext,
         order_id: OrderId,
-    ) -> Result<Option<(String, PaymentState)>, PortError>;
+    ) -> Result<Option<(PaymentRef, PaymentState)>, PortError>;
 
     /// Charge once per idempotency key, whatever is retried.
     ///
@@ -305,7 +324,7 @@ pub trait Payments: Send + Sync {
     async fn refund(
         &self,
         ctx: &CallContext,
-        payment_id: &str,
+        payment_id: &PaymentRef,
         amount: Money,
         idempotency_key: &str,
     ) -> Result<RefundOutcome, PortError>;

@@ -27,8 +27,9 @@ use super::models::{
     Transition, price_lines,
 };
 use super::ports::{
-    Catalogue, Change, ChargeOutcome, ChargeRequest, Lease, OrderStore, PaymentState, Payments,
-    PortError, RefundOutcome, ReserveOutcome, StockReservations, StoreError,
+    Catalogue, Change, ChargeOutcome, ChargeRequest, CustomerRef, Lease, OrderStore, PaymentRef,
+    PaymentState, Payments, PortError, RefundOutcome, ReserveOutcome, StockReservations,
+    StoreError,
 };
 
 /// Saga tuning.
@@ -351,8 +352,9 @@ impl OrderService {
             .quote(ctx, &skus)
             .await
             .map_err(|e| match e {
-                PortError::Unavailable(m) | PortError::Refused(m) => {
-                    OrderError::Unavailable(format!("the catalogue is unavailable: {m}"))
+                e @ (PortError::Unavailable(_) | PortError::Refused(_)) => {
+                    tracing::warn!(error = %e, "the catalogue did not quote");
+                    OrderError::Unavailable("the catalogue is unavailable".to_owned())
                 }
                 PortError::Unexpected(e) => OrderError::Unexpected(e),
             })?;
@@ -511,7 +513,7 @@ impl OrderService {
     async fn refund_rest(
         &self,
         ctx: &CallContext,
-        payment_id: &str,
+        payment_id: &PaymentRef,
         amount: agora_kernel::Money,
         key: &str,
     ) -> Result<(), PortError> {
@@ -623,8 +625,9 @@ impl OrderService {
                 let reason = format!("out of stock: {}", skus.join(", "));
                 self.reject(order, corr, reason).await
             }
-            Err(PortError::Refused(m)) => {
-                let reason = format!("stock could not be reserved: {m}");
+            Err(PortError::Refused(said)) => {
+                tracing::warn!(order_id = %order.id, %said, "inventory refused the reservation");
+                let reason = "stock could not be reserved".to_owned();
                 self.reject(order, corr, reason).await
             }
             Err(e) if self.now() >= order.payment_deadline => {
@@ -635,7 +638,8 @@ impl OrderService {
                             .await,
                     ));
                 }
-                let reason = format!("stock could not be reserved before the deadline: {e}");
+                tracing::warn!(order_id = %order.id, error = %e, "no reservation by the deadline");
+                let reason = "stock could not be reserved before the deadline".to_owned();
                 self.reject(order, corr, reason).await
             }
             Err(e) => Err(Step::retry(
@@ -709,7 +713,7 @@ impl OrderService {
     ) -> Result<Next, Step> {
         let ctx = CallContext::service(crate::NAME, corr);
         // What every write of this step carries: the payment it took, if any.
-        let carried = |payment_id: Option<String>| Change {
+        let carried = |payment_id: Option<PaymentRef>| Change {
             payment_id,
             earlier: earlier.clone(),
             ..Change::default()
@@ -735,7 +739,7 @@ impl OrderService {
         }
         let request = ChargeRequest {
             order_id: order.id,
-            customer_id: order.customer_id.clone(),
+            customer_id: CustomerRef::new(order.customer_id.clone()),
             amount: order.total,
             payment_method: order.payment_method.clone(),
             idempotency_key: order.charge_key(),
@@ -761,8 +765,9 @@ impl OrderService {
                             .await?,
                         ))
                     }
-                    Err(PortError::Refused(m)) => {
+                    Err(PortError::Refused(said)) => {
                         // The stock is gone (reservation expired): give the money back.
+                        tracing::warn!(order_id = %order.id, %said, "inventory refused to confirm");
                         let refund = self
                             .refund_rest(&ctx, &payment_id, order.total, &order.refund_key())
                             .await;
@@ -780,7 +785,7 @@ impl OrderService {
                             order,
                             corr,
                             carried(Some(payment_id)),
-                            format!("the stock reservation ended: {m}"),
+                            "the stock reservation ended before the payment".to_owned(),
                         )
                         .await
                     }
@@ -803,8 +808,9 @@ impl OrderService {
                 )
                 .await
             }
-            Err(PortError::Refused(m)) => {
-                self.fail_payment(order, corr, carried(None), format!("payment refused: {m}"))
+            Err(PortError::Refused(said)) => {
+                tracing::warn!(order_id = %order.id, %said, "payment refused the charge");
+                self.fail_payment(order, corr, carried(None), "payment refused".to_owned())
                     .await
             }
             Err(e) if self.now() >= order.payment_deadline => {
@@ -816,7 +822,7 @@ impl OrderService {
                             order,
                             corr,
                             carried(None),
-                            format!("the payment deadline passed ({e})"),
+                            "the payment deadline passed".to_owned(),
                         )
                         .await
                     }
@@ -1002,7 +1008,10 @@ impl OrderService {
             // an order that stays confirmed could be sold twice.
             let unavailable = |what: &str, e: PortError| match e {
                 PortError::Unexpected(e) => OrderError::Unexpected(e),
-                other => OrderError::Unavailable(format!("{what}: {other}")),
+                other => {
+                    tracing::warn!(order_id = %order.id, error = %other, "cancelling: {what}");
+                    OrderError::Unavailable(format!("{what}; retry shortly"))
+                }
             };
             let payment = match &order.payment_id {
                 Some(id) => Some((id.clone(), PaymentState::Captured)),

@@ -137,7 +137,7 @@ impl From<Order> for OrderBody {
             total_minor: o.total.minor(),
             currency: o.total.currency().to_string(),
             shipping_address: o.shipping_address,
-            payment_id: o.payment_id,
+            payment_id: o.payment_id.map(|p| p.as_str().to_owned()),
             failure_reason: o.failure_reason,
             created_at: o.created_at,
             updated_at: o.updated_at,

@@ -15,6 +15,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::domain::models::PaymentRef;
 use crate::domain::models::{Order, OrderFilter, OrderId, OrderStatus, Transition};
 use crate::domain::ports::{Change, Lease, OrderStore, StoreError};
 
@@ -72,7 +73,7 @@ impl OrderRow {
             shipping_address: serde_json::from_str(&self.shipping_address)
                 .context("stored address is unreadable")?,
             payment_method: self.payment_method,
-            payment_id: self.payment_id,
+            payment_id: self.payment_id.map(PaymentRef::new),
             failure_reason: self.failure_reason,
             created_at: from_epoch_ms(self.created_at),
             updated_at: from_epoch_ms(self.updated_at),
@@ -205,7 +206,7 @@ macro_rules! sql_order_store {
                         .bind(o.total.currency().to_string())
                         .bind(serde_json::to_string(&o.shipping_address).context("address")?)
                         .bind(&o.payment_method)
-                        .bind(&o.payment_id)
+                        .bind(o.payment_id.as_ref().map(PaymentRef::as_str))
                         .bind(&o.failure_reason)
                         .bind(epoch_ms(o.created_at))
                         .bind(epoch_ms(o.updated_at))
@@ -291,7 +292,7 @@ macro_rules! sql_order_store {
                     let batch = agora_kernel::outbox::$module::Batch::of(&change.events)?;
                     let (matched, exists): (i64, bool) = sqlx::query_as(&APPLY)
                         .bind(next.status.as_str())
-                        .bind(&next.payment_id)
+                        .bind(next.payment_id.as_ref().map(PaymentRef::as_str))
                         .bind(&next.failure_reason)
                         .bind(i64::from(next.attempts))
                         .bind(next.next_attempt_at.map(epoch_ms))
@@ -515,7 +516,7 @@ pub mod sqlite {
                             o.total.currency().to_string(),
                             address,
                             o.payment_method,
-                            o.payment_id,
+                            o.payment_id.as_ref().map(PaymentRef::as_str),
                             o.failure_reason,
                             epoch_ms(o.created_at),
                             epoch_ms(o.updated_at),
@@ -644,7 +645,7 @@ pub mod sqlite {
                         )?
                         .execute(rusqlite::params![
                             next.status.as_str(),
-                            next.payment_id,
+                            next.payment_id.as_ref().map(PaymentRef::as_str),
                             next.failure_reason,
                             i64::from(next.attempts),
                             next.next_attempt_at.map(epoch_ms),

@@ -8,10 +8,10 @@ use std::time::Duration;
 use agora_kernel::{CallContext, Currency, Money};
 use async_trait::async_trait;
 
-use crate::domain::models::{OrderId, Sku};
+use crate::domain::models::{OrderId, PaymentRef, Sku};
 use crate::domain::ports::{
     Catalogue, ChargeOutcome, ChargeRequest, PaymentState, Payments, PortError, Quote,
-    RefundOutcome, ReserveOutcome, StockReservations,
+    RefundOutcome, Refusal, ReserveOutcome, StockReservations,
 };
 
 pub fn eur(minor: i64) -> Money {
@@ -159,7 +159,7 @@ impl StockReservations for FakeStock {
     async fn confirm(&self, _: &CallContext, id: &str) -> Result<(), PortError> {
         match self.reservations.lock().unwrap().get(id) {
             Some((_, Held::Reserved | Held::Committed)) => Ok(()),
-            _ => Err(PortError::Refused("reservation expired".into())),
+            _ => Err(PortError::Refused(Refusal::new("reservation expired"))),
         }
     }
 
@@ -170,7 +170,7 @@ impl StockReservations for FakeStock {
                 *h = Held::Committed;
                 Ok(())
             }
-            _ => Err(PortError::Refused("not held".into())),
+            _ => Err(PortError::Refused(Refusal::new("not held"))),
         }
     }
 
@@ -232,7 +232,7 @@ impl Payments for FakePayments {
         &self,
         _: &CallContext,
         order_id: OrderId,
-    ) -> Result<Option<(String, PaymentState)>, PortError> {
+    ) -> Result<Option<(PaymentRef, PaymentState)>, PortError> {
         let id = format!("pay-{order_id}");
         let refunded = self
             .refunds
@@ -241,6 +241,7 @@ impl Payments for FakePayments {
             .iter()
             .any(|(p, _, _)| *p == id);
         let captured = self.charges.lock().unwrap().values().any(|p| *p == id);
+        let id = PaymentRef::new(id);
         Ok(match (captured, refunded) {
             (true, false) => Some((id, PaymentState::Captured)),
             (true, true) => Some((id, PaymentState::Settled)),
@@ -254,7 +255,7 @@ impl Payments for FakePayments {
         match mode {
             PayMode::Down => Err(PortError::Unavailable("breaker open".into())),
             PayMode::Decline => Ok(ChargeOutcome::Declined {
-                payment_id: format!("pay-{}", r.order_id),
+                payment_id: PaymentRef::new(format!("pay-{}", r.order_id)),
                 code: "card_declined".into(),
             }),
             PayMode::Approve => {
@@ -263,7 +264,9 @@ impl Payments for FakePayments {
                     .entry(r.idempotency_key.clone())
                     .or_insert_with(|| format!("pay-{}", r.order_id))
                     .clone();
-                Ok(ChargeOutcome::Succeeded { payment_id: id })
+                Ok(ChargeOutcome::Succeeded {
+                    payment_id: PaymentRef::new(id),
+                })
             }
         }
     }
@@ -271,13 +274,17 @@ impl Payments for FakePayments {
     async fn refund(
         &self,
         _: &CallContext,
-        payment_id: &str,
+        payment_id: &PaymentRef,
         amount: Money,
         key: &str,
     ) -> Result<RefundOutcome, PortError> {
         let mut refunds = self.refunds.lock().unwrap();
         if !refunds.iter().any(|(_, _, k)| k == key) {
-            refunds.push((payment_id.to_owned(), amount.minor(), key.to_owned()));
+            refunds.push((
+                payment_id.as_str().to_owned(),
+                amount.minor(),
+                key.to_owned(),
+            ));
         }
         Ok(RefundOutcome::Refunded)
     }
