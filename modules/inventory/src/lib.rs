@@ -206,11 +206,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 #[async_trait]
 impl Module for InventoryModule {
     fn info(&self) -> ModuleInfo {
-        ModuleInfo {
-            name: NAME.to_owned(),
-            store: self.api.backend().to_owned(),
-            routes: ROUTES.iter().map(|r| (*r).to_owned()).collect(),
-        }
+        ModuleInfo::new(NAME, self.api.backend(), ROUTES)
     }
 
     fn configure(&self, cfg: &mut actix_web::web::ServiceConfig) {

@@ -255,6 +255,12 @@ impl SqlModuleBase {
         Ok(Self { name, db, relay })
     }
 
+    /// The module as the host sees it: its name, this database's backend and
+    /// the `/api/v1` prefixes it serves.
+    pub fn info(&self, routes: &[&str]) -> crate::module::ModuleInfo {
+        crate::module::ModuleInfo::new(self.name, self.db.backend().as_str(), routes)
+    }
+
     /// The relay as a background task.
     pub fn relay_task(&self) -> crate::module::BackgroundTask {
         let relay = self.relay.clone();

@@ -81,6 +81,16 @@ pub struct ModuleInfo {
     pub routes: Vec<String>,
 }
 
+impl ModuleInfo {
+    pub fn new(name: &str, store: &str, routes: &[&str]) -> Self {
+        Self {
+            name: name.to_owned(),
+            store: store.to_owned(),
+            routes: routes.iter().map(|r| (*r).to_owned()).collect(),
+        }
+    }
+}
+
 /// The public face of a module crate.
 #[async_trait]
 pub trait Module: Send + Sync + 'static {

@@ -275,11 +275,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 #[async_trait]
 impl Module for PaymentModule {
     fn info(&self) -> ModuleInfo {
-        ModuleInfo {
-            name: NAME.to_owned(),
-            store: self.base.db.backend().as_str().to_owned(),
-            routes: ROUTES.iter().map(|r| (*r).to_owned()).collect(),
-        }
+        self.base.info(ROUTES)
     }
 
     fn configure(&self, cfg: &mut actix_web::web::ServiceConfig) {

@@ -99,6 +99,31 @@ struct RefundableRow {
     refund_reserved_minor: i64,
 }
 
+/// The provider calls a lease guards: a charge (a `payments` row) or a
+/// refund (a `refunds` row). The two leases work alike: taken on a pending
+/// row whose lease is free or stale, given back on failure.
+#[derive(Debug, Clone, Copy)]
+enum Leased {
+    Payment,
+    Refund,
+}
+
+impl Leased {
+    fn table(self) -> &'static str {
+        match self {
+            Self::Payment => "payments",
+            Self::Refund => "refunds",
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Self::Payment => "payment",
+            Self::Refund => "refund",
+        }
+    }
+}
+
 fn currency(code: &str) -> anyhow::Result<Currency> {
     Currency::parse(code).with_context(|| format!("a stored row has an unknown currency `{code}`"))
 }
@@ -186,6 +211,44 @@ pub mod sqlite {
     impl Store {
         pub fn new(db: Sqlite) -> Self {
             Self { db }
+        }
+
+        async fn lease(
+            &self,
+            what: Leased,
+            id: String,
+            now: DateTime<Utc>,
+            stale_before: DateTime<Utc>,
+        ) -> anyhow::Result<bool> {
+            let sql = format!(
+                "UPDATE {} SET attempt_at = ?1 WHERE id = ?2 AND status = 'pending' \
+                 AND (attempt_at IS NULL OR attempt_at < ?3)",
+                what.table()
+            );
+            let done = self
+                .db
+                .write(move |tx| {
+                    tx.prepare_cached(&sql)?.execute(params![
+                        epoch_ms(now),
+                        id,
+                        epoch_ms(stale_before)
+                    ])
+                })
+                .await
+                .with_context(|| format!("failed to lease a pending {}", what.noun()))?;
+            Ok(done == 1)
+        }
+
+        async fn release(&self, what: Leased, id: String) -> anyhow::Result<()> {
+            let sql = format!(
+                "UPDATE {} SET attempt_at = NULL WHERE id = ?1 AND status = 'pending'",
+                what.table()
+            );
+            self.db
+                .write(move |tx| tx.prepare_cached(&sql)?.execute([id]))
+                .await
+                .with_context(|| format!("failed to release a {}'s lease", what.noun()))?;
+            Ok(())
         }
     }
 
@@ -389,29 +452,12 @@ pub mod sqlite {
             now: DateTime<Utc>,
             stale_before: DateTime<Utc>,
         ) -> anyhow::Result<bool> {
-            let done =
-                self.db
-                    .write(move |tx| {
-                        tx.prepare_cached(
-                        "UPDATE payments SET attempt_at = ?1 WHERE id = ?2 AND status = 'pending' \
-                         AND (attempt_at IS NULL OR attempt_at < ?3)",
-                    )?
-                    .execute(params![epoch_ms(now), id.to_string(), epoch_ms(stale_before)])
-                    })
-                    .await
-                    .context("failed to lease a pending payment")?;
-            Ok(done == 1)
+            self.lease(Leased::Payment, id.to_string(), now, stale_before)
+                .await
         }
 
         async fn release_charge(&self, id: PaymentId) -> anyhow::Result<()> {
-            self.db
-                .write(move |tx| {
-                    tx.prepare_cached("UPDATE payments SET attempt_at = NULL WHERE id = ?1 AND status = 'pending'")?
-                        .execute([id.to_string()])
-                })
-                .await
-                .context("failed to release a payment's lease")?;
-            Ok(())
+            self.release(Leased::Payment, id.to_string()).await
         }
 
         #[tracing::instrument(skip_all, fields(payment_id = %pending.id))]
@@ -603,31 +649,12 @@ pub mod sqlite {
             now: DateTime<Utc>,
             stale_before: DateTime<Utc>,
         ) -> anyhow::Result<bool> {
-            let done =
-                self.db
-                    .write(move |tx| {
-                        tx.prepare_cached(
-                        "UPDATE refunds SET attempt_at = ?1 WHERE id = ?2 AND status = 'pending' \
-                         AND (attempt_at IS NULL OR attempt_at < ?3)",
-                    )?
-                    .execute(params![epoch_ms(now), id.to_string(), epoch_ms(stale_before)])
-                    })
-                    .await
-                    .context("failed to lease a pending refund")?;
-            Ok(done == 1)
+            self.lease(Leased::Refund, id.to_string(), now, stale_before)
+                .await
         }
 
         async fn release_refund(&self, id: RefundId) -> anyhow::Result<()> {
-            self.db
-                .write(move |tx| {
-                    tx.prepare_cached(
-                        "UPDATE refunds SET attempt_at = NULL WHERE id = ?1 AND status = 'pending'",
-                    )?
-                    .execute([id.to_string()])
-                })
-                .await
-                .context("failed to release a refund's lease")?;
-            Ok(())
+            self.release(Leased::Refund, id.to_string()).await
         }
 
         #[tracing::instrument(skip_all, fields(refund_id = %id))]
@@ -762,6 +789,35 @@ macro_rules! sql_store {
                         .await
                         .context("failed to start a transaction")
                 }
+
+                async fn lease(&self, what: Leased, id: String, now: DateTime<Utc>, stale_before: DateTime<Utc>) -> anyhow::Result<bool> {
+                    let sql = format!(
+                        "UPDATE {} SET attempt_at = $1 WHERE id = $2 AND status = 'pending' \
+                         AND (attempt_at IS NULL OR attempt_at < $3)",
+                        what.table()
+                    );
+                    let done = sqlx::query(&sql)
+                        .bind(epoch_ms(now))
+                        .bind(id)
+                        .bind(epoch_ms(stale_before))
+                        .execute(&self.pool)
+                        .await
+                        .with_context(|| format!("failed to lease a pending {}", what.noun()))?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn release(&self, what: Leased, id: String) -> anyhow::Result<()> {
+                    let sql = format!(
+                        "UPDATE {} SET attempt_at = NULL WHERE id = $1 AND status = 'pending'",
+                        what.table()
+                    );
+                    sqlx::query(&sql)
+                        .bind(id)
+                        .execute(&self.pool)
+                        .await
+                        .with_context(|| format!("failed to release a {}'s lease", what.noun()))?;
+                    Ok(())
+                }
             }
 
             async fn refunds_of(conn: &mut Conn, payment_id: &str) -> anyhow::Result<Vec<Refund>> {
@@ -876,26 +932,11 @@ macro_rules! sql_store {
                 }
 
                 async fn lease_charge(&self, id: PaymentId, now: DateTime<Utc>, stale_before: DateTime<Utc>) -> anyhow::Result<bool> {
-                    let done = sqlx::query(
-                        "UPDATE payments SET attempt_at = $1 WHERE id = $2 AND status = 'pending' \
-                         AND (attempt_at IS NULL OR attempt_at < $3)",
-                    )
-                    .bind(epoch_ms(now))
-                    .bind(id.to_string())
-                    .bind(epoch_ms(stale_before))
-                    .execute(&self.pool)
-                    .await
-                    .context("failed to lease a pending payment")?;
-                    Ok(done.rows_affected() == 1)
+                    self.lease(Leased::Payment, id.to_string(), now, stale_before).await
                 }
 
                 async fn release_charge(&self, id: PaymentId) -> anyhow::Result<()> {
-                    sqlx::query("UPDATE payments SET attempt_at = NULL WHERE id = $1 AND status = 'pending'")
-                        .bind(id.to_string())
-                        .execute(&self.pool)
-                        .await
-                        .context("failed to release a payment's lease")?;
-                    Ok(())
+                    self.release(Leased::Payment, id.to_string()).await
                 }
 
                 #[tracing::instrument(skip_all, fields(payment_id = %pending.id))]
@@ -1021,26 +1062,11 @@ macro_rules! sql_store {
                 }
 
                 async fn lease_refund(&self, id: RefundId, now: DateTime<Utc>, stale_before: DateTime<Utc>) -> anyhow::Result<bool> {
-                    let done = sqlx::query(
-                        "UPDATE refunds SET attempt_at = $1 WHERE id = $2 AND status = 'pending' \
-                         AND (attempt_at IS NULL OR attempt_at < $3)",
-                    )
-                    .bind(epoch_ms(now))
-                    .bind(id.to_string())
-                    .bind(epoch_ms(stale_before))
-                    .execute(&self.pool)
-                    .await
-                    .context("failed to lease a pending refund")?;
-                    Ok(done.rows_affected() == 1)
+                    self.lease(Leased::Refund, id.to_string(), now, stale_before).await
                 }
 
                 async fn release_refund(&self, id: RefundId) -> anyhow::Result<()> {
-                    sqlx::query("UPDATE refunds SET attempt_at = NULL WHERE id = $1 AND status = 'pending'")
-                        .bind(id.to_string())
-                        .execute(&self.pool)
-                        .await
-                        .context("failed to release a refund's lease")?;
-                    Ok(())
+                    self.release(Leased::Refund, id.to_string()).await
                 }
 
                 #[tracing::instrument(skip_all, fields(refund_id = %id))]
