@@ -321,49 +321,64 @@ impl OutboxRelay {
         }
     }
 
-    /// Run until `shutdown` is cancelled: drain what is due (one write per
-    /// batch: see [`OutboxStore::mark_published_and_claim`]), then sleep until
-    /// woken or the poll interval passes. Once an hour, delete rows published
-    /// more than `keep_published` ago.
-    pub async fn run(self, shutdown: CancellationToken) {
-        tracing::debug!(module = self.module, "outbox relay started");
-        let mut next_purge = Instant::now() + Duration::from_secs(60);
-        loop {
-            let more = match self.drain(&shutdown).await {
-                Ok(more) => more,
-                Err(e) => {
-                    tracing::error!(module = self.module, error = %format!("{e:#}"), "outbox relay failed to read its store");
-                    false
-                }
-            };
-            if Instant::now() >= next_purge {
-                next_purge = Instant::now() + Duration::from_secs(3600);
-                let cutoff = Utc::now()
-                    - chrono::Duration::from_std(self.config.keep_published).unwrap_or_default();
-                match self.store.purge_published(cutoff).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(
-                        module = self.module,
-                        purged = n,
-                        "old published outbox rows deleted"
-                    ),
-                    Err(e) => {
-                        tracing::warn!(module = self.module, error = %format!("{e:#}"), "failed to purge the outbox")
-                    }
-                }
-            }
-            if shutdown.is_cancelled() {
-                break;
-            }
-            if more {
-                continue;
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(self.config.poll_interval) => {}
+    /// Delete published rows older than `keep_published`.
+    async fn purge(&self) {
+        let cutoff =
+            Utc::now() - chrono::Duration::from_std(self.config.keep_published).unwrap_or_default();
+        match self.store.purge_published(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                module = self.module,
+                purged = n,
+                "old published outbox rows deleted"
+            ),
+            Err(e) => {
+                tracing::warn!(module = self.module, error = %format!("{e:#}"), "failed to purge the outbox")
             }
         }
+    }
+
+    /// Run until `shutdown` is cancelled: drain what is due (one write per
+    /// batch: see [`OutboxStore::mark_published_and_claim`]), then sleep until
+    /// woken or the poll interval passes ([`crate::periodically`]). Once an
+    /// hour, delete rows published more than `keep_published` ago.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::debug!(module = self.module, "outbox relay started");
+        let next_purge = std::sync::Mutex::new(Instant::now() + Duration::from_secs(60));
+        let (this, next_purge, token) = (&self, &next_purge, &shutdown);
+        crate::module::periodically(
+            token,
+            self.config.poll_interval,
+            Some(&self.wake),
+            move || async move {
+                let more = match this.drain(token).await {
+                    Ok(more) => more,
+                    Err(e) => {
+                        tracing::error!(module = this.module, error = %format!("{e:#}"), "outbox relay failed to read its store");
+                        false
+                    }
+                };
+                let purge_due = {
+                    let mut at = next_purge
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let due = Instant::now() >= *at;
+                    if due {
+                        *at = Instant::now() + Duration::from_secs(3600);
+                    }
+                    due
+                };
+                if purge_due {
+                    this.purge().await;
+                }
+                if more {
+                    crate::module::Round::More
+                } else {
+                    crate::module::Round::Idle
+                }
+            },
+        )
+        .await;
         tracing::debug!(module = self.module, "outbox relay stopped");
     }
 }
