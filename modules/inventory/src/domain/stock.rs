@@ -272,3 +272,225 @@ pub fn adjust(
 fn total_available(levels: &[StockLevel]) -> i64 {
     levels.iter().map(StockLevel::available).sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Duration, Utc};
+
+    use super::*;
+    use crate::domain::models::{LineRequest, Note, OrderRef, Quantity, ReleaseReason};
+
+    fn at() -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_800_000_000_000).unwrap()
+    }
+
+    fn meta() -> ChangeMeta {
+        ChangeMeta {
+            actor: "svc".into(),
+            correlation_id: "corr-1".into(),
+            at: at(),
+        }
+    }
+
+    fn product(sku: &str, active: bool, threshold: i64) -> Option<Product> {
+        Some(Product {
+            sku: Sku::parse(sku).unwrap(),
+            name: sku.into(),
+            description: None,
+            price: agora_kernel::Money::new(100, agora_kernel::Currency::parse("EUR").unwrap()),
+            active,
+            low_stock_threshold: threshold,
+            created_at: at(),
+            updated_at: at(),
+        })
+    }
+
+    fn level(w: &str, on_hand: i64, reserved: i64) -> StockLevel {
+        StockLevel {
+            warehouse: WarehouseCode::parse(w).unwrap(),
+            on_hand,
+            reserved,
+        }
+    }
+
+    fn request(lines: &[(&str, i64)]) -> NewReservation {
+        NewReservation {
+            id: ReservationId(uuid::Uuid::now_v7()),
+            order_id: OrderRef::parse("order-1").unwrap(),
+            lines: lines
+                .iter()
+                .map(|(sku, q)| LineRequest {
+                    sku: Sku::parse(sku).unwrap(),
+                    quantity: Quantity::new(*q).unwrap(),
+                })
+                .collect(),
+            ttl: None,
+        }
+    }
+
+    fn types(events: &[EventEnvelope]) -> Vec<&str> {
+        events.iter().map(|e| e.event_type.as_str()).collect()
+    }
+
+    #[test]
+    fn a_hold_allocates_every_line_and_emits_reserved_then_low_stock() {
+        let r = request(&[("MUG", 6), ("HAT", 1)]);
+        let products = [product("MUG", true, 6), product("HAT", true, 0)];
+        let levels = [
+            vec![level("A", 4, 0), level("B", 8, 1)],
+            vec![level("A", 3, 0)],
+        ];
+        let w = hold(
+            &r,
+            &products,
+            &levels,
+            at() + Duration::minutes(15),
+            &meta(),
+        )
+        .unwrap();
+        assert_eq!(w.reservation.status, ReservationStatus::Held);
+        assert_eq!(w.reservation.expires_at, Some(at() + Duration::minutes(15)));
+        // MUG: 7 available in B first, so all 6 from B; HAT from A.
+        let shifts: Vec<(&str, &str, i64, i64)> = w
+            .shifts
+            .iter()
+            .map(|s| (s.sku.as_str(), s.warehouse.as_str(), s.on_hand, s.reserved))
+            .collect();
+        assert_eq!(shifts, [("MUG", "B", 0, 6), ("HAT", "A", 0, 1)]);
+        // MUG goes from 11 available to 5, below its threshold of 6.
+        assert_eq!(
+            types(&w.events),
+            [crate::events::STOCK_RESERVED, crate::events::LOW_STOCK]
+        );
+        let m = w.shifts[0].movement(&level("B", 8, 7), &meta());
+        assert_eq!((m.quantity, m.reservation_id), (6, Some(r.id)));
+    }
+
+    #[test]
+    fn a_hold_names_every_unknown_or_inactive_line_then_every_short_line() {
+        let r = request(&[("MUG", 1), ("OLD", 1), ("NOPE", 1)]);
+        let products = [product("MUG", true, 0), product("OLD", false, 0), None];
+        let levels = [vec![level("A", 5, 0)], vec![level("A", 5, 0)], vec![]];
+        let Err(ReserveError::UnknownProducts(unknown)) =
+            hold(&r, &products, &levels, at(), &meta())
+        else {
+            panic!("unknown products must be refused")
+        };
+        let unknown: Vec<(usize, &str)> = unknown.iter().map(|(i, s)| (*i, s.as_str())).collect();
+        assert_eq!(unknown, [(1, "OLD"), (2, "NOPE")]);
+
+        let r = request(&[("MUG", 9), ("HAT", 1)]);
+        let products = [product("MUG", true, 0), product("HAT", true, 0)];
+        let levels = [
+            vec![level("A", 5, 0), level("B", 3, 0)],
+            vec![level("A", 1, 0)],
+        ];
+        let Err(ReserveError::Insufficient(short)) = hold(&r, &products, &levels, at(), &meta())
+        else {
+            panic!("a short line must be refused")
+        };
+        assert_eq!(short.len(), 1);
+        assert_eq!(
+            (short[0].line, short[0].requested, short[0].available),
+            (0, 9, 8)
+        );
+    }
+
+    #[test]
+    fn a_replay_returns_the_first_result_and_a_different_request_conflicts() {
+        let r = request(&[("MUG", 2)]);
+        let w = hold(
+            &r,
+            &[product("MUG", true, 0)],
+            &[vec![level("A", 5, 0)]],
+            at(),
+            &meta(),
+        )
+        .unwrap();
+        let again = replay(w.reservation.clone(), &r).unwrap();
+        assert!(!again.created);
+        assert_eq!(again.reservation.id, r.id);
+        let mut other = request(&[("MUG", 3)]);
+        other.id = r.id;
+        assert!(matches!(
+            replay(w.reservation, &other),
+            Err(ReserveError::IdConflict(_))
+        ));
+    }
+
+    #[test]
+    fn transitions_write_their_shifts_and_events_and_repeats_write_nothing() {
+        let r = request(&[("MUG", 2)]);
+        let later = at() + Duration::minutes(15);
+        let held = hold(
+            &r,
+            &[product("MUG", true, 0)],
+            &[vec![level("A", 5, 0)]],
+            later,
+            &meta(),
+        )
+        .unwrap()
+        .reservation;
+        let confirm = Transition::Confirm.decide(&held, &meta()).unwrap().unwrap();
+        assert!(confirm.shifts.is_empty() && confirm.events.is_empty());
+        assert_eq!(confirm.reservation.expires_at, None);
+
+        let commit = Transition::Commit.decide(&held, &meta()).unwrap().unwrap();
+        assert_eq!(
+            (commit.shifts[0].on_hand, commit.shifts[0].reserved),
+            (-2, -2)
+        );
+        assert_eq!(types(&commit.events), [crate::events::STOCK_COMMITTED]);
+        assert!(
+            Transition::Commit
+                .decide(&commit.reservation, &meta())
+                .unwrap()
+                .is_none()
+        );
+
+        let release = Transition::Release(ReleaseReason::Requested)
+            .decide(&held, &meta())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (release.shifts[0].on_hand, release.shifts[0].reserved),
+            (0, -2)
+        );
+        assert_eq!(types(&release.events), [crate::events::STOCK_RELEASED]);
+        assert!(
+            Transition::Confirm
+                .decide(&release.reservation, &meta())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn an_adjustment_below_what_is_reserved_is_refused_and_a_crossing_is_reported() {
+        let a = |delta: i64| Adjustment {
+            sku: Sku::parse("MUG").unwrap(),
+            warehouse: WarehouseCode::parse("A").unwrap(),
+            delta: crate::domain::models::Delta::new(delta).unwrap(),
+            reason: Note::parse("count", "reason").unwrap(),
+        };
+        let mug = product("MUG", true, 5).unwrap();
+        let levels = [level("A", 6, 2), level("B", 3, 0)];
+        assert!(matches!(
+            adjust(&a(-5), &mug, &levels, &meta()),
+            Err(StockError::WouldUnderflow {
+                on_hand: 6,
+                reserved: 2,
+                delta: -5
+            })
+        ));
+        // 7 available to 4: below the threshold of 5.
+        let w = adjust(&a(-3), &mug, &levels, &meta()).unwrap();
+        assert_eq!((w.shift.on_hand, w.shift.reserved), (-3, 0));
+        assert!(w.event.is_some());
+        assert!(
+            adjust(&a(2), &mug, &levels, &meta())
+                .unwrap()
+                .event
+                .is_none()
+        );
+    }
+}
