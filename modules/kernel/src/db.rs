@@ -145,17 +145,21 @@ impl SqlDatabase {
         }
     }
 
-    /// Run a module's own migrations after the kernel's.
+    /// Run a module's own migrations (versions ≥ 100) after the kernel's,
+    /// which share sqlx's bookkeeping table: both migrators pass over the
+    /// kernel's rows there.
     ///
     /// # Errors
     /// Failed migration.
     pub async fn migrate(
         &self,
-        sqlite: &sqlx::migrate::Migrator,
-        postgres: &sqlx::migrate::Migrator,
+        mut sqlite: sqlx::migrate::Migrator,
+        mut postgres: sqlx::migrate::Migrator,
     ) -> anyhow::Result<()> {
+        sqlite.set_ignore_missing(true);
+        postgres.set_ignore_missing(true);
         match self {
-            Self::Sqlite(db) => db.migrate(sqlite).await,
+            Self::Sqlite(db) => db.migrate(&sqlite).await,
             Self::Postgres(pool) => postgres.run(pool).await.map_err(anyhow::Error::from),
         }
         .context("failed to migrate the module's database")

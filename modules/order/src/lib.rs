@@ -16,7 +16,7 @@ mod outbound;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agora_kernel::db::{SqlDatabase, SqlModuleBase};
+use agora_kernel::db::SqlModuleBase;
 use agora_kernel::{BackgroundTask, EventBus, InvalidSetting, Module, ModuleInfo};
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -146,18 +146,8 @@ impl OrderModule {
         ports: OrderPorts,
     ) -> anyhow::Result<Self> {
         let base = SqlModuleBase::connect(NAME, database_url, bus).await?;
-        // Both migrators skip the kernel's migration (version 1) in the same table.
-        let mut sqlite = sqlx::migrate!("../../migrations/order/sqlite");
-        sqlite.set_ignore_missing(true);
-        let mut postgres = sqlx::migrate!("../../migrations/order/postgres");
-        postgres.set_ignore_missing(true);
-        base.db.migrate(&sqlite, &postgres).await?;
-        let store: Arc<dyn domain::ports::OrderStore> = match &base.db {
-            SqlDatabase::Sqlite(db) => Arc::new(outbound::sql::sqlite::Store::new(db.clone())),
-            SqlDatabase::Postgres(pool) => {
-                Arc::new(outbound::sql::postgres::Store::new(pool.clone()))
-            }
-        };
+        outbound::sql::migrate(&base.db).await?;
+        let store = outbound::sql::store_for(&base.db);
         let service = OrderService::new(
             store,
             ports.catalogue,

@@ -29,11 +29,11 @@ use crate::domain::ports::NotificationStore;
 /// # Errors
 /// A failed migration.
 pub async fn migrate(db: &SqlDatabase) -> anyhow::Result<()> {
-    let mut sqlite = sqlx::migrate!("../../migrations/notification/sqlite");
-    sqlite.set_ignore_missing(true);
-    let mut postgres = sqlx::migrate!("../../migrations/notification/postgres");
-    postgres.set_ignore_missing(true);
-    db.migrate(&sqlite, &postgres).await
+    db.migrate(
+        sqlx::migrate!("../../migrations/notification/sqlite"),
+        sqlx::migrate!("../../migrations/notification/postgres"),
+    )
+    .await
 }
 
 /// The store for a migrated database.

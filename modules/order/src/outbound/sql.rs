@@ -9,15 +9,36 @@
 //! A change is one version-guarded `UPDATE` (no read first): the caller's copy
 //! of the order is the stored one exactly when the version still matches.
 
-use agora_kernel::db::{epoch_ms, from_epoch_ms};
+use std::sync::Arc;
+
+use agora_kernel::db::{SqlDatabase, epoch_ms, from_epoch_ms};
 use agora_kernel::{Currency, EventEnvelope, Money};
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::models::PaymentRef;
-use crate::domain::models::{Order, OrderFilter, OrderId, OrderStatus, Transition};
+use crate::domain::models::{Order, OrderFilter, OrderId, OrderStatus, PaymentRef, Transition};
 use crate::domain::ports::{Change, Lease, OrderStore, StoreError};
+
+/// The module's own migrations, run after the kernel's. Versions start at 100.
+///
+/// # Errors
+/// A failed migration.
+pub async fn migrate(db: &SqlDatabase) -> anyhow::Result<()> {
+    db.migrate(
+        sqlx::migrate!("../../migrations/order/sqlite"),
+        sqlx::migrate!("../../migrations/order/postgres"),
+    )
+    .await
+}
+
+/// The store for a migrated database.
+pub fn store_for(db: &SqlDatabase) -> Arc<dyn OrderStore> {
+    match db {
+        SqlDatabase::Sqlite(db) => Arc::new(sqlite::Store::new(db.clone())),
+        SqlDatabase::Postgres(pool) => Arc::new(postgres::Store::new(pool.clone())),
+    }
+}
 
 #[derive(sqlx::FromRow)]
 struct OrderRow {

@@ -42,10 +42,6 @@ pub(crate) async fn postgres_store() -> Option<(Arc<dyn OrderStore>, SqlDatabase
 
 async fn migrated(url: &str) -> SqlDatabase {
     let db = SqlDatabase::connect(url).await.unwrap();
-    let mut sqlite = sqlx::migrate!("../../migrations/order/sqlite");
-    sqlite.set_ignore_missing(true);
-    let mut postgres = sqlx::migrate!("../../migrations/order/postgres");
-    postgres.set_ignore_missing(true);
-    db.migrate(&sqlite, &postgres).await.unwrap();
+    crate::outbound::sql::migrate(&db).await.unwrap();
     db
 }

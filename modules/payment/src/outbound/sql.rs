@@ -27,11 +27,11 @@ use crate::domain::ports::PaymentStore;
 /// # Errors
 /// A failed migration.
 pub async fn migrate(db: &SqlDatabase) -> anyhow::Result<()> {
-    let mut sqlite = sqlx::migrate!("../../migrations/payment/sqlite");
-    sqlite.set_ignore_missing(true);
-    let mut postgres = sqlx::migrate!("../../migrations/payment/postgres");
-    postgres.set_ignore_missing(true);
-    db.migrate(&sqlite, &postgres).await
+    db.migrate(
+        sqlx::migrate!("../../migrations/payment/sqlite"),
+        sqlx::migrate!("../../migrations/payment/postgres"),
+    )
+    .await
 }
 
 /// The store for a migrated database.
