@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agora_kernel::pagination::Page;
-use agora_kernel::{CallContext, EventEnvelope, Role, Round};
+use agora_kernel::{CallContext, Clock, EventEnvelope, Role, Round, SystemClock};
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -129,6 +129,7 @@ pub struct NotificationService {
     templates: Templates,
     policy: DeliveryPolicy,
     wake: Notify,
+    clock: Arc<dyn Clock>,
 }
 
 impl NotificationService {
@@ -156,7 +157,15 @@ impl NotificationService {
                 ..policy
             },
             wake: Notify::new(),
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// Use another clock (tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn NotificationStore> {
@@ -219,7 +228,7 @@ impl NotificationService {
             event_type: event.event_type.clone(),
             correlation_id: event.correlation_id.clone(),
         };
-        let now = Utc::now();
+        let now = self.clock.now();
         let mut notifications = Vec::new();
         for channel in Channel::ALL {
             let enabled = prefs.channels.enabled(channel);
@@ -281,7 +290,7 @@ impl NotificationService {
     pub async fn deliver_due(&self) -> anyhow::Result<usize> {
         let batch = self
             .store
-            .claim_due(Utc::now(), self.policy.lease, self.policy.batch_size)
+            .claim_due(self.clock.now(), self.policy.lease, self.policy.batch_size)
             .await?;
         let n = batch.len();
         if n == 0 {
@@ -316,7 +325,7 @@ impl NotificationService {
                 self.channels.of(n.channel).send(&message).await
             }
         };
-        self.judge(n, outcome, Utc::now())
+        self.judge(n, outcome, self.clock.now())
     }
 
     /// Metrics and logs for a recorded attempt.
@@ -523,7 +532,7 @@ impl NotificationService {
             .require(&[Role::Customer])
             .map_err(|d| NotificationError::Forbidden(d.to_string()))?;
         prefs.customer_id = ctx.principal.subject.clone();
-        self.store.put_preferences(&prefs, Utc::now()).await?;
+        self.store.put_preferences(&prefs, self.clock.now()).await?;
         Ok(prefs)
     }
 
@@ -541,7 +550,7 @@ impl NotificationService {
             .map_err(|d| NotificationError::Forbidden(d.to_string()))?;
         let n = self
             .store
-            .retry(id, Utc::now())
+            .retry(id, self.clock.now())
             .await
             .map_err(|e| match e {
                 RetryError::NotFound => NotificationError::NotFound,
