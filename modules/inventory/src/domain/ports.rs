@@ -234,7 +234,7 @@ pub trait InventoryStore: Send + Sync {
         limit: u32,
     ) -> anyhow::Result<Vec<Warehouse>>;
 
-    /// Add on-hand stock.
+    /// Add on-hand stock, as [`super::stock::receive`] decides.
     ///
     /// # Errors
     /// [`StockError::UnknownProduct`], [`StockError::UnknownWarehouse`]; store failures.

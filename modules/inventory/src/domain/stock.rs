@@ -3,14 +3,14 @@
 //! products, the levels), asks this module what the write is, then applies
 //! it: guarded level updates ([`Shift`]), the movements that record them, the
 //! reservation row and the events, all in its one transaction. Replay,
-//! product checks, allocation across warehouses, shortages, the transition
-//! table and low-stock crossings live only here, so the SQLite and MongoDB
-//! stores cannot drift apart on them.
+//! product and warehouse checks, allocation across warehouses, shortages, the
+//! transition table, adjustment refusals and low-stock crossings live only
+//! here, so the SQLite and MongoDB stores cannot drift apart on them.
 
 use agora_kernel::EventEnvelope;
 
 use super::models::{
-    Adjustment, ChangeMeta, Movement, MovementKind, NewReservation, Product, Reservation,
+    Adjustment, ChangeMeta, Movement, MovementKind, NewReservation, Product, Receipt, Reservation,
     ReservationId, ReservationStatus, ReservedLine, Shortage, Sku, StockLevel, WarehouseCode,
     allocate,
 };
@@ -31,6 +31,7 @@ pub struct Shift {
     kind: MovementKind,
     quantity: i64,
     reason: Option<String>,
+    reference: Option<String>,
     reservation: Option<ReservationId>,
 }
 
@@ -43,7 +44,7 @@ impl Shift {
             self.kind,
             self.quantity,
             self.reason.as_deref(),
-            None,
+            self.reference.as_deref(),
             self.reservation,
         )
     }
@@ -208,10 +209,51 @@ fn shifts(
                 kind,
                 quantity: a.quantity,
                 reason: reason.map(str::to_owned),
+                reference: None,
                 reservation: Some(r.id),
             })
         })
         .collect()
+}
+
+/// Stock moves only for a product in the catalogue (active or not) and a
+/// warehouse that exists.
+fn known<'p>(
+    sku: &Sku,
+    product: Option<&'p Product>,
+    warehouse: &WarehouseCode,
+    warehouse_known: bool,
+) -> Result<&'p Product, StockError> {
+    let product = product.ok_or_else(|| StockError::UnknownProduct(sku.clone()))?;
+    if !warehouse_known {
+        return Err(StockError::UnknownWarehouse(warehouse.clone()));
+    }
+    Ok(product)
+}
+
+/// A receipt: on-hand stock of the warehouse grows by its quantity (the
+/// level is created at the first one). `product` and `warehouse_known` are
+/// what the store read inside its transaction.
+///
+/// # Errors
+/// [`StockError::UnknownProduct`], [`StockError::UnknownWarehouse`].
+pub fn receive(
+    r: &Receipt,
+    product: Option<&Product>,
+    warehouse_known: bool,
+) -> Result<Shift, StockError> {
+    known(&r.sku, product, &r.warehouse, warehouse_known)?;
+    Ok(Shift {
+        sku: r.sku.clone(),
+        warehouse: r.warehouse.clone(),
+        on_hand: r.quantity.get(),
+        reserved: 0,
+        kind: MovementKind::Receipt,
+        quantity: r.quantity.get(),
+        reason: None,
+        reference: r.reference.as_ref().map(|n| n.as_str().to_owned()),
+        reservation: None,
+    })
 }
 
 /// A stock adjustment: the shift to apply and a low-stock event when it
@@ -223,17 +265,22 @@ pub struct AdjustmentWrite {
     pub event: Option<EventEnvelope>,
 }
 
-/// Decide an adjustment of `product`'s stock, refusing one that would leave
-/// the warehouse below zero or below what it has reserved.
+/// Decide an adjustment of a product's stock, refusing one that would leave
+/// the warehouse below zero or below what it has reserved. `product`,
+/// `warehouse_known` and `levels` are what the store read inside its
+/// transaction.
 ///
 /// # Errors
+/// [`StockError::UnknownProduct`], [`StockError::UnknownWarehouse`],
 /// [`StockError::WouldUnderflow`]; events that do not serialise.
 pub fn adjust(
     a: &Adjustment,
-    product: &Product,
+    product: Option<&Product>,
+    warehouse_known: bool,
     levels: &[StockLevel],
     meta: &ChangeMeta,
 ) -> Result<AdjustmentWrite, StockError> {
+    let product = known(&a.sku, product, &a.warehouse, warehouse_known)?;
     let (on_hand, reserved) = levels
         .iter()
         .find(|l| l.warehouse == a.warehouse)
@@ -263,6 +310,7 @@ pub fn adjust(
             kind: MovementKind::Adjustment,
             quantity: delta,
             reason: Some(a.reason.as_str().to_owned()),
+            reference: None,
             reservation: None,
         },
         event,
@@ -465,6 +513,29 @@ mod tests {
     }
 
     #[test]
+    fn a_receipt_needs_a_catalogued_product_and_a_known_warehouse() {
+        let r = crate::domain::models::Receipt {
+            sku: Sku::parse("MUG").unwrap(),
+            warehouse: WarehouseCode::parse("A").unwrap(),
+            quantity: Quantity::new(4).unwrap(),
+            reference: Some(Note::parse("PO-7", "reference").unwrap()),
+        };
+        let inactive = product("MUG", false, 0).unwrap();
+        let shift = receive(&r, Some(&inactive), true).unwrap();
+        assert_eq!((shift.on_hand, shift.reserved), (4, 0));
+        let m = shift.movement(&level("A", 4, 0), &meta());
+        assert_eq!(m.reference.as_deref(), Some("PO-7"));
+        assert!(matches!(
+            receive(&r, None, true),
+            Err(StockError::UnknownProduct(_))
+        ));
+        assert!(matches!(
+            receive(&r, Some(&inactive), false),
+            Err(StockError::UnknownWarehouse(_))
+        ));
+    }
+
+    #[test]
     fn an_adjustment_below_what_is_reserved_is_refused_and_a_crossing_is_reported() {
         let a = |delta: i64| Adjustment {
             sku: Sku::parse("MUG").unwrap(),
@@ -475,7 +546,7 @@ mod tests {
         let mug = product("MUG", true, 5).unwrap();
         let levels = [level("A", 6, 2), level("B", 3, 0)];
         assert!(matches!(
-            adjust(&a(-5), &mug, &levels, &meta()),
+            adjust(&a(-5), Some(&mug), true, &levels, &meta()),
             Err(StockError::WouldUnderflow {
                 on_hand: 6,
                 reserved: 2,
@@ -483,11 +554,11 @@ mod tests {
             })
         ));
         // 7 available to 4: below the threshold of 5.
-        let w = adjust(&a(-3), &mug, &levels, &meta()).unwrap();
+        let w = adjust(&a(-3), Some(&mug), true, &levels, &meta()).unwrap();
         assert_eq!((w.shift.on_hand, w.shift.reserved), (-3, 0));
         assert!(w.event.is_some());
         assert!(
-            adjust(&a(2), &mug, &levels, &meta())
+            adjust(&a(2), Some(&mug), true, &levels, &meta())
                 .unwrap()
                 .event
                 .is_none()

@@ -590,43 +590,11 @@ impl MongoStore {
         r: &Receipt,
         meta: &ChangeMeta,
     ) -> TxResult<Movement, StockError> {
-        if self.product_in(s, &r.sku).await?.is_none() {
-            return Err(TxError::Domain(StockError::UnknownProduct(r.sku.clone())));
-        }
-        if !self.warehouse_exists(s, &r.warehouse).await? {
-            return Err(TxError::Domain(StockError::UnknownWarehouse(
-                r.warehouse.clone(),
-            )));
-        }
-        let q = r.quantity.get();
-        let level = self
-            .levels
-            .find_one_and_update(
-                doc! {"sku": r.sku.as_str(), "warehouse": r.warehouse.as_str()},
-                doc! {"$inc": {"on_hand": q, "available": q}, "$setOnInsert": {"reserved": 0_i64}},
-            )
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .session(&mut *s)
-            .await
-            .map_err(|e| {
-                if is_duplicate_key(&e) {
-                    TxError::Retry("concurrent first receipt")
-                } else {
-                    e.into()
-                }
-            })?
-            .context("an upsert returned no document")?;
-        let level = StockLevel::try_from(level)?;
-        let m = meta.movement(
-            &r.sku,
-            &level,
-            MovementKind::Receipt,
-            q,
-            None,
-            r.reference.as_ref().map(|n| n.as_str()),
-            None,
-        );
+        let product = self.product_in(s, &r.sku).await?;
+        let known = self.warehouse_exists(s, &r.warehouse).await?;
+        let shift = stock::receive(r, product.as_ref(), known).map_err(TxError::Domain)?;
+        let level = self.add_on_hand(s, &shift).await?;
+        let m = shift.movement(&level, meta);
         self.insert_movement(s, &m).await?;
         Ok(m)
     }
@@ -637,32 +605,13 @@ impl MongoStore {
         a: &Adjustment,
         meta: &ChangeMeta,
     ) -> TxResult<Movement, StockError> {
-        let product = self
-            .product_in(s, &a.sku)
-            .await?
-            .ok_or_else(|| TxError::Domain(StockError::UnknownProduct(a.sku.clone())))?;
-        if !self.warehouse_exists(s, &a.warehouse).await? {
-            return Err(TxError::Domain(StockError::UnknownWarehouse(
-                a.warehouse.clone(),
-            )));
-        }
-        let write = stock::adjust(a, &product, &self.levels_in(s, &a.sku).await?, meta)
-            .map_err(TxError::Domain)?;
-        let delta = write.shift.on_hand;
-        let level = if delta > 0 {
-            let d = self
-                .levels
-                .find_one_and_update(
-                    doc! {"sku": a.sku.as_str(), "warehouse": a.warehouse.as_str()},
-                    doc! {"$inc": {"on_hand": delta, "available": delta}, "$setOnInsert": {"reserved": 0_i64}},
-                )
-                .upsert(true)
-                .return_document(ReturnDocument::After)
-                .session(&mut *s)
-                .await
-                .map_err(|e| if is_duplicate_key(&e) { TxError::Retry("concurrent first adjustment") } else { e.into() })?
-                .context("an upsert returned no document")?;
-            StockLevel::try_from(d)?
+        let product = self.product_in(s, &a.sku).await?;
+        let known = self.warehouse_exists(s, &a.warehouse).await?;
+        let levels = self.levels_in(s, &a.sku).await?;
+        let write =
+            stock::adjust(a, product.as_ref(), known, &levels, meta).map_err(TxError::Domain)?;
+        let level = if write.shift.on_hand > 0 {
+            self.add_on_hand(s, &write.shift).await?
         } else {
             self.shift_level(s, &write.shift)
                 .await?
@@ -674,6 +623,35 @@ impl MongoStore {
             self.emit(s, e).await?;
         }
         Ok(m)
+    }
+
+    /// Add a shift's (positive) on-hand delta, creating the level at the
+    /// first receipt; a concurrent first insert of the same level retries.
+    async fn add_on_hand<E>(
+        &self,
+        s: &mut ClientSession,
+        shift: &Shift,
+    ) -> TxResult<StockLevel, E> {
+        let q = shift.on_hand;
+        let level = self
+            .levels
+            .find_one_and_update(
+                doc! {"sku": shift.sku.as_str(), "warehouse": shift.warehouse.as_str()},
+                doc! {"$inc": {"on_hand": q, "available": q}, "$setOnInsert": {"reserved": 0_i64}},
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .session(&mut *s)
+            .await
+            .map_err(|e| {
+                if is_duplicate_key(&e) {
+                    TxError::Retry("concurrent first insert of a stock level")
+                } else {
+                    e.into()
+                }
+            })?
+            .context("an upsert returned no document")?;
+        Ok(StockLevel::try_from(level)?)
     }
 
     async fn reserve_in(

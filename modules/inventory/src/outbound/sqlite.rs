@@ -661,23 +661,10 @@ impl InventoryStore for SqliteStore {
     async fn receive(&self, r: &Receipt, meta: &ChangeMeta) -> Result<Movement, StockError> {
         let (r, meta) = (r.clone(), meta.clone());
         self.write(move |tx| {
-            let (r, meta) = (&r, &meta);
-            if load_product(tx, &r.sku)?.is_none() {
-                return Err(StockError::UnknownProduct(r.sku.clone()));
-            }
-            if !warehouse_exists(tx, &r.warehouse)? {
-                return Err(StockError::UnknownWarehouse(r.warehouse.clone()));
-            }
-            let level = add_on_hand(tx, &r.sku, &r.warehouse, r.quantity.get())?;
-            let m = meta.movement(
-                &r.sku,
-                &level,
-                MovementKind::Receipt,
-                r.quantity.get(),
-                None,
-                r.reference.as_ref().map(|n| n.as_str()),
-                None,
-            );
+            let product = load_product(tx, &r.sku)?;
+            let shift = stock::receive(&r, product.as_ref(), warehouse_exists(tx, &r.warehouse)?)?;
+            let level = add_on_hand(tx, &shift.sku, &shift.warehouse, shift.on_hand)?;
+            let m = shift.movement(&level, &meta);
             insert_movement(tx, &m)?;
             Ok(m)
         })
@@ -688,15 +675,11 @@ impl InventoryStore for SqliteStore {
     async fn adjust(&self, a: &Adjustment, meta: &ChangeMeta) -> Result<Movement, StockError> {
         let (a, meta) = (a.clone(), meta.clone());
         self.write(move |tx| {
-            let (a, meta) = (&a, &meta);
-            let product = load_product(tx, &a.sku)?
-                .ok_or_else(|| StockError::UnknownProduct(a.sku.clone()))?;
-            if !warehouse_exists(tx, &a.warehouse)? {
-                return Err(StockError::UnknownWarehouse(a.warehouse.clone()));
-            }
-            let write = stock::adjust(a, &product, &levels(tx, &a.sku)?, meta)?;
+            let product = load_product(tx, &a.sku)?;
+            let known = warehouse_exists(tx, &a.warehouse)?;
+            let write = stock::adjust(&a, product.as_ref(), known, &levels(tx, &a.sku)?, &meta)?;
             let level = add_on_hand(tx, &a.sku, &a.warehouse, write.shift.on_hand)?;
-            let m = write.shift.movement(&level, meta);
+            let m = write.shift.movement(&level, &meta);
             insert_movement(tx, &m)?;
             if let Some(e) = &write.event {
                 enqueue(tx, e)?;
