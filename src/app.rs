@@ -260,10 +260,7 @@ impl Application {
             let modules = factory_modules.clone();
             let remote_modules = remote_modules.clone();
             App::new()
-                .app_data(agora_kernel::http::json_config(body_limit))
-                .app_data(agora_kernel::http::path_config())
-                .app_data(agora_kernel::http::query_config())
-                .app_data(agora_kernel::http::payload_config(body_limit))
+                .configure(agora_kernel::http::extractors(body_limit))
                 .app_data(authenticator.clone())
                 .app_data(limits.clone())
                 .app_data(modules_data.clone())
@@ -326,8 +323,7 @@ impl Application {
         let rollouts_data = web::Data::from(rollouts);
         let admin = HttpServer::new(move || {
             App::new()
-                .app_data(agora_kernel::http::json_config(body_limit))
-                .app_data(agora_kernel::http::path_config())
+                .configure(agora_kernel::http::extractors(body_limit))
                 .app_data(admin_auth.clone())
                 .app_data(rollouts_data.clone())
                 .wrap(from_fn(errors::problems))

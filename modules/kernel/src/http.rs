@@ -167,6 +167,19 @@ pub fn payload_config(limit_bytes: usize) -> web::PayloadConfig {
     web::PayloadConfig::new(limit_bytes)
 }
 
+/// Every extractor configuration an agora app uses, for
+/// `App::configure`: JSON bodies, paths, query strings and raw bodies, each
+/// answering problem+json, bodies up to `limit_bytes`. The API and admin
+/// servers and the modules' HTTP suites all start from it.
+pub fn extractors(limit_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(json_config(limit_bytes))
+            .app_data(path_config())
+            .app_data(query_config())
+            .app_data(payload_config(limit_bytes));
+    }
+}
+
 /// An optional JSON body. No body (only whitespace, or JSON `null`) is
 /// `None`; any other body must be `application/json` (415), at most the configured
 /// [`payload_config`] size (413), well-formed (400) and of `T`'s shape (422;

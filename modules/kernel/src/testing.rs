@@ -240,6 +240,40 @@ pub fn with_database(url: &str, db: &str) -> String {
     out
 }
 
+/// Stands in for the gateway in a module's HTTP suite (`App::wrap(from_fn(…))`):
+/// a request with `x-test-sub` or `x-test-roles` is authenticated as that
+/// subject (default `tester`) with those comma-separated roles (default
+/// `customer`), and the e-mail claim `<sub>@token.example`; one with neither
+/// stays anonymous.
+///
+/// # Errors
+/// Those of the wrapped service.
+pub async fn principal_from_test_headers(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    use actix_web::HttpMessage as _;
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (sub, roles) = (header("x-test-sub"), header("x-test-roles"));
+    if sub.is_some() || roles.is_some() {
+        let sub = sub.unwrap_or_else(|| "tester".to_owned());
+        let roles: Vec<crate::Role> = roles
+            .unwrap_or_else(|| "customer".to_owned())
+            .split(',')
+            .filter_map(|r| r.trim().parse().ok())
+            .collect();
+        let mut p = crate::Principal::new(sub.clone(), roles);
+        p.email = Some(format!("{sub}@token.example"));
+        req.extensions_mut().insert(p);
+    }
+    next.call(req).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;

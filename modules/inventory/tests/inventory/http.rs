@@ -1,38 +1,19 @@
 //! The HTTP surface through the module's own `configure()`: a stand-in gateway
-//! puts a principal with the roles named in `x-test-roles` on the request, as
-//! the real one does after checking the token. Every error is problem+json.
+//! (`agora_kernel::testing::principal_from_test_headers`) puts a principal with
+//! the roles named in `x-test-roles` on the request, as the real one does after
+//! checking the token. Every error is problem+json.
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header;
-use actix_web::middleware::{Next, from_fn};
-use actix_web::{App, HttpMessage, test, web};
+use actix_web::middleware::from_fn;
+use actix_web::{App, test, web};
+use agora_kernel::Module;
 use agora_kernel::problem::PROBLEM_JSON;
-use agora_kernel::{Module, Principal, Role};
 use serde_json::{Value, json};
 
 use crate::helpers::Harness;
-
-/// Stands in for the gateway: `x-test-roles: staff,admin` authenticates as `tester`.
-async fn principal_from_test_header(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let roles = req
-        .headers()
-        .get("x-test-roles")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| {
-            s.split(',')
-                .filter_map(|r| r.trim().parse::<Role>().ok())
-                .collect::<Vec<_>>()
-        });
-    if let Some(roles) = roles {
-        req.extensions_mut().insert(Principal::new("tester", roles));
-    }
-    next.call(req).await
-}
 
 async fn app(
     h: &Harness,
@@ -44,10 +25,8 @@ async fn app(
     let module = &h.module;
     test::init_service(
         App::new()
-            .wrap(from_fn(principal_from_test_header))
-            .app_data(agora_kernel::http::json_config(64 * 1024))
-            .app_data(agora_kernel::http::path_config())
-            .app_data(agora_kernel::http::query_config())
+            .wrap(from_fn(agora_kernel::testing::principal_from_test_headers))
+            .configure(agora_kernel::http::extractors(64 * 1024))
             .service(web::scope("/api/v1").configure(|cfg| module.configure(cfg))),
     )
     .await

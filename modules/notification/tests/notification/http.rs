@@ -3,41 +3,16 @@
 //! listing fields, cursor pagination, preferences and the staff retry.
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::StatusCode;
-use actix_web::middleware::{Next, from_fn};
-use actix_web::{App, HttpMessage, test};
+use actix_web::middleware::from_fn;
+use actix_web::{App, test};
+use agora_kernel::Module;
 use agora_kernel::problem::PROBLEM_JSON;
-use agora_kernel::{Module, Principal, Role};
 use agora_notification::domain::ports::DeliveryError;
 use serde_json::Value;
 
 use crate::helpers::{Backend, FakeChannel, TestModule, order_event};
-
-/// Stands in for the gateway: `x-test-sub` and `x-test-roles` (comma-separated)
-/// name the caller; its e-mail claim is `<sub>@token.example`.
-async fn principal_from_test_headers(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    if let Some(sub) = header("x-test-sub") {
-        let roles: Vec<Role> = header("x-test-roles")
-            .unwrap_or_else(|| "customer".into())
-            .split(',')
-            .filter_map(|r| r.parse().ok())
-            .collect();
-        let mut p = Principal::new(sub.clone(), roles);
-        p.email = Some(format!("{sub}@token.example"));
-        req.extensions_mut().insert(p);
-    }
-    next.call(req).await
-}
 
 async fn app(
     m: &TestModule,
@@ -49,10 +24,8 @@ async fn app(
     let module = m.module.clone();
     test::init_service(
         App::new()
-            .wrap(from_fn(principal_from_test_headers))
-            .app_data(agora_kernel::http::json_config(64 * 1024))
-            .app_data(agora_kernel::http::path_config())
-            .app_data(agora_kernel::http::query_config())
+            .wrap(from_fn(agora_kernel::testing::principal_from_test_headers))
+            .configure(agora_kernel::http::extractors(64 * 1024))
             .configure(move |cfg| module.configure(cfg)),
     )
     .await

@@ -4,37 +4,16 @@
 //! for other customers, problem bodies, idempotent replay, 503 + Retry-After.
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header;
-use actix_web::middleware::{Next, from_fn};
-use actix_web::{App, HttpMessage, test};
-use agora_kernel::{Module, Principal, Role};
+use actix_web::middleware::from_fn;
+use actix_web::{App, test};
+use agora_kernel::Module;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{Backend, Harness};
-
-async fn principal_from_test_headers(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let h = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    if let Some(sub) = h("x-test-sub") {
-        let roles: Vec<Role> = h("x-test-roles")
-            .unwrap_or_default()
-            .split(',')
-            .filter_map(|r| r.parse().ok())
-            .collect();
-        req.extensions_mut().insert(Principal::new(sub, roles));
-    }
-    next.call(req).await
-}
 
 async fn app(
     h: &Harness,
@@ -45,10 +24,8 @@ async fn app(
 > {
     test::init_service(
         App::new()
-            .app_data(agora_kernel::http::json_config(64 * 1024))
-            .app_data(agora_kernel::http::path_config())
-            .app_data(agora_kernel::http::query_config())
-            .wrap(from_fn(principal_from_test_headers))
+            .configure(agora_kernel::http::extractors(64 * 1024))
+            .wrap(from_fn(agora_kernel::testing::principal_from_test_headers))
             .configure(|cfg| h.module.configure(cfg)),
     )
     .await
