@@ -204,7 +204,7 @@ pub struct SettingsError(pub String);
 pub use agora_kernel::settings::env_name;
 
 fn invalid(key: &str, why: impl std::fmt::Display) -> SettingsError {
-    SettingsError(format!("invalid setting {} ({key}): {why}", env_name(key)))
+    SettingsError(agora_kernel::settings::message(key, why))
 }
 
 impl From<InvalidSetting> for SettingsError {

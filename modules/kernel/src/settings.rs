@@ -5,13 +5,19 @@
 
 /// A setting refused: `.0` the key (`order.lease_secs`), `.1` why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid setting {env} ({key}): {why}", env = env_name(.0), key = .0, why = .1)]
+#[error("{}", message(.0, .1))]
 pub struct InvalidSetting(pub &'static str, pub String);
 
 impl InvalidSetting {
     pub fn new(key: &'static str, why: impl Into<String>) -> Self {
         Self(key, why.into())
     }
+}
+
+/// How a refused setting reads, for any key (the host's own keys too, some
+/// of which it builds at run time, such as `remote.<module>.urls`).
+pub fn message(key: &str, why: impl std::fmt::Display) -> String {
+    format!("invalid setting {} ({key}): {why}", env_name(key))
 }
 
 /// `rate_limit.per_second` → `AGORA__RATE_LIMIT__PER_SECOND`.
