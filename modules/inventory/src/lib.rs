@@ -134,7 +134,7 @@ impl InventoryModule {
     ) -> anyhow::Result<Self> {
         settings.validate()?;
         let ttl = domain::models::Ttl::from_secs(settings.reservation_ttl_secs as i64)
-            .map_err(|e| anyhow::anyhow!("invalid setting inventory.reservation_ttl_secs: {e}"))?;
+            .map_err(|e| InvalidSetting::new("inventory.reservation_ttl_secs", e.to_string()))?;
         let (store, port, outbox): (
             Store,
             Arc<dyn domain::ports::InventoryStore>,
