@@ -219,27 +219,15 @@ async fn main() {
                 if i >= total {
                     break;
                 }
-                let body = json!({
-                    "items": [{"sku": skus[i % skus.len()], "quantity": 1}],
-                    "shipping_address": {"name": "Load", "line1": "1 St", "city": "Berlin", "postal_code": "10115", "country": "DE"},
-                    "payment_method": "tok_visa",
-                });
                 let t = Instant::now();
-                let res = client
-                    .post(format!("{base}/api/v1/orders"))
-                    .bearer_auth(&customers[i / 10])
-                    .header("idempotency-key", format!("load-{i}"))
-                    .json(&body)
-                    .send()
-                    .await;
-                let key = match res {
-                    Ok(r) if r.status().as_u16() == 201 => {
-                        let v: serde_json::Value = r.json().await.unwrap_or_default();
-                        v["status"].as_str().unwrap_or("?").to_owned()
-                    }
-                    Ok(r) => format!("http {}", r.status().as_u16()),
-                    Err(e) => format!("error {e}"),
-                };
+                let key = place(
+                    &client,
+                    &base,
+                    &customers[i / 10],
+                    format!("load-{i}"),
+                    &skus[i % skus.len()],
+                )
+                .await;
                 latencies.push(t.elapsed());
                 *statuses.entry(key).or_default() += 1;
             }
@@ -286,6 +274,32 @@ fn order_body(sku: &str) -> serde_json::Value {
     })
 }
 
+/// Place one order of `sku`; what came of it: the order's status on a 201,
+/// else `http <status>` or `error <why>`.
+async fn place(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    idempotency_key: String,
+    sku: &str,
+) -> String {
+    let res = client
+        .post(format!("{base}/api/v1/orders"))
+        .bearer_auth(token)
+        .header("idempotency-key", idempotency_key)
+        .json(&order_body(sku))
+        .send()
+        .await;
+    match res {
+        Ok(r) if r.status().as_u16() == 201 => {
+            let v: serde_json::Value = r.json().await.unwrap_or_default();
+            v["status"].as_str().unwrap_or("?").to_owned()
+        }
+        Ok(r) => format!("http {}", r.status().as_u16()),
+        Err(e) => format!("error {e}"),
+    }
+}
+
 /// A fixed offered rate: one order due every 1/rate s for `seconds`, each
 /// sent at its due time on its own task; latency counted from the due time.
 async fn open_loop(
@@ -312,21 +326,14 @@ async fn open_loop(
             run.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let res = client
-                .post(format!("{base}/api/v1/orders"))
-                .bearer_auth(&customers[i % customers.len()])
-                .header("idempotency-key", format!("open-{run}-{i}"))
-                .json(&order_body(&skus[i % skus.len()]))
-                .send()
-                .await;
-            let outcome = match res {
-                Ok(r) if r.status().as_u16() == 201 => {
-                    let v: serde_json::Value = r.json().await.unwrap_or_default();
-                    v["status"].as_str().unwrap_or("?").to_owned()
-                }
-                Ok(r) => format!("http {}", r.status().as_u16()),
-                Err(e) => format!("error {e}"),
-            };
+            let outcome = place(
+                &client,
+                &base,
+                &customers[i % customers.len()],
+                format!("open-{run}-{i}"),
+                &skus[i % skus.len()],
+            )
+            .await;
             (due.elapsed(), outcome)
         }));
     }

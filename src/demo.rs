@@ -274,6 +274,23 @@ impl Api {
         bail!("{method} {url}: still refused after retrying (rate limit or unavailable)")
     }
 
+    /// Send one request that must answer `expected`; its body.
+    async fn expect(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        expected: StatusCode,
+        what: impl FnOnce() -> String,
+    ) -> anyhow::Result<Value> {
+        let (status, body) = self.send(method, path, body).await?;
+        if status == expected {
+            Ok(body)
+        } else {
+            Err(Self::unexpected(&what(), status, &body))
+        }
+    }
+
     /// `what` went wrong: say so with the problem's detail.
     fn unexpected(what: &str, status: StatusCode, body: &Value) -> anyhow::Error {
         let detail = body["detail"].as_str().unwrap_or("");
@@ -337,23 +354,16 @@ pub async fn load(base: &str, staff_token: &str) -> anyhow::Result<Loaded> {
         }
         if !p.active {
             let path = format!("/products/{}", p.sku);
-            let (status, body) = api.send(Method::GET, &path, None).await?;
-            if status != StatusCode::OK {
-                return Err(Api::unexpected(
-                    &format!("reading product {}", p.sku),
-                    status,
-                    &body,
-                ));
-            }
-            if body["active"] == Value::Bool(true) {
-                let (status, body) = api.send(Method::DELETE, &path, None).await?;
-                if status != StatusCode::OK {
-                    return Err(Api::unexpected(
-                        &format!("deactivating {}", p.sku),
-                        status,
-                        &body,
-                    ));
-                }
+            let product = api
+                .expect(Method::GET, &path, None, StatusCode::OK, || {
+                    format!("reading product {}", p.sku)
+                })
+                .await?;
+            if product["active"] == Value::Bool(true) {
+                api.expect(Method::DELETE, &path, None, StatusCode::OK, || {
+                    format!("deactivating {}", p.sku)
+                })
+                .await?;
                 loaded.products_deactivated += 1;
             }
             continue;
@@ -365,16 +375,12 @@ pub async fn load(base: &str, staff_token: &str) -> anyhow::Result<Loaded> {
 
 /// Receive what `p` lacks of its demo stock in each warehouse; the units received.
 async fn top_up(api: &Api, p: &DemoProduct) -> anyhow::Result<i64> {
-    let (status, stock) = api
-        .send(Method::GET, &format!("/stock/{}", p.sku), None)
+    let path = format!("/stock/{}", p.sku);
+    let stock = api
+        .expect(Method::GET, &path, None, StatusCode::OK, || {
+            format!("reading the stock of {}", p.sku)
+        })
         .await?;
-    if status != StatusCode::OK {
-        return Err(Api::unexpected(
-            &format!("reading the stock of {}", p.sku),
-            status,
-            &stock,
-        ));
-    }
     let mut received = 0;
     for ((code, _), target) in WAREHOUSES.iter().zip(p.stock) {
         let on_hand = stock["warehouses"]
@@ -389,16 +395,14 @@ async fn top_up(api: &Api, p: &DemoProduct) -> anyhow::Result<i64> {
             continue;
         }
         let receipt = json!({"sku": p.sku, "warehouse": code, "quantity": missing, "reference": "agora demo"});
-        let (status, body) = api
-            .send(Method::POST, "/stock/receipts", Some(receipt))
-            .await?;
-        if status != StatusCode::CREATED {
-            return Err(Api::unexpected(
-                &format!("receiving {} into {code}", p.sku),
-                status,
-                &body,
-            ));
-        }
+        api.expect(
+            Method::POST,
+            "/stock/receipts",
+            Some(receipt),
+            StatusCode::CREATED,
+            || format!("receiving {} into {code}", p.sku),
+        )
+        .await?;
         received += missing;
     }
     Ok(received)

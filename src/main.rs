@@ -48,6 +48,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// The multi-threaded runtime, or `None` once the reason is on stderr.
+fn runtime(who: &str) -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .inspect_err(|e| eprintln!("{who}: failed to start the runtime: {e}"))
+        .ok()
+}
+
 fn run_demo(settings: &Settings, url: Option<String>, ttl: std::time::Duration) -> ExitCode {
     let tokens = match demo::Tokens::mint(settings, ttl) {
         Ok(t) => t,
@@ -56,15 +65,8 @@ fn run_demo(settings: &Settings, url: Option<String>, ttl: std::time::Duration) 
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("agora demo: failed to start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime("agora demo") else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(demo::run(settings, url, &tokens.staff)) {
         Ok(outcome) => {
@@ -86,15 +88,8 @@ fn serve(settings: Settings) -> ExitCode {
         eprintln!("agora: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("agora: failed to start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime("agora") else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
         let _guard = match telemetry::init(settings.log.format) {

@@ -146,6 +146,23 @@ pub struct Forwarded {
 #[error("{0}")]
 pub struct AuthError(String);
 
+/// The public key a setting holds in PEM form (`\\n` escapes allowed, as an
+/// environment variable cannot hold a newline), for the configured algorithm.
+fn public_key(alg: Algorithm, alg_name: &str, key: &str, pem: &str) -> anyhow::Result<DecodingKey> {
+    let pem = pem.replace("\\n", "\n");
+    match alg {
+        Algorithm::RS256 => DecodingKey::from_rsa_pem(pem.as_bytes()),
+        Algorithm::ES256 => DecodingKey::from_ec_pem(pem.as_bytes()),
+        _ => DecodingKey::from_ed_pem(pem.as_bytes()),
+    }
+    .map_err(|e| {
+        anyhow::anyhow!(agora_kernel::settings::message(
+            key,
+            format_args!("not a {alg_name} public key in PEM form ({e})")
+        ))
+    })
+}
+
 fn algorithm(name: &str) -> anyhow::Result<Algorithm> {
     match name {
         "HS256" => Ok(Algorithm::HS256),
@@ -164,21 +181,12 @@ impl Authenticator {
             Algorithm::HS256 => Keys::Static(DecodingKey::from_secret(
                 s.hs256_secret.expose_secret().as_bytes(),
             )),
-            _ if !s.public_key_pem.trim().is_empty() => {
-                let pem = s.public_key_pem.replace("\\n", "\n");
-                let key = match alg {
-                    Algorithm::RS256 => DecodingKey::from_rsa_pem(pem.as_bytes()),
-                    Algorithm::ES256 => DecodingKey::from_ec_pem(pem.as_bytes()),
-                    _ => DecodingKey::from_ed_pem(pem.as_bytes()),
-                }
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "invalid setting AGORA__AUTH__PUBLIC_KEY_PEM (auth.public_key_pem): not a {} public key in PEM form ({e})",
-                        s.algorithm
-                    )
-                })?;
-                Keys::Static(key)
-            }
+            _ if !s.public_key_pem.trim().is_empty() => Keys::Static(public_key(
+                alg,
+                &s.algorithm,
+                "auth.public_key_pem",
+                &s.public_key_pem,
+            )?),
             _ => {
                 let set = fetch_jwks(&s.jwks_url).await.map_err(|e| {
                     anyhow::anyhow!("invalid setting AGORA__AUTH__JWKS_URL (auth.jwks_url): {e:#}")
@@ -204,21 +212,12 @@ impl Authenticator {
         let service = match s.service_public_key_pem.trim() {
             "" => None,
             _ if alg == Algorithm::HS256 => None,
-            pem => {
-                let pem = pem.replace("\\n", "\n");
-                let key = match alg {
-                    Algorithm::RS256 => DecodingKey::from_rsa_pem(pem.as_bytes()),
-                    Algorithm::ES256 => DecodingKey::from_ec_pem(pem.as_bytes()),
-                    _ => DecodingKey::from_ed_pem(pem.as_bytes()),
-                }
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "invalid setting AGORA__AUTH__SERVICE_PUBLIC_KEY_PEM (auth.service_public_key_pem): not a {} public key in PEM form ({e})",
-                        s.algorithm
-                    )
-                })?;
-                Some(key)
-            }
+            pem => Some(public_key(
+                alg,
+                &s.algorithm,
+                "auth.service_public_key_pem",
+                pem,
+            )?),
         };
         Ok(Self {
             keys,

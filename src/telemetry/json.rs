@@ -969,13 +969,7 @@ mod tests {
             (503, 1234.5, "cust-\"1\"", "/api/v1/orders/a\\b"),
         ] {
             let got = lines(|| {
-                let span = tracing::info_span!(
-                    "http_request",
-                    request_id = "r-1",
-                    method = "GET",
-                    route = "/api/v1/orders/{id}",
-                    module = "order",
-                );
+                let span = request_span();
                 if status >= 500 {
                     tracing::error!(parent: &span, message = "request completed", status, latency_ms, principal, path);
                 } else {
@@ -994,9 +988,9 @@ mod tests {
                 latency_micros: (latency_ms * 1000.0) as u64,
                 principal,
                 path,
-                request_id: "r-1",
-                method: "GET",
-                route: "/api/v1/orders/{id}",
+                request_id: "r-\"1\"",
+                method: "POST",
+                route: "/api/v1/orders",
                 module: "order",
             };
             render_access(&mut scratch, &line, SystemTime::now());
@@ -1005,6 +999,17 @@ mod tests {
             assert_eq!(v["principal"], principal);
             assert_eq!(v["path"], path);
         }
+    }
+
+    /// The `http_request` span the gateway opens, with `request_fields`' values.
+    fn request_span() -> tracing::Span {
+        tracing::info_span!(
+            "http_request",
+            request_id = "r-\"1\"",
+            method = "POST",
+            route = "/api/v1/orders",
+            module = "order",
+        )
     }
 
     fn request_fields() -> std::rc::Rc<RequestFields> {
@@ -1028,13 +1033,7 @@ mod tests {
     /// when the log is not alone.
     fn in_span(log: impl Fn()) -> String {
         let got = lines(|| {
-            let span = tracing::info_span!(
-                "http_request",
-                request_id = "r-\"1\"",
-                method = "POST",
-                route = "/api/v1/orders",
-                module = "order",
-            );
+            let span = request_span();
             let _entered = span.enter();
             log();
         });

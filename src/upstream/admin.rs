@@ -5,10 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header::LOCATION;
-use actix_web::middleware::from_fn;
-use actix_web::{HttpResponse, web};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{HttpMessage, HttpResponse, web};
 use agora_kernel::{FieldErrors, Principal, Problem, Role};
 use serde_json::Value;
 
@@ -19,6 +21,7 @@ use crate::gateway::auth;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/admin")
+            .wrap(from_fn(admins_only))
             .wrap(from_fn(auth::authenticate))
             .wrap(from_fn(crate::gateway::observe::observe))
             .route("/rollouts", web::post().to(start))
@@ -26,6 +29,26 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/rollouts/{module}/abort", web::post().to(abort))
             .route("/rollouts/{module}/rollback", web::post().to(rollback)),
     );
+}
+
+/// Every route here is for the `admin` role: checked once, for the scope,
+/// before any body is read.
+async fn admins_only(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let admitted = req
+        .extensions()
+        .get::<Principal>()
+        .ok_or_else(Problem::missing_credentials)
+        .and_then(|p| p.require_any(&[Role::Admin]));
+    match admitted {
+        Ok(()) => next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body),
+        Err(p) => Ok(req.into_response(p.to_response())),
+    }
 }
 
 fn problem(e: RolloutError) -> Problem {
@@ -164,11 +187,9 @@ fn plan(rollouts: &Rollouts, body: &Value) -> Result<(&'static str, Plan), Probl
 }
 
 async fn start(
-    principal: Principal,
     rollouts: web::Data<Rollouts>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, Problem> {
-    principal.require_any(&[Role::Admin])?;
     let (module, plan) = plan(&rollouts, &body)?;
     let rollouts: Arc<Rollouts> = rollouts.into_inner();
     let view = rollouts.start(module, plan).map_err(problem)?;
@@ -178,29 +199,23 @@ async fn start(
 }
 
 async fn status(
-    principal: Principal,
     rollouts: web::Data<Rollouts>,
     module: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
-    principal.require_any(&[Role::Admin])?;
     let view = rollouts.view(&module).map_err(problem)?;
     Ok(HttpResponse::Ok().json(view))
 }
 
 async fn abort(
-    principal: Principal,
     rollouts: web::Data<Rollouts>,
     module: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
-    principal.require_any(&[Role::Admin])?;
     Ok(HttpResponse::Ok().json(rollouts.abort(&module).map_err(problem)?))
 }
 
 async fn rollback(
-    principal: Principal,
     rollouts: web::Data<Rollouts>,
     module: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
-    principal.require_any(&[Role::Admin])?;
     Ok(HttpResponse::Ok().json(rollouts.rollback(&module).map_err(problem)?))
 }

@@ -517,15 +517,7 @@ impl Rollouts {
             route.set_canary(None, 0);
             route.reset_stats();
         }
-        Self::settle(module, &mut view, State::Aborted, 0);
-        self.decide(
-            module,
-            &mut view,
-            Verdict::Rollback,
-            (0, 0.0, 0.0),
-            "aborted by an operator".into(),
-        );
-        Ok(view.clone())
+        Ok(self.by_operator(module, &mut view, State::Aborted, "aborted by an operator"))
     }
 
     /// After a promotion: back to the pool it replaced.
@@ -544,15 +536,25 @@ impl Rollouts {
         if let Some(route) = self.routes.get(module) {
             route.switch(previous);
         }
-        Self::settle(module, &mut view, State::RolledBack, 0);
-        self.decide(
+        Ok(self.by_operator(
             module,
             &mut view,
-            Verdict::Rollback,
-            (0, 0.0, 0.0),
-            "rolled back by an operator to the previous pool".into(),
-        );
-        Ok(view.clone())
+            State::RolledBack,
+            "rolled back by an operator to the previous pool",
+        ))
+    }
+
+    /// An operator ended the rollout in `state`: settle it and record why.
+    fn by_operator(
+        &self,
+        module: &str,
+        view: &mut RolloutView,
+        state: State,
+        why: &str,
+    ) -> RolloutView {
+        Self::settle(module, view, state, 0);
+        self.decide(module, view, Verdict::Rollback, (0, 0.0, 0.0), why.into());
+        view.clone()
     }
 
     fn decide(
