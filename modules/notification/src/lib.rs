@@ -360,15 +360,22 @@ mod tests {
         serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// The kinds of sender `s` picks for e-mail, SMS and push.
+    fn kinds(s: &Settings) -> [&'static str; 3] {
+        let channels = s.channels().unwrap_or_else(|e| panic!("{e}"));
+        [
+            channels.email.kind(),
+            channels.sms.kind(),
+            channels.push.kind(),
+        ]
+    }
+
     #[tokio::test]
     async fn every_key_has_a_default_and_empty_urls_mean_the_log_channel() {
         let s = settings(serde_json::json!({}));
         assert_eq!(s.max_attempts, 8);
         assert!(s.validate().is_ok());
-        let channels = s.channels().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(channels.email.kind(), "log");
-        assert_eq!(channels.sms.kind(), "log");
-        assert_eq!(channels.push.kind(), "log");
+        assert_eq!(kinds(&s), ["log", "log", "log"]);
     }
 
     #[tokio::test]
@@ -377,10 +384,7 @@ mod tests {
             "smtp": {"url": "smtp://127.0.0.1:2525", "from": "shop <shop@example.com>"},
             "sms": {"url": "http://127.0.0.1:9/sms", "api_key": "k"},
         }));
-        let channels = s.channels().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(channels.email.kind(), "smtp");
-        assert_eq!(channels.sms.kind(), "webhook");
-        assert_eq!(channels.push.kind(), "log");
+        assert_eq!(kinds(&s), ["smtp", "webhook", "log"]);
     }
 
     #[tokio::test]

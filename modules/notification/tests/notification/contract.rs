@@ -79,6 +79,20 @@ fn result(n: &Notification, outcome: AttemptOutcome, status: Status) -> AttemptR
     }
 }
 
+/// Record the next attempt on `n` (numbered after `n.attempts`, as the worker
+/// numbers it from the copy it holds); whether the store took it.
+async fn record(
+    store: &dyn NotificationStore,
+    n: &Notification,
+    outcome: AttemptOutcome,
+    status: Status,
+) -> bool {
+    store
+        .record_attempt(n.id, &result(n, outcome, status))
+        .await
+        .unwrap()
+}
+
 pub async fn an_event_is_ingested_once_with_its_notifications(store: &dyn NotificationStore) {
     let e = event();
     let notes = vec![
@@ -184,10 +198,7 @@ pub async fn listing_filters_and_pages_newest_first(store: &dyn NotificationStor
     let b1 = ingest_one(store, "bob", Channel::Sms).await;
     let a2 = ingest_one(store, "alice", Channel::Push).await;
     let a3 = ingest_one(store, "alice", Channel::Email).await;
-    store
-        .record_attempt(a3.id, &result(&a3, AttemptOutcome::Sent, Status::Sent))
-        .await
-        .unwrap();
+    record(store, &a3, AttemptOutcome::Sent, Status::Sent).await;
 
     let ids = |v: Vec<Notification>| v.into_iter().map(|n| n.id).collect::<Vec<_>>();
     assert_eq!(
@@ -264,28 +275,15 @@ pub async fn due_notifications_are_claimed_once_per_lease(store: &dyn Notificati
 
 pub async fn attempts_are_recorded_and_move_the_status(store: &dyn NotificationStore) {
     let n = ingest_one(store, "alice", Channel::Email).await;
-    assert!(
-        store
-            .record_attempt(n.id, &result(&n, AttemptOutcome::Failed, Status::Retrying))
-            .await
-            .unwrap()
-    );
+    assert!(record(store, &n, AttemptOutcome::Failed, Status::Retrying).await);
     let n1 = store.get(n.id).await.unwrap().unwrap();
     assert_eq!((n1.status, n1.attempts), (Status::Retrying, 1));
     assert_eq!(n1.last_error.as_deref(), Some("451 try again"));
     assert!(
-        !store
-            .record_attempt(n.id, &result(&n, AttemptOutcome::Sent, Status::Sent))
-            .await
-            .unwrap(),
+        !record(store, &n, AttemptOutcome::Sent, Status::Sent).await,
         "a stale attempt changes nothing"
     );
-    assert!(
-        store
-            .record_attempt(n.id, &result(&n1, AttemptOutcome::Sent, Status::Sent))
-            .await
-            .unwrap()
-    );
+    assert!(record(store, &n1, AttemptOutcome::Sent, Status::Sent).await);
     let n2 = store.get(n.id).await.unwrap().unwrap();
     assert_eq!((n2.status, n2.attempts), (Status::Sent, 2));
     assert!(n2.sent_at.is_some());
@@ -300,10 +298,7 @@ pub async fn attempts_are_recorded_and_move_the_status(store: &dyn NotificationS
     );
     assert_eq!(attempts[0].error.as_deref(), Some("451 try again"));
     assert!(
-        !store
-            .record_attempt(n.id, &result(&n2, AttemptOutcome::Sent, Status::Sent))
-            .await
-            .unwrap(),
+        !record(store, &n2, AttemptOutcome::Sent, Status::Sent).await,
         "a sent notification is final"
     );
 }
@@ -318,10 +313,7 @@ pub async fn only_a_dead_notification_can_be_retried(store: &dyn NotificationSto
         store.retry(n.id, Utc::now()).await,
         Err(RetryError::NotDead(Status::Pending))
     ));
-    store
-        .record_attempt(n.id, &result(&n, AttemptOutcome::Rejected, Status::Dead))
-        .await
-        .unwrap();
+    record(store, &n, AttemptOutcome::Rejected, Status::Dead).await;
     let back = store.retry(n.id, Utc::now()).await.unwrap();
     assert_eq!(back.status, Status::Pending);
     assert_eq!(

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use agora_notification::domain::models::{
-    AttemptOutcome, Channel, ChannelChoice, ListFilter, Phone, Preferences, Status,
+    AttemptOutcome, Channel, ChannelChoice, Phone, Preferences, Status,
 };
 use agora_notification::domain::ports::DeliveryError;
 use uuid::Uuid;
@@ -13,16 +13,9 @@ use uuid::Uuid;
 const DEAD: &str = "agora_notifications_dead_total{channel=email}";
 
 use crate::helpers::{
-    Backend, FakeChannel, TestModule, counter, customer, eventually, order_event, order_event_for,
+    Backend, FakeChannel, TestModule, all, counter, customer, eventually, order_event,
     refund_event, staff,
 };
-
-fn all() -> ListFilter {
-    ListFilter {
-        limit: 100,
-        ..ListFilter::default()
-    }
-}
 
 async fn a_duplicate_event_creates_one_notification_on(backend: Backend) {
     let fake = FakeChannel::new();
@@ -55,9 +48,7 @@ async fn a_duplicate_event_creates_one_notification_on_postgres() {
 #[tokio::test]
 async fn turning_email_off_in_preferences_makes_the_email_skipped() {
     let fake = FakeChannel::new();
-    let mut m = TestModule::with_channels(Backend::Sqlite, fake.channels(), |_| {})
-        .await
-        .unwrap();
+    let mut m = TestModule::with_fake(&fake).await;
     let service = m.module.service();
     let mut prefs = Preferences::defaults("alice");
     prefs.channels = ChannelChoice {
@@ -71,12 +62,8 @@ async fn turning_email_off_in_preferences_makes_the_email_skipped() {
         .unwrap();
     m.start_worker();
 
-    m.publish(&order_event(
-        "order.shipped.v1",
-        "alice",
-        Some("alice@example.com"),
-    ))
-    .await;
+    m.publish_order("order.shipped.v1", Uuid::now_v7(), "alice")
+        .await;
     let items = m.store().list(&all()).await.unwrap();
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].status, Status::Skipped);
@@ -95,18 +82,10 @@ async fn turning_email_off_in_preferences_makes_the_email_skipped() {
 #[tokio::test]
 async fn a_refund_uses_the_address_remembered_from_order_events_or_is_skipped_without_one() {
     let fake = FakeChannel::new();
-    let m = TestModule::with_channels(Backend::Sqlite, fake.channels(), |_| {})
-        .await
-        .unwrap();
+    let m = TestModule::with_fake(&fake).await;
     let order_id = Uuid::now_v7();
     m.publish(&refund_event("bob", order_id)).await;
-    m.publish(&order_event_for(
-        "order.cancelled.v1",
-        order_id,
-        "bob",
-        Some("bob@example.com"),
-    ))
-    .await;
+    m.publish_order("order.cancelled.v1", order_id, "bob").await;
     m.publish(&refund_event("bob", order_id)).await;
     let mut items = m.store().list(&all()).await.unwrap();
     items.reverse();
@@ -146,9 +125,7 @@ async fn a_refund_uses_the_address_remembered_from_order_events_or_is_skipped_wi
 #[tokio::test]
 async fn a_preference_email_overrides_the_event_and_sms_goes_to_the_phone() {
     let fake = FakeChannel::new();
-    let mut m = TestModule::with_channels(Backend::Sqlite, fake.channels(), |_| {})
-        .await
-        .unwrap();
+    let mut m = TestModule::with_fake(&fake).await;
     let mut prefs = Preferences::defaults("carol");
     prefs.email =
         Some(agora_notification::domain::models::Email::parse("carol@pref.example").unwrap());
@@ -206,21 +183,15 @@ async fn transient_failures_are_retried_until_max_attempts_then_dead_and_counted
         .unwrap();
     let dead_before = counter(DEAD);
     m.start_worker();
-    m.publish(&order_event(
-        "order.confirmed.v1",
-        "alice",
-        Some("alice@example.com"),
-    ))
-    .await;
-    let store = m.store();
+    m.publish_order("order.confirmed.v1", Uuid::now_v7(), "alice")
+        .await;
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            store.list(&all()).await.unwrap()[0].status == Status::Dead
-        })
-        .await,
+        m.newest_reaches(Status::Dead, Duration::from_secs(10))
+            .await,
         "dead after the last attempt"
     );
-    let n = store.list(&all()).await.unwrap().remove(0);
+    let n = m.newest().await;
+    let store = m.store();
     assert_eq!(n.attempts, 3);
     assert_eq!(fake.calls().len(), 3);
     let attempts = store.attempts(n.id).await.unwrap();
@@ -245,24 +216,12 @@ async fn a_permanent_failure_is_dead_at_once_and_a_staff_retry_delivers_it() {
     let fake = FakeChannel::new().then(vec![Err(DeliveryError::Permanent(
         "550 mailbox unavailable".into(),
     ))]);
-    let mut m = TestModule::with_channels(Backend::Sqlite, fake.channels(), |_| {})
-        .await
-        .unwrap();
+    let mut m = TestModule::with_fake(&fake).await;
     m.start_worker();
-    m.publish(&order_event(
-        "order.rejected.v1",
-        "alice",
-        Some("alice@example.com"),
-    ))
-    .await;
-    let store = m.store();
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            store.list(&all()).await.unwrap()[0].status == Status::Dead
-        })
-        .await
-    );
-    let n = store.list(&all()).await.unwrap().remove(0);
+    m.publish_order("order.rejected.v1", Uuid::now_v7(), "alice")
+        .await;
+    assert!(m.newest_reaches(Status::Dead, Duration::from_secs(5)).await);
+    let n = m.newest().await;
     assert_eq!(n.attempts, 1);
     assert_eq!(n.last_error.as_deref(), Some("550 mailbox unavailable"));
 
@@ -272,6 +231,7 @@ async fn a_permanent_failure_is_dead_at_once_and_a_staff_retry_delivers_it() {
         "staff only"
     );
     let back = service.retry(&staff(), n.id).await.unwrap();
+    let store = m.store();
     assert_eq!(back.status, Status::Pending);
     assert!(
         eventually(Duration::from_secs(5), || async {
@@ -289,9 +249,7 @@ async fn a_permanent_failure_is_dead_at_once_and_a_staff_retry_delivers_it() {
 #[tokio::test]
 async fn a_payload_the_module_cannot_read_is_dropped_without_failing_the_bus() {
     let fake = FakeChannel::new();
-    let m = TestModule::with_channels(Backend::Sqlite, fake.channels(), |_| {})
-        .await
-        .unwrap();
+    let m = TestModule::with_fake(&fake).await;
     let bad = agora_kernel::EventEnvelope::new(
         "order.confirmed.v1",
         "order",

@@ -11,6 +11,7 @@ use agora_kernel::db::SqlDatabase;
 use agora_kernel::{
     BackgroundTask, CallContext, EventBus, EventEnvelope, InMemoryBus, Module, Principal, Role,
 };
+use agora_notification::domain::models::{ListFilter, Notification, Status};
 use agora_notification::domain::ports::{
     ChannelSender, DeliveryError, NotificationStore, OutgoingMessage,
 };
@@ -66,6 +67,14 @@ impl TestStore {
     }
 }
 
+/// Every notification, newest first (more than any test makes).
+pub fn all() -> ListFilter {
+    ListFilter {
+        limit: 100,
+        ..ListFilter::default()
+    }
+}
+
 /// Settings that retry fast, for tests.
 pub fn fast_settings(url: &str) -> Settings {
     let mut s = Settings::with_url(url);
@@ -91,24 +100,14 @@ impl TestModule {
         channels: Channels,
         tweak: impl FnOnce(&mut Settings),
     ) -> Option<Self> {
-        let (url, dir) = database(backend).await?;
-        let mut settings = fast_settings(&url);
-        tweak(&mut settings);
-        let bus = Arc::new(InMemoryBus::new());
-        let module = NotificationModule::build_with_channels(
-            &settings,
-            &url,
-            bus.clone() as Arc<dyn EventBus>,
-            channels,
-        )
-        .await
-        .unwrap();
-        Some(Self {
-            module: Arc::new(module),
-            bus,
-            worker: None,
-            _dir: dir,
-        })
+        Self::build(backend, Some(channels), tweak).await
+    }
+
+    /// On SQLite, every channel through `fake`, with the fast test settings.
+    pub async fn with_fake(fake: &Arc<FakeChannel>) -> Self {
+        Self::with_channels(Backend::Sqlite, fake.channels(), |_| {})
+            .await
+            .unwrap()
     }
 
     /// Built from settings alone, as the host builds it (real SMTP channel).
@@ -116,13 +115,28 @@ impl TestModule {
         backend: Backend,
         tweak: impl FnOnce(&mut Settings),
     ) -> Option<Self> {
+        Self::build(backend, None, tweak).await
+    }
+
+    /// The module on a fresh `backend` database: with `channels`, or with the
+    /// ones its settings name.
+    async fn build(
+        backend: Backend,
+        channels: Option<Channels>,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Option<Self> {
         let (url, dir) = database(backend).await?;
         let mut settings = fast_settings(&url);
         tweak(&mut settings);
         let bus = Arc::new(InMemoryBus::new());
-        let module = NotificationModule::build(&settings, &url, bus.clone() as Arc<dyn EventBus>)
-            .await
-            .unwrap();
+        let as_bus = bus.clone() as Arc<dyn EventBus>;
+        let module = match channels {
+            Some(channels) => {
+                NotificationModule::build_with_channels(&settings, &url, as_bus, channels).await
+            }
+            None => NotificationModule::build(&settings, &url, as_bus).await,
+        }
+        .unwrap();
         Some(Self {
             module: Arc::new(module),
             bus,
@@ -150,6 +164,33 @@ impl TestModule {
 
     pub async fn publish(&self, event: &EventEnvelope) {
         self.bus.publish(event).await.unwrap();
+    }
+
+    /// Publish `customer`'s `event_type` event for `order_id`, carrying the
+    /// address `{customer}@example.com` as the order module would.
+    pub async fn publish_order(&self, event_type: &str, order_id: Uuid, customer: &str) {
+        let email = format!("{customer}@example.com");
+        self.publish(&order_event_for(
+            event_type,
+            order_id,
+            customer,
+            Some(&email),
+        ))
+        .await;
+    }
+
+    /// The newest notification.
+    pub async fn newest(&self) -> Notification {
+        self.store().list(&all()).await.unwrap().remove(0)
+    }
+
+    /// Whether the newest notification reaches `status` within `within`.
+    pub async fn newest_reaches(&self, status: Status, within: Duration) -> bool {
+        let store = self.store();
+        eventually(within, || async {
+            store.list(&all()).await.unwrap()[0].status == status
+        })
+        .await
     }
 }
 

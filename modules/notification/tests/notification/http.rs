@@ -2,6 +2,8 @@
 //! roles, 404 for other customers' notifications, problem+json bodies, 422
 //! listing fields, cursor pagination, preferences and the staff retry.
 
+use std::sync::Arc;
+
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::StatusCode;
@@ -9,19 +11,20 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, test};
 use agora_kernel::Module;
 use agora_kernel::problem::PROBLEM_JSON;
+use agora_notification::NotificationModule;
 use agora_notification::domain::ports::DeliveryError;
 use serde_json::Value;
+use uuid::Uuid;
 
-use crate::helpers::{Backend, FakeChannel, TestModule, order_event};
+use crate::helpers::{FakeChannel, TestModule};
 
 async fn app(
-    m: &TestModule,
+    module: Arc<NotificationModule>,
 ) -> impl Service<
     actix_http::Request,
     Response = ServiceResponse<impl MessageBody>,
     Error = actix_web::Error,
 > {
-    let module = m.module.clone();
     test::init_service(
         App::new()
             .wrap(from_fn(agora_kernel::testing::principal_from_test_headers))
@@ -68,6 +71,14 @@ fn get(uri: &str, sub: &str, roles: &str) -> test::TestRequest {
     as_who(test::TestRequest::get().uri(uri), sub, roles)
 }
 
+fn put(uri: &str, sub: &str, roles: &str) -> test::TestRequest {
+    as_who(test::TestRequest::put().uri(uri), sub, roles)
+}
+
+fn post(uri: &str, sub: &str, roles: &str) -> test::TestRequest {
+    as_who(test::TestRequest::post().uri(uri), sub, roles)
+}
+
 fn assert_problem(a: &Answer, status: u16) {
     assert_eq!(a.status.as_u16(), status, "{}", a.body);
     assert_eq!(a.content_type, PROBLEM_JSON);
@@ -81,33 +92,32 @@ fn assert_problem(a: &Answer, status: u16) {
     assert!(a.body["title"].is_string() && a.body["detail"].is_string());
 }
 
-/// A module with notifications: alice 3 (confirmed, shipped, delivered), bob 1.
-async fn seeded() -> TestModule {
-    let fake = FakeChannel::new();
-    let m = TestModule::with_channels(Backend::Sqlite, fake.channels(), |_| {})
-        .await
-        .unwrap();
-    for t in [
-        "order.confirmed.v1",
-        "order.shipped.v1",
-        "order.delivered.v1",
+/// A module with notifications: alice 3 (confirmed, shipped, delivered), bob 1;
+/// and the app serving it (keep the module: it owns the database).
+async fn seeded() -> (
+    TestModule,
+    impl Service<
+        actix_http::Request,
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+    >,
+) {
+    let m = TestModule::with_fake(&FakeChannel::new()).await;
+    for (event_type, customer) in [
+        ("order.confirmed.v1", "alice"),
+        ("order.shipped.v1", "alice"),
+        ("order.delivered.v1", "alice"),
+        ("order.confirmed.v1", "bob"),
     ] {
-        m.publish(&order_event(t, "alice", Some("alice@example.com")))
-            .await;
+        m.publish_order(event_type, Uuid::now_v7(), customer).await;
     }
-    m.publish(&order_event(
-        "order.confirmed.v1",
-        "bob",
-        Some("bob@example.com"),
-    ))
-    .await;
-    m
+    let app = app(m.module.clone()).await;
+    (m, app)
 }
 
 #[actix_web::test]
 async fn a_customer_lists_only_their_own_notifications_in_the_public_shape() {
-    let m = seeded().await;
-    let app = app(&m).await;
+    let (_m, app) = seeded().await;
     let a = call(&app, get("/notifications", "alice", "customer")).await;
     assert_eq!(a.status, StatusCode::OK);
     let items = a.body["items"].as_array().unwrap();
@@ -149,8 +159,7 @@ async fn a_customer_lists_only_their_own_notifications_in_the_public_shape() {
 
 #[actix_web::test]
 async fn staff_list_everyone_with_filters_and_cursor_pages() {
-    let m = seeded().await;
-    let app = app(&m).await;
+    let (_m, app) = seeded().await;
     let all = call(&app, get("/notifications", "sam", "staff")).await;
     assert_eq!(all.body["items"].as_array().unwrap().len(), 4);
     let bob = call(
@@ -192,8 +201,7 @@ async fn staff_list_everyone_with_filters_and_cursor_pages() {
 
 #[actix_web::test]
 async fn bad_list_parameters_answer_422_listing_each_field() {
-    let m = seeded().await;
-    let app = app(&m).await;
+    let (_m, app) = seeded().await;
     let a = call(
         &app,
         get(
@@ -211,8 +219,7 @@ async fn bad_list_parameters_answer_422_listing_each_field() {
 
 #[actix_web::test]
 async fn a_notification_is_visible_to_its_owner_and_staff_and_404_to_anyone_else() {
-    let m = seeded().await;
-    let app = app(&m).await;
+    let (_m, app) = seeded().await;
     let list = call(&app, get("/notifications", "alice", "customer")).await;
     let id = list.body["items"][0]["id"].as_str().unwrap().to_owned();
     let uri = format!("/notifications/{id}");
@@ -232,15 +239,8 @@ async fn a_notification_is_visible_to_its_owner_and_staff_and_404_to_anyone_else
 
     let other = call(&app, get(&uri, "bob", "customer")).await;
     assert_problem(&other, 404);
-    let missing = call(
-        &app,
-        get(
-            &format!("/notifications/{}", uuid::Uuid::now_v7()),
-            "alice",
-            "customer",
-        ),
-    )
-    .await;
+    let nowhere = format!("/notifications/{}", Uuid::now_v7());
+    let missing = call(&app, get(&nowhere, "alice", "customer")).await;
     assert_problem(&missing, 404);
     assert_eq!(
         other.body["detail"], missing.body["detail"],
@@ -252,8 +252,7 @@ async fn a_notification_is_visible_to_its_owner_and_staff_and_404_to_anyone_else
 
 #[actix_web::test]
 async fn without_a_principal_the_answer_is_401_and_a_service_caller_is_forbidden() {
-    let m = seeded().await;
-    let app = app(&m).await;
+    let (_m, app) = seeded().await;
     let a = call(&app, test::TestRequest::get().uri("/notifications")).await;
     assert_problem(&a, 401);
     let s = call(&app, get("/notifications", "service:order", "service")).await;
@@ -272,8 +271,7 @@ async fn without_a_principal_the_answer_is_401_and_a_service_caller_is_forbidden
 
 #[actix_web::test]
 async fn preferences_default_to_the_known_address_and_can_be_replaced() {
-    let m = seeded().await;
-    let app = app(&m).await;
+    let (m, app) = seeded().await;
     let fresh = call(&app, get("/notifications/preferences", "zoe", "customer")).await;
     assert_eq!(fresh.status, StatusCode::OK);
     assert_eq!(
@@ -291,13 +289,7 @@ async fn preferences_default_to_the_known_address_and_can_be_replaced() {
         "channels": {"email": false, "sms": true, "push": false}});
     let put = call(
         &app,
-        as_who(
-            test::TestRequest::put()
-                .uri("/notifications/preferences")
-                .set_json(&body),
-            "alice",
-            "customer",
-        ),
+        put("/notifications/preferences", "alice", "customer").set_json(&body),
     )
     .await;
     assert_eq!(put.status, StatusCode::OK, "{}", put.body);
@@ -305,12 +297,8 @@ async fn preferences_default_to_the_known_address_and_can_be_replaced() {
     let again = call(&app, get("/notifications/preferences", "alice", "customer")).await;
     assert_eq!(again.body, body);
 
-    m.publish(&order_event(
-        "order.shipped.v1",
-        "alice",
-        Some("alice@example.com"),
-    ))
-    .await;
+    m.publish_order("order.shipped.v1", Uuid::now_v7(), "alice")
+        .await;
     let list = call(&app, get("/notifications?limit=2", "alice", "customer")).await;
     let mut newest: Vec<(String, String)> = list.body["items"]
         .as_array()
@@ -335,18 +323,11 @@ async fn preferences_default_to_the_known_address_and_can_be_replaced() {
 
 #[actix_web::test]
 async fn bad_preferences_answer_422_listing_fields_and_staff_have_none() {
-    let m = seeded().await;
-    let app = app(&m).await;
+    let (_m, app) = seeded().await;
     let body = serde_json::json!({"email": "nope", "phone": "12", "channels": {"push": true}});
     let a = call(
         &app,
-        as_who(
-            test::TestRequest::put()
-                .uri("/notifications/preferences")
-                .set_json(&body),
-            "alice",
-            "customer",
-        ),
+        put("/notifications/preferences", "alice", "customer").set_json(&body),
     )
     .await;
     assert_problem(&a, 422);
@@ -355,14 +336,9 @@ async fn bad_preferences_answer_422_listing_fields_and_staff_have_none() {
     }
     let malformed = call(
         &app,
-        as_who(
-            test::TestRequest::put()
-                .uri("/notifications/preferences")
-                .insert_header(("content-type", "application/json"))
-                .set_payload("{"),
-            "alice",
-            "customer",
-        ),
+        put("/notifications/preferences", "alice", "customer")
+            .insert_header(("content-type", "application/json"))
+            .set_payload("{"),
     )
     .await;
     assert_problem(&malformed, 400);
@@ -373,17 +349,11 @@ async fn bad_preferences_answer_422_listing_fields_and_staff_have_none() {
 #[actix_web::test]
 async fn staff_put_a_dead_notification_back_in_the_queue() {
     let fake = FakeChannel::new().always(Err(DeliveryError::Permanent("550 no such user".into())));
-    let m = TestModule::with_channels(Backend::Sqlite, fake.channels(), |_| {})
-        .await
-        .unwrap();
-    m.publish(&order_event(
-        "order.confirmed.v1",
-        "alice",
-        Some("alice@example.com"),
-    ))
-    .await;
+    let m = TestModule::with_fake(&fake).await;
+    m.publish_order("order.confirmed.v1", Uuid::now_v7(), "alice")
+        .await;
     m.module.service().deliver_due().await.unwrap();
-    let app = app(&m).await;
+    let app = app(m.module.clone()).await;
     let list = call(&app, get("/notifications", "alice", "customer")).await;
     let item = &list.body["items"][0];
     assert_eq!(item["status"], "dead");
@@ -398,34 +368,14 @@ async fn staff_put_a_dead_notification_back_in_the_queue() {
     assert_eq!(detail.body["history"][0]["error"], "550 no such user");
 
     let uri = format!("/notifications/{id}/retry");
-    let by_customer = call(
-        &app,
-        as_who(test::TestRequest::post().uri(&uri), "alice", "customer"),
-    )
-    .await;
+    let by_customer = call(&app, post(&uri, "alice", "customer")).await;
     assert_problem(&by_customer, 403);
-    let ok = call(
-        &app,
-        as_who(test::TestRequest::post().uri(&uri), "sam", "staff"),
-    )
-    .await;
+    let ok = call(&app, post(&uri, "sam", "staff")).await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
     assert_eq!(ok.body["status"], "pending");
-    let twice = call(
-        &app,
-        as_who(test::TestRequest::post().uri(&uri), "sam", "staff"),
-    )
-    .await;
+    let twice = call(&app, post(&uri, "sam", "staff")).await;
     assert_problem(&twice, 409);
-    let missing = call(
-        &app,
-        as_who(
-            test::TestRequest::post()
-                .uri(&format!("/notifications/{}/retry", uuid::Uuid::now_v7())),
-            "sam",
-            "staff",
-        ),
-    )
-    .await;
+    let nowhere = format!("/notifications/{}/retry", Uuid::now_v7());
+    let missing = call(&app, post(&nowhere, "sam", "staff")).await;
     assert_problem(&missing, 404);
 }

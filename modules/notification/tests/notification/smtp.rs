@@ -8,19 +8,15 @@
 
 use std::time::Duration;
 
-use agora_notification::domain::models::{AttemptOutcome, ListFilter, Status};
+use agora_notification::domain::models::{AttemptOutcome, Status};
 use uuid::Uuid;
 
-use crate::helpers::{Backend, SmtpServer, TestModule, eventually, order_event_for};
+use crate::helpers::{Backend, SmtpServer, TestModule, all, eventually};
 
-fn all() -> ListFilter {
-    ListFilter {
-        limit: 100,
-        ..ListFilter::default()
-    }
-}
-
-async fn module_sending_to(server: &SmtpServer) -> TestModule {
+/// A server in `mode` (see [`SmtpServer::start`]) and the module sending to
+/// it with its own delivery worker, or `None` (skip) without the server's Python.
+async fn server_and_module(mode: &str, failures: u32) -> Option<(SmtpServer, TestModule)> {
+    let server = SmtpServer::start(mode, failures)?;
     let url = server.url();
     let mut m = TestModule::from_settings(Backend::Sqlite, |s| {
         s.smtp.url = url.into();
@@ -30,23 +26,17 @@ async fn module_sending_to(server: &SmtpServer) -> TestModule {
     .await
     .unwrap();
     m.start_worker();
-    m
+    Some((server, m))
 }
 
 #[tokio::test]
 async fn smtp_an_order_event_produces_an_email_the_server_receives() {
-    let Some(server) = SmtpServer::start("record", 0) else {
+    let Some((server, m)) = server_and_module("record", 0).await else {
         return;
     };
-    let m = module_sending_to(&server).await;
     let order_id = Uuid::now_v7();
-    m.publish(&order_event_for(
-        "order.confirmed.v1",
-        order_id,
-        "alice",
-        Some("alice@example.com"),
-    ))
-    .await;
+    m.publish_order("order.confirmed.v1", order_id, "alice")
+        .await;
     assert!(
         eventually(Duration::from_secs(15), || async {
             !server.received().is_empty()
@@ -72,43 +62,28 @@ async fn smtp_an_order_event_produces_an_email_the_server_receives() {
     let html = mail["html"].as_str().unwrap();
     assert!(html.contains(&order_id.to_string()), "{html}");
 
-    let store = m.store();
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            store.list(&all()).await.unwrap()[0].status == Status::Sent
-        })
-        .await
-    );
-    let n = store.list(&all()).await.unwrap().remove(0);
+    assert!(m.newest_reaches(Status::Sent, Duration::from_secs(5)).await);
+    let n = m.newest().await;
     assert_eq!(n.attempts, 1);
     assert!(n.sent_at.is_some());
 }
 
 #[tokio::test]
 async fn smtp_a_451_then_250_is_retried_then_sent() {
-    let Some(server) = SmtpServer::start("flaky", 1) else {
+    let Some((server, m)) = server_and_module("flaky", 1).await else {
         return;
     };
-    let m = module_sending_to(&server).await;
     let order_id = Uuid::now_v7();
-    m.publish(&order_event_for(
-        "order.shipped.v1",
-        order_id,
-        "bob",
-        Some("bob@example.com"),
-    ))
-    .await;
+    m.publish_order("order.shipped.v1", order_id, "bob").await;
     let store = m.store();
     assert!(
-        eventually(Duration::from_secs(20), || async {
-            store.list(&all()).await.unwrap()[0].status == Status::Sent
-        })
-        .await,
+        m.newest_reaches(Status::Sent, Duration::from_secs(20))
+            .await,
         "not sent: {:?} / server: {:?}",
         store.list(&all()).await.unwrap(),
         server.records()
     );
-    let n = store.list(&all()).await.unwrap().remove(0);
+    let n = m.newest().await;
     assert_eq!(n.attempts, 2);
     let attempts = store.attempts(n.id).await.unwrap();
     assert_eq!(
@@ -136,29 +111,21 @@ async fn smtp_a_451_then_250_is_retried_then_sent() {
 
 #[tokio::test]
 async fn smtp_a_550_is_dead_at_once_with_the_error_recorded() {
-    let Some(server) = SmtpServer::start("reject", 0) else {
+    let Some((server, m)) = server_and_module("reject", 0).await else {
         return;
     };
-    let m = module_sending_to(&server).await;
-    m.publish(&order_event_for(
-        "order.delivered.v1",
-        Uuid::now_v7(),
-        "carol",
-        Some("carol@example.com"),
-    ))
-    .await;
+    m.publish_order("order.delivered.v1", Uuid::now_v7(), "carol")
+        .await;
     let store = m.store();
     assert!(
-        eventually(Duration::from_secs(15), || async {
-            store.list(&all()).await.unwrap()[0].status == Status::Dead
-        })
-        .await,
+        m.newest_reaches(Status::Dead, Duration::from_secs(15))
+            .await,
         "not dead: {:?}",
         store.list(&all()).await.unwrap()
     );
     // Give a wrong retry the time to happen, then check it did not.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let n = store.list(&all()).await.unwrap().remove(0);
+    let n = m.newest().await;
     assert_eq!(n.attempts, 1, "a permanent error is not retried");
     let error = n.last_error.unwrap();
     assert!(error.contains("550"), "{error}");

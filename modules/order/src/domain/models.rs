@@ -1,7 +1,7 @@
 //! Orders and the values they are made of. Every type here is parsed, never
 //! merely validated: holding an `OrderRequest` means the input was good.
 
-use agora_kernel::{FieldErrors, Money};
+use agora_kernel::{CallContext, FieldErrors, Money};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -261,6 +261,38 @@ pub struct Order {
 }
 
 impl Order {
+    /// A new order as `ctx`'s customer places it at `now`, priced at `items`
+    /// and `total`: pending, version 1, due for its first payment attempt at
+    /// once, and failing unpaid at `payment_deadline`.
+    pub fn placed(
+        ctx: &CallContext,
+        request: OrderRequest,
+        (items, total): (Vec<OrderLine>, Money),
+        now: DateTime<Utc>,
+        payment_deadline: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id: OrderId::new(),
+            customer_id: ctx.principal.subject.clone(),
+            customer_email: ctx.principal.email.clone(),
+            correlation_id: ctx.correlation_id.clone(),
+            idempotency_key: request.idempotency_key,
+            status: OrderStatus::Pending,
+            items,
+            total,
+            shipping_address: request.shipping_address,
+            payment_method: request.payment_method,
+            payment_id: None,
+            failure_reason: None,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+            attempts: 0,
+            next_attempt_at: Some(now),
+            payment_deadline,
+        }
+    }
+
     /// The stock reservation of this order (derived, so a retry reuses it).
     pub fn reservation_id(&self) -> String {
         self.id.to_string()

@@ -162,6 +162,21 @@ fn log_earlier(order: &Order, change: &Change) {
     }
 }
 
+/// Whether cancelling `order` has anything left to do: `false` when it is
+/// cancelled already, an error when it has gone past the point of cancelling.
+fn needs_cancelling(order: &Order) -> Result<bool, OrderError> {
+    if order.status == OrderStatus::Cancelled {
+        return Ok(false);
+    }
+    if !order.status.can_become(OrderStatus::Cancelled) {
+        return Err(OrderError::IllegalTransition {
+            from: order.status,
+            to: OrderStatus::Cancelled,
+        });
+    }
+    Ok(true)
+}
+
 fn backoff(attempts: u32, base: Duration, max: Duration) -> Duration {
     agora_kernel::outbox::backoff(attempts, base, max)
 }
@@ -269,7 +284,7 @@ impl OrderService {
         // A replay of a placed order is caught by the idempotency layer and, past
         // it, by the unique key on insert; only a replay that would now fail
         // validation (a sku retired since) needs the lookup.
-        let (items, total) = match self.price(ctx, &request).await {
+        let priced = match self.price(ctx, &request).await {
             Ok(priced) => priced,
             Err(e) => {
                 if let Some(key) = &request.idempotency_key
@@ -282,27 +297,9 @@ impl OrderService {
             }
         };
         let now = self.now();
-        let mut order = Order {
-            id: OrderId::new(),
-            customer_id: ctx.principal.subject.clone(),
-            customer_email: ctx.principal.email.clone(),
-            correlation_id: ctx.correlation_id.clone(),
-            idempotency_key: request.idempotency_key.clone(),
-            status: OrderStatus::Pending,
-            items,
-            total,
-            shipping_address: request.shipping_address,
-            payment_method: request.payment_method,
-            payment_id: None,
-            failure_reason: None,
-            created_at: now,
-            updated_at: now,
-            version: 1,
-            attempts: 0,
-            next_attempt_at: Some(now),
-            payment_deadline: now
-                + chrono::Duration::from_std(self.config.payment_deadline).unwrap_or_default(),
-        };
+        let deadline =
+            now + chrono::Duration::from_std(self.config.payment_deadline).unwrap_or_default();
+        let mut order = Order::placed(ctx, request, priced, now, deadline);
         let transition = Transition {
             from: None,
             to: OrderStatus::Pending,
@@ -981,25 +978,13 @@ impl OrderService {
         reason: Option<String>,
     ) -> Result<Order, OrderError> {
         let order = self.get(ctx, id).await?;
-        if order.status == OrderStatus::Cancelled {
+        if !needs_cancelling(&order)? {
             return Ok(order);
-        }
-        if !order.status.can_become(OrderStatus::Cancelled) {
-            return Err(OrderError::IllegalTransition {
-                from: order.status,
-                to: OrderStatus::Cancelled,
-            });
         }
         self.with_lease(id, || async {
             let order = self.store.get(id).await?.ok_or(OrderError::NotFound)?;
-            if order.status == OrderStatus::Cancelled {
+            if !needs_cancelling(&order)? {
                 return Ok(order);
-            }
-            if !order.status.can_become(OrderStatus::Cancelled) {
-                return Err(OrderError::IllegalTransition {
-                    from: order.status,
-                    to: OrderStatus::Cancelled,
-                });
             }
             let svc = CallContext::service(crate::NAME, &ctx.correlation_id);
             // Compensate first (every call is idempotent); a failure leaves the

@@ -10,9 +10,8 @@ use agora_kernel::{CallContext, Principal, Role};
 use crate::domain::ports::StockReservations;
 
 use super::fakes::{FakeCatalogue, FakePayments, FakeStock, Held, PayMode};
-use crate::domain::models::{
-    OrderRequest, OrderStatus, Quantity, RequestedLine, ShippingAddress, Sku,
-};
+use super::{customer, request};
+use crate::domain::models::{Order, OrderId, OrderStatus};
 use crate::domain::service::{OrderError, OrderService, SagaConfig};
 
 struct World {
@@ -43,6 +42,22 @@ async fn world(mode: PayMode, config: SagaConfig) -> World {
     }
 }
 
+impl World {
+    /// The customer `sub` places `lines`; the call itself must succeed,
+    /// whatever the order's status.
+    async fn place(&self, sub: &str, lines: &[(&str, i64)]) -> Order {
+        self.svc
+            .place(&customer(sub), request(lines))
+            .await
+            .unwrap()
+    }
+
+    /// Staff move the order on to `to` (shipped, delivered).
+    async fn fulfil(&self, id: OrderId, to: OrderStatus) -> Result<Order, OrderError> {
+        self.svc.advance_fulfilment(&staff(), id, to).await
+    }
+}
+
 fn fast() -> SagaConfig {
     SagaConfig {
         retry_base: Duration::from_millis(10),
@@ -51,46 +66,14 @@ fn fast() -> SagaConfig {
     }
 }
 
-fn customer(sub: &str) -> CallContext {
-    let mut p = Principal::new(sub, [Role::Customer]);
-    p.email = Some(format!("{sub}@example.com"));
-    CallContext::new(p, format!("req-{sub}"))
-}
-
 fn staff() -> CallContext {
     CallContext::new(Principal::new("sam", [Role::Staff]), "req-staff")
-}
-
-fn request(lines: &[(&str, i64)]) -> OrderRequest {
-    OrderRequest {
-        lines: lines
-            .iter()
-            .map(|(s, q)| RequestedLine {
-                sku: Sku::parse(s).unwrap(),
-                quantity: Quantity::parse(*q).unwrap(),
-            })
-            .collect(),
-        shipping_address: ShippingAddress {
-            name: "Alice".into(),
-            line1: "1 Main St".into(),
-            line2: None,
-            city: "Berlin".into(),
-            postal_code: "10115".into(),
-            country: "DE".into(),
-        },
-        payment_method: "tok_visa".into(),
-        idempotency_key: None,
-    }
 }
 
 #[tokio::test]
 async fn a_healthy_order_is_confirmed_inside_the_request() {
     let w = world(PayMode::Approve, SagaConfig::default()).await;
-    let o = w
-        .svc
-        .place(&customer("alice"), request(&[("TSHIRT", 2), ("MUG", 1)]))
-        .await
-        .unwrap();
+    let o = w.place("alice", &[("TSHIRT", 2), ("MUG", 1)]).await;
     assert_eq!(o.status, OrderStatus::Confirmed);
     assert_eq!(o.total.minor(), 2 * 1999 + 850);
     assert_eq!(o.customer_email.as_deref(), Some("alice@example.com"));
@@ -141,11 +124,7 @@ async fn unknown_inactive_and_mixed_currency_items_are_refused_with_field_errors
 #[tokio::test]
 async fn an_order_short_of_stock_is_rejected_and_reserves_nothing() {
     let w = world(PayMode::Approve, SagaConfig::default()).await;
-    let o = w
-        .svc
-        .place(&customer("alice"), request(&[("TSHIRT", 1), ("MUG", 2)]))
-        .await
-        .unwrap();
+    let o = w.place("alice", &[("TSHIRT", 1), ("MUG", 2)]).await;
     assert_eq!(o.status, OrderStatus::Rejected);
     assert!(o.failure_reason.as_deref().unwrap().contains("MUG"));
     assert_eq!(w.stock.available("TSHIRT"), 10);
@@ -155,11 +134,7 @@ async fn an_order_short_of_stock_is_rejected_and_reserves_nothing() {
 #[tokio::test]
 async fn a_declined_payment_fails_the_order_and_releases_its_stock() {
     let w = world(PayMode::Decline, SagaConfig::default()).await;
-    let o = w
-        .svc
-        .place(&customer("alice"), request(&[("TSHIRT", 3)]))
-        .await
-        .unwrap();
+    let o = w.place("alice", &[("TSHIRT", 3)]).await;
     assert_eq!(o.status, OrderStatus::PaymentFailed);
     assert!(
         o.failure_reason
@@ -174,11 +149,7 @@ async fn a_declined_payment_fails_the_order_and_releases_its_stock() {
 #[tokio::test]
 async fn an_unavailable_provider_leaves_the_order_awaiting_payment_until_it_is_back() {
     let w = world(PayMode::Down, fast()).await;
-    let o = w
-        .svc
-        .place(&customer("alice"), request(&[("TSHIRT", 1)]))
-        .await
-        .unwrap();
+    let o = w.place("alice", &[("TSHIRT", 1)]).await;
     assert_eq!(o.status, OrderStatus::AwaitingPayment);
     assert_eq!(o.attempts, 1);
     assert!(o.next_attempt_at.is_some());
@@ -203,11 +174,7 @@ async fn past_the_payment_deadline_an_unpaid_order_fails_and_its_stock_is_releas
         ..fast()
     };
     let w = world(PayMode::Down, config).await;
-    let o = w
-        .svc
-        .place(&customer("alice"), request(&[("TSHIRT", 4)]))
-        .await
-        .unwrap();
+    let o = w.place("alice", &[("TSHIRT", 4)]).await;
     assert_eq!(o.status, OrderStatus::AwaitingPayment);
     assert_eq!(w.stock.available("TSHIRT"), 6);
     tokio::time::sleep(Duration::from_millis(80)).await;
@@ -222,11 +189,7 @@ async fn past_the_payment_deadline_an_unpaid_order_fails_and_its_stock_is_releas
 async fn cancelling_a_confirmed_order_refunds_it_in_full_and_releases_stock_once() {
     let w = world(PayMode::Approve, SagaConfig::default()).await;
     let alice = customer("alice");
-    let o = w
-        .svc
-        .place(&alice, request(&[("TSHIRT", 2)]))
-        .await
-        .unwrap();
+    let o = w.place("alice", &[("TSHIRT", 2)]).await;
     let c = w.svc.cancel(&alice, o.id, None).await.unwrap();
     assert_eq!(c.status, OrderStatus::Cancelled);
     assert_eq!(w.stock.available("TSHIRT"), 10);
@@ -246,7 +209,7 @@ async fn cancelling_a_confirmed_order_refunds_it_in_full_and_releases_stock_once
 async fn shipping_commits_the_reservation_and_a_shipped_order_cannot_be_cancelled() {
     let w = world(PayMode::Approve, SagaConfig::default()).await;
     let alice = customer("alice");
-    let o = w.svc.place(&alice, request(&[("MUG", 1)])).await.unwrap();
+    let o = w.place("alice", &[("MUG", 1)]).await;
     assert!(matches!(
         w.svc
             .advance_fulfilment(&alice, o.id, OrderStatus::Shipped)
@@ -254,38 +217,24 @@ async fn shipping_commits_the_reservation_and_a_shipped_order_cannot_be_cancelle
         Err(OrderError::Forbidden(_))
     ));
     assert!(matches!(
-        w.svc
-            .advance_fulfilment(&staff(), o.id, OrderStatus::Delivered)
-            .await,
+        w.fulfil(o.id, OrderStatus::Delivered).await,
         Err(OrderError::IllegalTransition { .. })
     ));
-    let s = w
-        .svc
-        .advance_fulfilment(&staff(), o.id, OrderStatus::Shipped)
-        .await
-        .unwrap();
+    let s = w.fulfil(o.id, OrderStatus::Shipped).await.unwrap();
     assert_eq!(s.status, OrderStatus::Shipped);
     assert_eq!(w.stock.state(&o.reservation_id()), Some(Held::Committed));
     assert!(matches!(
         w.svc.cancel(&alice, o.id, None).await,
         Err(OrderError::IllegalTransition { .. })
     ));
-    let d = w
-        .svc
-        .advance_fulfilment(&staff(), o.id, OrderStatus::Delivered)
-        .await
-        .unwrap();
+    let d = w.fulfil(o.id, OrderStatus::Delivered).await.unwrap();
     assert_eq!(d.status, OrderStatus::Delivered);
 }
 
 #[tokio::test]
 async fn another_customer_cannot_see_cancel_or_list_an_order() {
     let w = world(PayMode::Approve, SagaConfig::default()).await;
-    let o = w
-        .svc
-        .place(&customer("alice"), request(&[("TSHIRT", 1)]))
-        .await
-        .unwrap();
+    let o = w.place("alice", &[("TSHIRT", 1)]).await;
     let bob = customer("bob");
     assert!(matches!(
         w.svc.get(&bob, o.id).await,
@@ -324,11 +273,7 @@ async fn another_customer_cannot_see_cancel_or_list_an_order() {
 async fn the_address_changes_only_at_the_current_version() {
     let w = world(PayMode::Approve, SagaConfig::default()).await;
     let alice = customer("alice");
-    let o = w
-        .svc
-        .place(&alice, request(&[("TSHIRT", 1)]))
-        .await
-        .unwrap();
+    let o = w.place("alice", &[("TSHIRT", 1)]).await;
     let mut addr = o.shipping_address.clone();
     addr.city = "Hamburg".into();
     assert!(matches!(
@@ -359,11 +304,7 @@ async fn only_customers_place_orders() {
 async fn a_payment_that_lands_after_the_reservation_ended_is_refunded() {
     let w = world(PayMode::Down, fast()).await;
     let alice = customer("alice");
-    let o = w
-        .svc
-        .place(&alice, request(&[("TSHIRT", 1)]))
-        .await
-        .unwrap();
+    let o = w.place("alice", &[("TSHIRT", 1)]).await;
     assert_eq!(o.status, OrderStatus::AwaitingPayment);
     // The sweeper released the reservation meanwhile.
     w.stock.release(&alice, &o.reservation_id()).await.unwrap();

@@ -7,9 +7,7 @@ use agora_kernel::EventEnvelope;
 use chrono::{DateTime, Duration as Span, Utc};
 
 use super::fakes::eur;
-use crate::domain::models::{
-    Order, OrderFilter, OrderId, OrderLine, OrderStatus, ShippingAddress, Sku, Transition,
-};
+use crate::domain::models::{Order, OrderFilter, OrderId, OrderLine, OrderStatus, Sku, Transition};
 use crate::domain::ports::{Change, Lease, OrderStore, StoreError};
 
 fn lease(until: chrono::DateTime<Utc>) -> Lease {
@@ -19,40 +17,22 @@ fn lease(until: chrono::DateTime<Utc>) -> Lease {
     }
 }
 
+/// A pending order of two mugs, as `customer` places it.
 fn order(customer: &str) -> Order {
     let now = Utc::now();
-    Order {
-        id: OrderId::new(),
-        customer_id: customer.into(),
-        customer_email: Some(format!("{customer}@example.com")),
-        correlation_id: "req-0".into(),
-        idempotency_key: None,
-        status: OrderStatus::Pending,
-        items: vec![OrderLine {
-            sku: Sku::parse("MUG").unwrap(),
-            quantity: 2,
-            unit_price_minor: 850,
-            line_total_minor: 1700,
-        }],
-        total: eur(1700),
-        shipping_address: ShippingAddress {
-            name: "Alice".into(),
-            line1: "1 Main St".into(),
-            line2: None,
-            city: "Berlin".into(),
-            postal_code: "10115".into(),
-            country: "DE".into(),
-        },
-        payment_method: "tok_visa".into(),
-        payment_id: None,
-        failure_reason: None,
-        created_at: now,
-        updated_at: now,
-        version: 1,
-        attempts: 0,
-        next_attempt_at: Some(now),
-        payment_deadline: now + Span::minutes(15),
-    }
+    let mugs = OrderLine {
+        sku: Sku::parse("MUG").unwrap(),
+        quantity: 2,
+        unit_price_minor: 850,
+        line_total_minor: 1700,
+    };
+    Order::placed(
+        &super::customer(customer),
+        super::request(&[("MUG", 2)]),
+        (vec![mugs], eur(1700)),
+        now,
+        now + Span::minutes(15),
+    )
 }
 
 fn created(o: &Order) -> Transition {
@@ -64,6 +44,21 @@ fn created(o: &Order) -> Transition {
         reason: None,
         correlation_id: "req-1".into(),
     }
+}
+
+/// Store `o` as just placed: its creation, no events, a lease already over.
+async fn insert(store: &dyn OrderStore, o: &Order) {
+    store
+        .insert(o, &created(o), &[], &lease(Utc::now()))
+        .await
+        .unwrap();
+}
+
+/// An order of `customer`'s placed under idempotency `key`.
+fn keyed(customer: &str, key: &str) -> Order {
+    let mut o = order(customer);
+    o.idempotency_key = Some(key.into());
+    o
 }
 
 async fn outbox_types(db: &agora_kernel::db::SqlDatabase) -> u64 {
@@ -110,10 +105,7 @@ async fn a_change_is_a_compare_and_swap_on_version(
     db: &agora_kernel::db::SqlDatabase,
 ) {
     let o = order("alice");
-    store
-        .insert(&o, &created(&o), &[], &lease(Utc::now()))
-        .await
-        .unwrap();
+    insert(&*store, &o).await;
     let t = Transition {
         from: Some(OrderStatus::Pending),
         to: OrderStatus::AwaitingPayment,
@@ -159,10 +151,7 @@ async fn listing_is_newest_first_filtered_and_paged_by_id(store: Arc<dyn OrderSt
     let mut ids = Vec::new();
     for i in 0..5 {
         let o = order(if i % 2 == 0 { "alice" } else { "bob" });
-        store
-            .insert(&o, &created(&o), &[], &lease(Utc::now()))
-            .await
-            .unwrap();
+        insert(&*store, &o).await;
         ids.push(o.id);
     }
     let alice = OrderFilter {
@@ -176,10 +165,7 @@ async fn listing_is_newest_first_filtered_and_paged_by_id(store: Arc<dyn OrderSt
     );
     // A newer order inserted between pages does not shift the next page.
     let late = order("alice");
-    store
-        .insert(&late, &created(&late), &[], &lease(Utc::now()))
-        .await
-        .unwrap();
+    insert(&*store, &late).await;
     let page2 = store.list(&alice, Some(page1[1].id), 2).await.unwrap();
     assert_eq!(page2.iter().map(|o| o.id).collect::<Vec<_>>(), vec![ids[0]]);
     let all = store
@@ -259,10 +245,7 @@ async fn leases_exclude_each_other_and_the_recovery_worker(store: Arc<dyn OrderS
 
 async fn a_change_stores_an_earlier_transition_before_its_own(store: Arc<dyn OrderStore>) {
     let o = order("alice");
-    store
-        .insert(&o, &created(&o), &[], &lease(Utc::now()))
-        .await
-        .unwrap();
+    insert(&*store, &o).await;
     let at =
         |ms: i64| DateTime::from_timestamp_millis(o.created_at.timestamp_millis() + ms).unwrap();
     let step = |from, to, ms| Transition {
@@ -311,14 +294,9 @@ macro_rules! contract {
 }
 
 async fn an_idempotency_key_is_unique_per_customer(store: Arc<dyn OrderStore>) {
-    let mut a = order("alice");
-    a.idempotency_key = Some("k".into());
-    store
-        .insert(&a, &created(&a), &[], &lease(Utc::now()))
-        .await
-        .unwrap();
-    let mut twin = order("alice");
-    twin.idempotency_key = Some("k".into());
+    let a = keyed("alice", "k");
+    insert(&*store, &a).await;
+    let twin = keyed("alice", "k");
     assert!(matches!(
         store
             .insert(&twin, &created(&twin), &[], &lease(Utc::now()))
@@ -329,12 +307,8 @@ async fn an_idempotency_key_is_unique_per_customer(store: Arc<dyn OrderStore>) {
         store.find_by_key("alice", "k").await.unwrap().map(|o| o.id),
         Some(a.id)
     );
-    let mut other = order("bob");
-    other.idempotency_key = Some("k".into());
-    store
-        .insert(&other, &created(&other), &[], &lease(Utc::now()))
-        .await
-        .unwrap();
+    let other = keyed("bob", "k");
+    insert(&*store, &other).await;
     assert!(store.find_by_key("carol", "k").await.unwrap().is_none());
 }
 
