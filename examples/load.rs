@@ -88,6 +88,19 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// The latency percentiles of `sorted` (in ms) and how the orders ended.
+fn report(what: &str, sorted: &[Duration], statuses: &BTreeMap<String, usize>) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{what} p50: {:.1} ms  p95: {:.1} ms  p99: {:.1} ms  max: {:.1} ms",
+        ms(percentile(sorted, 50.0)),
+        ms(percentile(sorted, 95.0)),
+        ms(percentile(sorted, 99.0)),
+        ms(sorted.last().copied().unwrap_or_default()),
+    );
+    println!("outcomes: {statuses:?}");
+}
+
 #[tokio::main]
 async fn main() {
     let a = args();
@@ -256,14 +269,7 @@ async fn main() {
         elapsed.as_secs_f64(),
         a.orders as f64 / elapsed.as_secs_f64()
     );
-    println!(
-        "latency p50: {:.1} ms  p95: {:.1} ms  p99: {:.1} ms  max: {:.1} ms",
-        percentile(&latencies, 50.0).as_secs_f64() * 1000.0,
-        percentile(&latencies, 95.0).as_secs_f64() * 1000.0,
-        percentile(&latencies, 99.0).as_secs_f64() * 1000.0,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
-    );
-    println!("outcomes: {statuses:?}");
+    report("latency", &latencies, &statuses);
 }
 
 fn order_body(sku: &str) -> serde_json::Value {
@@ -351,12 +357,5 @@ async fn open_loop(
         "achieved: {:.0} orders/s",
         total as f64 / elapsed.as_secs_f64()
     );
-    println!(
-        "latency from due time p50: {:.1} ms  p95: {:.1} ms  p99: {:.1} ms  max: {:.1} ms",
-        percentile(&latencies, 50.0).as_secs_f64() * 1000.0,
-        percentile(&latencies, 95.0).as_secs_f64() * 1000.0,
-        percentile(&latencies, 99.0).as_secs_f64() * 1000.0,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
-    );
-    println!("outcomes: {statuses:?}");
+    report("latency from due time", &latencies, &statuses);
 }

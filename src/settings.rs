@@ -383,26 +383,18 @@ impl Settings {
                     return Err(invalid(&key, format!("`{url}` is not an http(s) base URL")));
                 }
             }
-            match (hosted.contains(&module), urls.is_empty()) {
-                (false, true) => {
-                    return Err(invalid(
-                        &key,
-                        format!(
-                            "the {module} module is neither hosted here ({}) nor given the URLs of the processes that host it",
-                            env_name("modules")
-                        ),
-                    ));
-                }
-                (true, false) => {
-                    return Err(invalid(
-                        &key,
-                        format!(
-                            "the {module} module is hosted by this process ({}); remote URLs are for the modules it does not host",
-                            env_name("modules")
-                        ),
-                    ));
-                }
-                _ => {}
+            let modules = env_name("modules");
+            let misplaced = match (hosted.contains(&module), urls.is_empty()) {
+                (false, true) => Some(format!(
+                    "the {module} module is neither hosted here ({modules}) nor given the URLs of the processes that host it"
+                )),
+                (true, false) => Some(format!(
+                    "the {module} module is hosted by this process ({modules}); remote URLs are for the modules it does not host"
+                )),
+                _ => None,
+            };
+            if let Some(why) = misplaced {
+                return Err(invalid(&key, why));
             }
         }
         let some = !hosted.is_empty() && hosted.len() < MODULES.len();
@@ -987,30 +979,46 @@ mod tests {
             s.as_ref().ok().map(Settings::hosted),
             Some(MODULES.to_vec())
         );
-        let e = refused(&[("AGORA__MODULES", "order,shipping")]);
-        assert!(
-            e.contains("AGORA__MODULES") && e.contains("shipping"),
-            "{e}"
-        );
-        let e = refused(&[
-            ("AGORA__MODULES", "order,notification"),
-            ("AGORA__BUS__URL", "nats://127.0.0.1:4222"),
-            ("AGORA__REMOTE__INVENTORY__URLS", "http://10.0.0.5:8080"),
-        ]);
-        assert!(e.contains("AGORA__REMOTE__PAYMENT__URLS"), "{e}");
-        let e = refused(&[
-            ("AGORA__MODULES", "order,notification"),
-            ("AGORA__REMOTE__INVENTORY__URLS", "http://b:8080"),
-            ("AGORA__REMOTE__PAYMENT__URLS", "http://b:8080"),
-        ]);
-        assert!(e.contains("AGORA__BUS__URL"), "{e}");
-        let e = refused(&[("AGORA__REMOTE__ORDER__URLS", "http://x:1")]);
-        assert!(e.contains("AGORA__REMOTE__ORDER__URLS"), "{e}");
-        let e = refused(&[
-            ("AGORA__MODULES", ""),
-            ("AGORA__REMOTE__ORDER__URLS", "ftp://x"),
-        ]);
-        assert!(e.contains("AGORA__REMOTE__ORDER__URLS"), "{e}");
+        let refusals: [(&[(&str, &str)], &[&str]); 5] = [
+            (
+                &[("AGORA__MODULES", "order,shipping")],
+                &["AGORA__MODULES", "shipping"],
+            ),
+            // Order needs payment somewhere: here or remote.
+            (
+                &[
+                    ("AGORA__MODULES", "order,notification"),
+                    ("AGORA__BUS__URL", "nats://127.0.0.1:4222"),
+                    ("AGORA__REMOTE__INVENTORY__URLS", "http://10.0.0.5:8080"),
+                ],
+                &["AGORA__REMOTE__PAYMENT__URLS"],
+            ),
+            // A split deployment needs a shared bus.
+            (
+                &[
+                    ("AGORA__MODULES", "order,notification"),
+                    ("AGORA__REMOTE__INVENTORY__URLS", "http://b:8080"),
+                    ("AGORA__REMOTE__PAYMENT__URLS", "http://b:8080"),
+                ],
+                &["AGORA__BUS__URL"],
+            ),
+            // A module hosted here is not also remote.
+            (
+                &[("AGORA__REMOTE__ORDER__URLS", "http://x:1")],
+                &["AGORA__REMOTE__ORDER__URLS"],
+            ),
+            (
+                &[
+                    ("AGORA__MODULES", ""),
+                    ("AGORA__REMOTE__ORDER__URLS", "ftp://x"),
+                ],
+                &["AGORA__REMOTE__ORDER__URLS"],
+            ),
+        ];
+        for (env, named) in refusals {
+            let e = refused(env);
+            assert!(named.iter().all(|n| e.contains(n)), "{env:?}: {e}");
+        }
         let split = load(&[
             ("AGORA__MODULES", "payment"),
             ("AGORA__BUS__URL", "nats://127.0.0.1:4222"),
