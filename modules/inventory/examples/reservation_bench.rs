@@ -18,6 +18,7 @@ use agora_inventory::domain::models::{
     Receipt, ReservationId, Sku, Threshold, WarehouseCode,
 };
 use agora_inventory::{InventoryModule, Settings};
+use agora_kernel::testing::with_database;
 use agora_kernel::{CallContext, Currency, InMemoryBus, Money, Principal, Role};
 use uuid::Uuid;
 
@@ -105,19 +106,6 @@ async fn run(url: &str, reservations: usize, callers: usize) -> f64 {
     rate
 }
 
-fn mongo_url(base: &str) -> String {
-    let (head, query) = base
-        .split_once('?')
-        .map_or((base, None), |(h, q)| (h, Some(q)));
-    let host_end = head[10..].find('/').map_or(head.len(), |i| 10 + i);
-    let mut url = format!("{}/bench_{}", &head[..host_end], Uuid::now_v7().simple());
-    if let Some(q) = query {
-        url.push('?');
-        url.push_str(q);
-    }
-    url
-}
-
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -127,8 +115,9 @@ async fn main() {
         let dir = tempfile::tempdir().unwrap();
         let url = match backend.as_str() {
             "sqlite" => format!("sqlite://{}/bench.db", dir.path().display()),
-            "mongodb" => mongo_url(
+            "mongodb" => with_database(
                 &std::env::var("AGORA_TEST_MONGODB_URL").expect("set AGORA_TEST_MONGODB_URL"),
+                &format!("bench_{}", Uuid::now_v7().simple()),
             ),
             other => panic!("unknown backend {other} (sqlite or mongodb)"),
         };

@@ -33,6 +33,17 @@ fn code_like(raw: &str, what: &str, max: usize) -> Result<String, ParseError> {
     }
 }
 
+/// `n` as a number of units from `min` to [`MAX_QUANTITY`].
+fn units(n: i64, min: u32) -> Result<u32, ParseError> {
+    if (i64::from(min)..=i64::from(MAX_QUANTITY)).contains(&n) {
+        Ok(n as u32)
+    } else {
+        Err(ParseError(format!(
+            "must be an integer between {min} and {MAX_QUANTITY}"
+        )))
+    }
+}
+
 fn text(raw: &str, what: &str, max: usize) -> Result<String, ParseError> {
     let trimmed = raw.trim();
     if trimmed.is_empty() || trimmed.chars().count() > max {
@@ -119,13 +130,7 @@ pub struct Quantity(u32);
 
 impl Quantity {
     pub fn new(n: i64) -> Result<Self, ParseError> {
-        if (1..=i64::from(MAX_QUANTITY)).contains(&n) {
-            Ok(Self(n as u32))
-        } else {
-            Err(ParseError(format!(
-                "must be an integer between 1 and {MAX_QUANTITY}"
-            )))
-        }
+        units(n, 1).map(Self)
     }
 
     pub fn get(self) -> i64 {
@@ -204,13 +209,7 @@ pub struct Threshold(u32);
 
 impl Threshold {
     pub fn new(n: i64) -> Result<Self, ParseError> {
-        if (0..=i64::from(MAX_QUANTITY)).contains(&n) {
-            Ok(Self(n as u32))
-        } else {
-            Err(ParseError(format!(
-                "must be an integer between 0 and {MAX_QUANTITY}"
-            )))
-        }
+        units(n, 0).map(Self)
     }
     pub fn get(self) -> i64 {
         i64::from(self.0)
@@ -320,14 +319,25 @@ pub struct ProductPatch {
     pub description: Option<Option<Description>>,
     pub price: Option<Money>,
     pub low_stock_threshold: Option<Threshold>,
+    /// `Some(false)` takes the product out of sale (the soft delete).
+    pub active: Option<bool>,
 }
 
 impl ProductPatch {
+    /// The soft delete: `active = false`, nothing else changes.
+    pub fn deactivate() -> Self {
+        Self {
+            active: Some(false),
+            ..Self::default()
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.name.is_none()
             && self.description.is_none()
             && self.price.is_none()
             && self.low_stock_threshold.is_none()
+            && self.active.is_none()
     }
 
     /// The product with this patch applied.
@@ -343,6 +353,9 @@ impl ProductPatch {
         }
         if let Some(t) = self.low_stock_threshold {
             p.low_stock_threshold = t.get();
+        }
+        if let Some(active) = self.active {
+            p.active = active;
         }
         p.updated_at = now;
         p

@@ -206,7 +206,7 @@ pub trait InventoryStore: Send + Sync {
         include_inactive: bool,
     ) -> anyhow::Result<Vec<Product>>;
 
-    /// Apply `patch`, or set `active = false` when `deactivate`.
+    /// Apply `patch` (a soft delete included), as [`ProductPatch::apply`] does.
     ///
     /// # Errors
     /// [`CatalogueError::NotFound`]; store failures.
@@ -214,7 +214,6 @@ pub trait InventoryStore: Send + Sync {
         &self,
         sku: &Sku,
         patch: &ProductPatch,
-        deactivate: bool,
         at: DateTime<Utc>,
     ) -> Result<Product, CatalogueError>;
 

@@ -173,7 +173,7 @@ impl InventoryService {
         cursor: Option<&str>,
         limit: u32,
     ) -> Result<Page<Product>, ReadError> {
-        let after = cursor.map(parse_cursor_sku).transpose()?;
+        let after = parse_cursor(cursor, |s| Sku::parse(s).ok())?;
         let mut items = self
             .inner
             .store
@@ -194,7 +194,7 @@ impl InventoryService {
         self.authorize_catalogue(ctx)?;
         self.inner
             .store
-            .update_product(sku, &patch, false, self.inner.clock.now())
+            .update_product(sku, &patch, self.inner.clock.now())
             .await
     }
 
@@ -211,7 +211,7 @@ impl InventoryService {
         self.authorize_catalogue(ctx)?;
         self.inner
             .store
-            .update_product(sku, &ProductPatch::default(), true, self.inner.clock.now())
+            .update_product(sku, &ProductPatch::deactivate(), self.inner.clock.now())
             .await
     }
 
@@ -243,14 +243,7 @@ impl InventoryService {
         cursor: Option<&str>,
         limit: u32,
     ) -> Result<Page<Warehouse>, ReadError> {
-        let after = match cursor {
-            None => None,
-            Some(c) => Some(
-                decode_cursor(c)
-                    .and_then(|s| WarehouseCode::parse(&s).ok())
-                    .ok_or_else(bad_cursor)?,
-            ),
-        };
+        let after = parse_cursor(cursor, |s| WarehouseCode::parse(s).ok())?;
         let mut items = self
             .inner
             .store
@@ -308,14 +301,7 @@ impl InventoryService {
         if let Some(why) = deny(ctx, AUDITORS) {
             return Err(ReadError::Forbidden(why));
         }
-        let before = match cursor {
-            None => None,
-            Some(c) => Some(
-                decode_cursor(c)
-                    .and_then(|s| Uuid::parse_str(&s).ok())
-                    .ok_or_else(bad_cursor)?,
-            ),
-        };
+        let before = parse_cursor(cursor, |s| Uuid::parse_str(s).ok())?;
         if self.inner.store.product(sku).await?.is_none() {
             return Err(ReadError::NotFound(format!("no product with sku {sku}")));
         }
@@ -448,14 +434,19 @@ impl InventoryService {
     }
 }
 
-fn bad_cursor() -> ReadError {
-    ReadError::BadCursor
-}
-
-fn parse_cursor_sku(c: &str) -> Result<Sku, ReadError> {
-    decode_cursor(c)
-        .and_then(|s| Sku::parse(&s).ok())
-        .ok_or_else(bad_cursor)
+/// The key of the item a page `cursor` (if any) continues after, read by
+/// `parse`; [`ReadError::BadCursor`] for one this collection did not hand out.
+fn parse_cursor<K>(
+    cursor: Option<&str>,
+    parse: impl FnOnce(&str) -> Option<K>,
+) -> Result<Option<K>, ReadError> {
+    cursor
+        .map(|c| {
+            decode_cursor(c)
+                .and_then(|key| parse(&key))
+                .ok_or(ReadError::BadCursor)
+        })
+        .transpose()
 }
 
 /// Cut a `limit + 1` fetch down to a page with a cursor after its last item.

@@ -301,6 +301,18 @@ impl<E> From<anyhow::Error> for TxError<E> {
 
 type TxResult<T, E> = Result<T, TxError<E>>;
 
+/// A duplicate key inside a transaction means another writer inserted the
+/// same document first: retry (`why` says what raced), as for a conflict.
+fn retry_if_duplicate<E>(why: &'static str) -> impl FnOnce(mongodb::error::Error) -> TxError<E> {
+    move |e| {
+        if is_duplicate_key(&e) {
+            TxError::Retry(why)
+        } else {
+            e.into()
+        }
+    }
+}
+
 /// In-process per-sku write serialisation. Transactions touching the same
 /// stock documents would otherwise mostly abort each other with write
 /// conflicts under load; queueing them here first keeps retries for the
@@ -361,6 +373,31 @@ async fn collect<T: Send + Sync + serde::de::DeserializeOwned>(
     Ok(out)
 }
 
+/// Create the index on `keys` of `coll` (a no-op when it exists), `unique` or not.
+async fn ensure_index<T: Send + Sync>(
+    coll: &Collection<T>,
+    keys: Document,
+    unique: bool,
+) -> anyhow::Result<()> {
+    let what = format!("failed to create the index {keys} of {}", coll.name());
+    let options = unique.then(|| IndexOptions::builder().unique(true).build());
+    let index = IndexModel::builder().keys(keys).options(options).build();
+    coll.create_index(index).await.context(what)?;
+    Ok(())
+}
+
+/// Every document a `find` outside a transaction returns; `what` says what
+/// failed in the error's context.
+async fn find_all<T>(
+    find: impl IntoFuture<Output = mongodb::error::Result<mongodb::Cursor<T>>>,
+    what: &'static str,
+) -> anyhow::Result<Vec<T>>
+where
+    T: Send + Sync + Unpin + serde::de::DeserializeOwned,
+{
+    find.await.context(what)?.try_collect().await.context(what)
+}
+
 impl MongoStore {
     fn new(client: Client, db: Database) -> Self {
         Self {
@@ -377,41 +414,29 @@ impl MongoStore {
     }
 
     async fn create_indexes(&self) -> anyhow::Result<()> {
-        let unique = || Some(IndexOptions::builder().unique(true).build());
-        let index = |keys: Document, options: Option<IndexOptions>| {
-            IndexModel::builder().keys(keys).options(options).build()
-        };
-        self.products
-            .create_index(index(doc! {"sku": 1}, unique()))
-            .await
-            .context("failed to create the products index")?;
-        self.warehouses
-            .create_index(index(doc! {"code": 1}, unique()))
-            .await
-            .context("failed to create the warehouses index")?;
-        self.levels
-            .create_index(index(doc! {"sku": 1, "warehouse": 1}, unique()))
-            .await
-            .context("failed to create the stock levels index")?;
-        self.reservations
-            .create_index(index(doc! {"status": 1, "expires_at": 1}, None))
-            .await
-            .context("failed to create the reservations index")?;
-        self.movements
-            .create_index(index(doc! {"sku": 1, "_id": -1}, None))
-            .await
-            .context("failed to create the movements index")?;
-        self.outbox
-            .create_index(index(doc! {"published_at": 1, "available_at": 1}, None))
-            .await
-            .context("failed to create the outbox index")?;
-        self.outbox
-            .create_index(index(
-                doc! {"published_at": 1, "dead_at": 1, "_id": 1},
-                None,
-            ))
-            .await
-            .context("failed to create the outbox head index")?;
+        ensure_index(&self.products, doc! {"sku": 1}, true).await?;
+        ensure_index(&self.warehouses, doc! {"code": 1}, true).await?;
+        ensure_index(&self.levels, doc! {"sku": 1, "warehouse": 1}, true).await?;
+        ensure_index(
+            &self.reservations,
+            doc! {"status": 1, "expires_at": 1},
+            false,
+        )
+        .await?;
+        ensure_index(&self.movements, doc! {"sku": 1, "_id": -1}, false).await?;
+        // The relay's due rows, and its head of line.
+        ensure_index(
+            &self.outbox,
+            doc! {"published_at": 1, "available_at": 1},
+            false,
+        )
+        .await?;
+        ensure_index(
+            &self.outbox,
+            doc! {"published_at": 1, "dead_at": 1, "_id": 1},
+            false,
+        )
+        .await?;
         Ok(())
     }
 
@@ -643,13 +668,9 @@ impl MongoStore {
             .return_document(ReturnDocument::After)
             .session(&mut *s)
             .await
-            .map_err(|e| {
-                if is_duplicate_key(&e) {
-                    TxError::Retry("concurrent first insert of a stock level")
-                } else {
-                    e.into()
-                }
-            })?
+            .map_err(retry_if_duplicate(
+                "concurrent first insert of a stock level",
+            ))?
             .context("an upsert returned no document")?;
         Ok(StockLevel::try_from(level)?)
     }
@@ -693,13 +714,9 @@ impl MongoStore {
             .insert_one(ReservationDoc::from(&write.reservation))
             .session(&mut *s)
             .await
-            .map_err(|e| {
-                if is_duplicate_key(&e) {
-                    TxError::Retry("concurrent reservation with the same id")
-                } else {
-                    e.into()
-                }
-            })?;
+            .map_err(retry_if_duplicate(
+                "concurrent reservation with the same id",
+            ))?;
         for e in &write.events {
             self.emit(s, e).await?;
         }
@@ -840,16 +857,12 @@ impl InventoryStore for MongoStore {
         if !include_inactive {
             filter.insert("active", true);
         }
-        let docs: Vec<ProductDoc> = self
+        let find = self
             .products
             .find(filter)
             .sort(doc! {"sku": 1})
-            .limit(i64::from(limit))
-            .await
-            .context("failed to list products")?
-            .try_collect()
-            .await
-            .context("failed to list products")?;
+            .limit(i64::from(limit));
+        let docs = find_all(find, "failed to list products").await?;
         docs.into_iter().map(Product::try_from).collect()
     }
 
@@ -858,7 +871,6 @@ impl InventoryStore for MongoStore {
         &self,
         sku: &Sku,
         patch: &ProductPatch,
-        deactivate: bool,
         at: DateTime<Utc>,
     ) -> Result<Product, CatalogueError> {
         let mut set = doc! {"updated_at": to_bson_time(at)};
@@ -875,8 +887,8 @@ impl InventoryStore for MongoStore {
         if let Some(t) = patch.low_stock_threshold {
             set.insert("low_stock_threshold", t.get());
         }
-        if deactivate {
-            set.insert("active", false);
+        if let Some(active) = patch.active {
+            set.insert("active", active);
         }
         let updated = self
             .products
@@ -917,16 +929,12 @@ impl InventoryStore for MongoStore {
         after: Option<&WarehouseCode>,
         limit: u32,
     ) -> anyhow::Result<Vec<Warehouse>> {
-        let docs: Vec<WarehouseDoc> = self
+        let find = self
             .warehouses
             .find(doc! {"code": {"$gt": after.map_or("", WarehouseCode::as_str)}})
             .sort(doc! {"code": 1})
-            .limit(i64::from(limit))
-            .await
-            .context("failed to list warehouses")?
-            .try_collect()
-            .await
-            .context("failed to list warehouses")?;
+            .limit(i64::from(limit));
+        let docs = find_all(find, "failed to list warehouses").await?;
         docs.into_iter()
             .map(|d| {
                 Ok(Warehouse {
@@ -967,15 +975,11 @@ impl InventoryStore for MongoStore {
         if self.product(sku).await?.is_none() {
             return Ok(None);
         }
-        let docs: Vec<LevelDoc> = self
+        let find = self
             .levels
             .find(doc! {"sku": sku.as_str()})
-            .sort(doc! {"warehouse": 1})
-            .await
-            .context("failed to read stock levels")?
-            .try_collect()
-            .await
-            .context("failed to read stock levels")?;
+            .sort(doc! {"warehouse": 1});
+        let docs = find_all(find, "failed to read stock levels").await?;
         let warehouses = docs
             .into_iter()
             .map(StockLevel::try_from)
@@ -993,16 +997,12 @@ impl InventoryStore for MongoStore {
         limit: u32,
     ) -> anyhow::Result<Vec<Movement>> {
         let before = before.map_or_else(|| "~".to_owned(), |u| u.to_string());
-        let docs: Vec<MovementDoc> = self
+        let find = self
             .movements
             .find(doc! {"sku": sku.as_str(), "_id": {"$lt": before}})
             .sort(doc! {"_id": -1})
-            .limit(i64::from(limit))
-            .await
-            .context("failed to list movements")?
-            .try_collect()
-            .await
-            .context("failed to list movements")?;
+            .limit(i64::from(limit));
+        let docs = find_all(find, "failed to list movements").await?;
         docs.into_iter().map(Movement::try_from).collect()
     }
 
@@ -1057,16 +1057,12 @@ impl InventoryStore for MongoStore {
     }
 
     async fn expired(&self, now: DateTime<Utc>, limit: u32) -> anyhow::Result<Vec<ReservationId>> {
-        let docs: Vec<ReservationDoc> = self
+        let find = self
             .reservations
             .find(doc! {"status": "held", "expires_at": {"$lte": to_bson_time(now)}})
             .sort(doc! {"expires_at": 1})
-            .limit(i64::from(limit))
-            .await
-            .context("failed to list expired reservations")?
-            .try_collect()
-            .await
-            .context("failed to list expired reservations")?;
+            .limit(i64::from(limit));
+        let docs = find_all(find, "failed to list expired reservations").await?;
         docs.into_iter()
             .map(|d| {
                 Uuid::parse_str(&d.id)

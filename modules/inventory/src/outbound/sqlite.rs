@@ -572,7 +572,6 @@ impl InventoryStore for SqliteStore {
         &self,
         sku: &Sku,
         patch: &ProductPatch,
-        deactivate: bool,
         at: DateTime<Utc>,
     ) -> Result<Product, CatalogueError> {
         let (sku, patch) = (sku.clone(), patch.clone());
@@ -580,10 +579,7 @@ impl InventoryStore for SqliteStore {
             let (sku, patch) = (&sku, &patch);
             let current =
                 load_product(tx, sku)?.ok_or_else(|| CatalogueError::NotFound(sku.clone()))?;
-            let mut updated = patch.apply(current, at);
-            if deactivate {
-                updated.active = false;
-            }
+            let updated = patch.apply(current, at);
             tx.prepare_cached(
                 "UPDATE products SET name = ?1, description = ?2, price_minor = ?3, currency = ?4, \
                  active = ?5, low_stock_threshold = ?6, updated_at = ?7 WHERE sku = ?8",

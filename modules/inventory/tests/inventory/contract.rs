@@ -5,12 +5,14 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use agora_inventory::InventoryService;
 use agora_inventory::domain::models::{
     Adjustment, Delta, Description, MovementKind, Note, ProductName, ProductPatch, Quantity,
-    Receipt, ReservationStatus, Ttl,
+    Receipt, ReleaseReason, Reservation, ReservationId, ReservationStatus, Ttl,
 };
 use agora_inventory::domain::ports::{
-    CatalogueError, ReadError, ReservationError, ReserveError, StockError, WarehouseError,
+    CatalogueError, ReadError, ReservationError, ReserveError, StockError, Transition,
+    WarehouseError,
 };
 use agora_inventory::events::{
     LOW_STOCK, LowStockPayload, ReleasedPayload, ReservationPayload, STOCK_COMMITTED,
@@ -150,19 +152,11 @@ pub async fn warehouses_are_listed_by_code_and_codes_are_unique(h: &Harness) {
 
 pub async fn receipts_add_stock_per_warehouse_and_record_a_movement(h: &Harness) {
     catalogue(&h.api, &["A"], &["W1", "W2"]).await;
-    let m = h
-        .api
-        .receive(
-            &staff(),
-            Receipt {
-                sku: sku("A"),
-                warehouse: wh("W1"),
-                quantity: Quantity::new(7).unwrap(),
-                reference: Some(Note::parse("PO-1", "reference").unwrap()),
-            },
-        )
-        .await
-        .unwrap();
+    let with_reference = Receipt {
+        reference: Some(Note::parse("PO-1", "reference").unwrap()),
+        ..receipt("A", "W1", 7)
+    };
+    let m = h.api.receive(&staff(), with_reference).await.unwrap();
     assert_eq!(
         (m.kind, m.quantity, m.on_hand, m.reserved),
         (MovementKind::Receipt, 7, 7, 0)
@@ -180,42 +174,18 @@ pub async fn receipts_add_stock_per_warehouse_and_record_a_movement(h: &Harness)
     assert_eq!(per, vec![("W1".to_owned(), 10, 0), ("W2".to_owned(), 5, 0)]);
     assert_eq!(totals(&h.api, "A").await, (15, 0, 15));
 
-    let unknown_sku = h
-        .api
-        .receive(
-            &staff(),
-            Receipt {
-                sku: sku("Z"),
-                warehouse: wh("W1"),
-                quantity: Quantity::new(1).unwrap(),
-                reference: None,
-            },
-        )
-        .await;
+    let unknown_sku = h.api.receive(&staff(), receipt("Z", "W1", 1)).await;
     assert!(
         matches!(unknown_sku, Err(StockError::UnknownProduct(_))),
         "{unknown_sku:?}"
     );
-    let unknown_wh = h
-        .api
-        .receive(
-            &staff(),
-            Receipt {
-                sku: sku("A"),
-                warehouse: wh("W9"),
-                quantity: Quantity::new(1).unwrap(),
-                reference: None,
-            },
-        )
-        .await;
+    let unknown_wh = h.api.receive(&staff(), receipt("A", "W9", 1)).await;
     assert!(
         matches!(unknown_wh, Err(StockError::UnknownWarehouse(_))),
         "{unknown_wh:?}"
     );
-    assert!(matches!(
-        h.api.stock(&customer(), &sku("Z")).await,
-        Err(ReadError::NotFound(_))
-    ));
+    let z = h.api.stock(&customer(), &sku("Z")).await;
+    assert!(matches!(z, Err(ReadError::NotFound(_))), "{z:?}");
 }
 
 pub async fn an_adjustment_below_reserved_or_below_zero_is_refused_and_changes_nothing(
@@ -223,23 +193,14 @@ pub async fn an_adjustment_below_reserved_or_below_zero_is_refused_and_changes_n
 ) {
     catalogue(&h.api, &["A"], &["W1"]).await;
     receive(&h.api, "A", "W1", 10).await;
-    h.api
-        .reserve(&service(), reservation(&[("A", 4)]))
-        .await
-        .unwrap();
+    reserve(&h.api, &service(), &[("A", 4)]).await;
     let adjust = |d: i64| Adjustment {
         sku: sku("A"),
         warehouse: wh("W1"),
         delta: Delta::new(d).unwrap(),
         reason: Note::parse("count", "reason").unwrap(),
     };
-    let before = h
-        .api
-        .movements(&staff(), &sku("A"), None, 100)
-        .await
-        .unwrap()
-        .items
-        .len();
+    let before = movements(&h.api, "A").await.len();
     for d in [-7, -11] {
         let r = h.api.adjust(&staff(), adjust(d)).await;
         assert!(
@@ -255,15 +216,7 @@ pub async fn an_adjustment_below_reserved_or_below_zero_is_refused_and_changes_n
         );
     }
     assert_eq!(totals(&h.api, "A").await, (10, 4, 6));
-    assert_eq!(
-        h.api
-            .movements(&staff(), &sku("A"), None, 100)
-            .await
-            .unwrap()
-            .items
-            .len(),
-        before
-    );
+    assert_eq!(movements(&h.api, "A").await.len(), before);
 
     let m = h.api.adjust(&staff(), adjust(-6)).await.unwrap();
     assert_eq!(
@@ -280,19 +233,9 @@ pub async fn movements_list_every_change_newest_first_with_actor_and_correlation
     catalogue(&h.api, &["A"], &["W1"]).await;
     receive(&h.api, "A", "W1", 10).await;
     let svc = service();
-    let r = h
-        .api
-        .reserve(&svc, reservation(&[("A", 3)]))
-        .await
-        .unwrap()
-        .reservation;
+    let r = reserve(&h.api, &svc, &[("A", 3)]).await;
     h.api.commit(&service(), r.id).await.unwrap();
-    let r2 = h
-        .api
-        .reserve(&service(), reservation(&[("A", 2)]))
-        .await
-        .unwrap()
-        .reservation;
+    let r2 = reserve(&h.api, &service(), &[("A", 2)]).await;
     h.api.release(&service(), r2.id).await.unwrap();
 
     let mut kinds = Vec::new();
@@ -383,13 +326,7 @@ pub async fn a_multi_line_reservation_reserves_every_line_or_none(h: &Harness) {
     }
     assert_eq!(totals(&h.api, "A").await, (10, 0, 10));
     assert_eq!(totals(&h.api, "B").await, (2, 0, 2));
-    let a_moves = h
-        .api
-        .movements(&staff(), &sku("A"), None, 100)
-        .await
-        .unwrap()
-        .items;
-    assert_eq!(a_moves.len(), 1, "only the receipt");
+    assert_eq!(movements(&h.api, "A").await.len(), 1, "only the receipt");
     h.publish_all().await;
     assert!(h.events.of_type(STOCK_RESERVED).is_empty());
 
@@ -448,56 +385,46 @@ pub async fn commit_takes_stock_out_release_gives_it_back_and_both_are_idempoten
     catalogue(&h.api, &["A"], &["W1", "W2"]).await;
     receive(&h.api, "A", "W1", 5).await;
     receive(&h.api, "A", "W2", 5).await;
-    let r1 = h
-        .api
-        .reserve(&service(), reservation(&[("A", 7)]))
-        .await
-        .unwrap()
-        .reservation;
-    let r2 = h
-        .api
-        .reserve(&service(), reservation(&[("A", 2)]))
-        .await
-        .unwrap()
-        .reservation;
+    let r1 = reserve(&h.api, &service(), &[("A", 7)]).await;
+    let r2 = reserve(&h.api, &service(), &[("A", 2)]).await;
     assert_eq!(totals(&h.api, "A").await, (10, 9, 1));
 
     let confirmed = h.api.confirm(&service(), r1.id).await.unwrap();
     assert_eq!(confirmed.status, ReservationStatus::Confirmed);
     assert_eq!(confirmed.expires_at, None);
-    let c = h.api.commit(&service(), r1.id).await.unwrap();
-    assert_eq!(c.status, ReservationStatus::Committed);
-    assert_eq!(totals(&h.api, "A").await, (3, 2, 1));
-    assert_eq!(
-        h.api.commit(&service(), r1.id).await.unwrap().status,
-        ReservationStatus::Committed
-    );
-    assert_eq!(totals(&h.api, "A").await, (3, 2, 1));
-    let late = h.api.release(&service(), r1.id).await;
-    assert!(
-        matches!(late, Err(ReservationError::InvalidTransition { .. })),
-        "{late:?}"
-    );
-
-    let rel = h.api.release(&service(), r2.id).await.unwrap();
-    assert_eq!(rel.status, ReservationStatus::Released);
-    assert_eq!(totals(&h.api, "A").await, (3, 0, 3));
-    assert_eq!(
-        h.api.release(&service(), r2.id).await.unwrap().status,
-        ReservationStatus::Released
-    );
-    assert_eq!(totals(&h.api, "A").await, (3, 0, 3));
-    let commit_released = h.api.commit(&service(), r2.id).await;
-    assert!(matches!(
-        commit_released,
-        Err(ReservationError::InvalidTransition { .. })
-    ));
+    let release = Transition::Release(ReleaseReason::Requested);
+    // (reservation, what happens to it twice, where that leaves it and the
+    // stock, what may no longer happen to it)
+    let cases = [
+        (
+            r1.id,
+            Transition::Commit,
+            ReservationStatus::Committed,
+            (3, 2, 1),
+            release,
+        ),
+        (
+            r2.id,
+            release,
+            ReservationStatus::Released,
+            (3, 0, 3),
+            Transition::Commit,
+        ),
+    ];
+    for (id, t, status, stock, refused) in cases {
+        for _ in 0..2 {
+            assert_eq!(apply(&h.api, t, id).await.unwrap().status, status);
+            assert_eq!(totals(&h.api, "A").await, stock);
+        }
+        let late = apply(&h.api, refused, id).await;
+        assert!(
+            matches!(late, Err(ReservationError::InvalidTransition { .. })),
+            "{late:?}"
+        );
+    }
     let missing = h
         .api
-        .commit(
-            &service(),
-            agora_inventory::domain::models::ReservationId(uuid::Uuid::now_v7()),
-        )
+        .commit(&service(), ReservationId(uuid::Uuid::now_v7()))
         .await;
     assert!(matches!(missing, Err(ReservationError::NotFound(_))));
 
@@ -512,18 +439,8 @@ pub async fn expired_reservations_are_released_by_the_sweeper_and_cannot_be_conf
     let mut short = reservation(&[("A", 2)]);
     short.ttl = Some(Ttl::from_secs(60).unwrap());
     let short = h.api.reserve(&service(), short).await.unwrap().reservation;
-    let default_ttl = h
-        .api
-        .reserve(&service(), reservation(&[("A", 3)]))
-        .await
-        .unwrap()
-        .reservation;
-    let confirmed = h
-        .api
-        .reserve(&service(), reservation(&[("A", 1)]))
-        .await
-        .unwrap()
-        .reservation;
+    let default_ttl = reserve(&h.api, &service(), &[("A", 3)]).await;
+    let confirmed = reserve(&h.api, &service(), &[("A", 1)]).await;
     h.api.confirm(&service(), confirmed.id).await.unwrap();
     assert_eq!(totals(&h.api, "A").await, (10, 6, 4));
 
@@ -536,32 +453,17 @@ pub async fn expired_reservations_are_released_by_the_sweeper_and_cannot_be_conf
         "{late_confirm:?}"
     );
     assert_eq!(h.module.sweep_expired().await.unwrap(), 1);
-    assert_eq!(
-        h.api
-            .reservation(&service(), short.id)
-            .await
-            .unwrap()
-            .status,
-        ReservationStatus::Released
-    );
+    assert_eq!(status(&h.api, short.id).await, ReservationStatus::Released);
     assert_eq!(totals(&h.api, "A").await, (10, 4, 6));
 
     h.clock.advance(chrono::Duration::seconds(900));
     assert_eq!(h.module.sweep_expired().await.unwrap(), 1);
     assert_eq!(
-        h.api
-            .reservation(&service(), default_ttl.id)
-            .await
-            .unwrap()
-            .status,
+        status(&h.api, default_ttl.id).await,
         ReservationStatus::Released
     );
     assert_eq!(
-        h.api
-            .reservation(&service(), confirmed.id)
-            .await
-            .unwrap()
-            .status,
+        status(&h.api, confirmed.id).await,
         ReservationStatus::Confirmed
     );
     assert_eq!(totals(&h.api, "A").await, (10, 1, 9));
@@ -583,22 +485,9 @@ pub async fn every_change_writes_its_events_exactly_once(h: &Harness) {
     catalogue(&h.api, &[], &["W1"]).await;
     receive(&h.api, "A", "W1", 8).await;
     let svc = service();
-    let r = h
-        .api
-        .reserve(&svc, reservation(&[("A", 2)]))
-        .await
-        .unwrap()
-        .reservation; // 6 left: no low stock
-    let r2 = h
-        .api
-        .reserve(&service(), reservation(&[("A", 2)]))
-        .await
-        .unwrap()
-        .reservation; // 4 left: low stock
-    h.api
-        .reserve(&service(), reservation(&[("A", 1)]))
-        .await
-        .unwrap(); // 3 left: already low
+    let r = reserve(&h.api, &svc, &[("A", 2)]).await; // 6 left: no low stock
+    let r2 = reserve(&h.api, &service(), &[("A", 2)]).await; // 4 left: low stock
+    reserve(&h.api, &service(), &[("A", 1)]).await; // 3 left: already low
     h.api.commit(&service(), r.id).await.unwrap();
     h.api.commit(&service(), r.id).await.unwrap();
     h.api.release(&service(), r2.id).await.unwrap(); // back to 5: not low
@@ -652,18 +541,7 @@ pub async fn only_the_right_roles_change_the_catalogue_stock_and_reservations(h:
             "{:?}",
             who.principal.roles
         );
-        let r = h
-            .api
-            .receive(
-                &who,
-                Receipt {
-                    sku: sku("A"),
-                    warehouse: wh("W1"),
-                    quantity: Quantity::new(1).unwrap(),
-                    reference: None,
-                },
-            )
-            .await;
+        let r = h.api.receive(&who, receipt("A", "W1", 1)).await;
         assert!(matches!(r, Err(StockError::Forbidden(_))));
         let r = h.api.deactivate_product(&who, &sku("A")).await;
         assert!(matches!(r, Err(CatalogueError::Forbidden(_))));
@@ -678,10 +556,7 @@ pub async fn only_the_right_roles_change_the_catalogue_stock_and_reservations(h:
     }
     assert!(matches!(
         h.api
-            .reservation(
-                &customer(),
-                agora_inventory::domain::models::ReservationId(uuid::Uuid::now_v7())
-            )
+            .reservation(&customer(), ReservationId(uuid::Uuid::now_v7()))
             .await,
         Err(ReadError::Forbidden(_))
     ));
@@ -729,6 +604,19 @@ pub async fn five_hundred_concurrent_single_unit_reservations_on_a_hundred_units
     assert_eq!(totals(&h.api, "HOT").await, (100, 100, 0));
     h.publish_all().await;
     assert_eq!(h.events.of_type(STOCK_RESERVED).len(), 100);
+}
+
+/// Ask for transition `t` of reservation `id` as a service.
+async fn apply(
+    api: &InventoryService,
+    t: Transition,
+    id: ReservationId,
+) -> Result<Reservation, ReservationError> {
+    match t {
+        Transition::Confirm => api.confirm(&service(), id).await,
+        Transition::Commit => api.commit(&service(), id).await,
+        Transition::Release(_) => api.release(&service(), id).await,
+    }
 }
 
 impl Harness {

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use agora_inventory::domain::models::{
-    LineRequest, NewProduct, NewReservation, NewWarehouse, OrderRef, ProductName, Quantity,
-    Receipt, ReservationId, Sku, Threshold, WarehouseCode,
+    LineRequest, Movement, NewProduct, NewReservation, NewWarehouse, OrderRef, ProductName,
+    Quantity, Receipt, Reservation, ReservationId, ReservationStatus, Sku, Threshold,
+    WarehouseCode,
 };
 use agora_inventory::{InventoryModule, InventoryService, ManualClock, Settings};
 use agora_kernel::{CallContext, Currency, InMemoryBus, Money, Principal, Role};
@@ -149,18 +150,18 @@ pub async fn catalogue(api: &InventoryService, skus: &[&str], warehouses: &[&str
     }
 }
 
+/// `n` units of `s` arriving in `w`, without a reference.
+pub fn receipt(s: &str, w: &str, n: i64) -> Receipt {
+    Receipt {
+        sku: sku(s),
+        warehouse: wh(w),
+        quantity: Quantity::new(n).unwrap(),
+        reference: None,
+    }
+}
+
 pub async fn receive(api: &InventoryService, s: &str, w: &str, n: i64) {
-    api.receive(
-        &staff(),
-        Receipt {
-            sku: sku(s),
-            warehouse: wh(w),
-            quantity: Quantity::new(n).unwrap(),
-            reference: None,
-        },
-    )
-    .await
-    .unwrap();
+    api.receive(&staff(), receipt(s, w, n)).await.unwrap();
 }
 
 pub fn reservation(lines: &[(&str, i64)]) -> NewReservation {
@@ -176,6 +177,31 @@ pub fn reservation(lines: &[(&str, i64)]) -> NewReservation {
             .collect(),
         ttl: None,
     }
+}
+
+/// A reservation of `lines` that `who` must be able to make.
+pub async fn reserve(
+    api: &InventoryService,
+    who: &CallContext,
+    lines: &[(&str, i64)],
+) -> Reservation {
+    api.reserve(who, reservation(lines))
+        .await
+        .unwrap()
+        .reservation
+}
+
+/// Where a reservation stands now.
+pub async fn status(api: &InventoryService, id: ReservationId) -> ReservationStatus {
+    api.reservation(&service(), id).await.unwrap().status
+}
+
+/// Every movement of a sku, newest first (at most 100).
+pub async fn movements(api: &InventoryService, s: &str) -> Vec<Movement> {
+    api.movements(&staff(), &sku(s), None, 100)
+        .await
+        .unwrap()
+        .items
 }
 
 /// (on_hand, reserved, available) of a sku over every warehouse.
