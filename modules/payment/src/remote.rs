@@ -27,6 +27,15 @@ impl RemotePayments {
     pub fn new(transport: Arc<dyn Transport>) -> Self {
         Self { transport }
     }
+
+    /// Send `request`; a transport failure is unexpected to every caller.
+    async fn send(
+        &self,
+        ctx: &CallContext,
+        request: RemoteRequest,
+    ) -> anyhow::Result<RemoteResponse> {
+        Ok(self.transport.send(ctx, request).await?)
+    }
 }
 
 #[derive(Deserialize)]
@@ -104,11 +113,7 @@ impl PaymentApi for RemotePayments {
     ) -> Result<PaymentSummary, GetPaymentError> {
         let request = RemoteRequest::get(format!("/payments?order_id={}&limit=1", order_id.0))
             .affinity(order_id.0.to_string());
-        let r = self
-            .transport
-            .send(ctx, request)
-            .await
-            .map_err(|e| GetPaymentError::Unexpected(e.into()))?;
+        let r = self.send(ctx, request).await?;
         if !r.is_success() {
             return Err(GetPaymentError::Unexpected(unexpected(
                 "a payment lookup",
@@ -141,11 +146,7 @@ impl PaymentApi for RemotePayments {
             .idempotency_key(idempotency_key)
             .affinity(c.order_id.0.to_string());
         // No answer: the outcome is unknown; the same request again resolves it.
-        let r = self
-            .transport
-            .send(ctx, request)
-            .await
-            .map_err(|e| ChargeError::Unexpected(e.into()))?;
+        let r = self.send(ctx, request).await?;
         if r.is_success() {
             return r
                 .json::<PaymentView>()?
@@ -184,11 +185,7 @@ impl PaymentApi for RemotePayments {
         let request = RemoteRequest::post(format!("/payments/{}/refunds", req.payment_id.0), body)
             .idempotency_key(req.key.as_str())
             .affinity(req.payment_id.0.to_string());
-        let r = self
-            .transport
-            .send(ctx, request)
-            .await
-            .map_err(|e| RefundError::Unexpected(e.into()))?;
+        let r = self.send(ctx, request).await?;
         if r.is_success() {
             let v: RefundView = r.json()?;
             return Ok(RefundSummary {

@@ -316,12 +316,7 @@ impl PaymentService {
             }
             None => {
                 // Another caller finished it meanwhile; theirs is the record.
-                let payment = self
-                    .inner
-                    .store
-                    .get(p.id)
-                    .await?
-                    .ok_or_else(|| anyhow::anyhow!("payment {} vanished", p.id))?;
+                let payment = self.load(p.id).await?;
                 Ok(Charged {
                     payment,
                     charged_now: false,

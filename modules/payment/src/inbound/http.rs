@@ -387,6 +387,18 @@ fn location(p: &Payment) -> String {
     format!("/api/v1/payments/{}", p.id)
 }
 
+/// 201 when this call did the work, 200 when an earlier one had; either way
+/// with `body` and the payment's `Location`.
+fn created_or_ok(now: bool, payment: &Payment, body: impl Serialize) -> HttpResponse {
+    let mut res = if now {
+        HttpResponse::Created()
+    } else {
+        HttpResponse::Ok()
+    };
+    res.insert_header((header::LOCATION, location(payment)))
+        .json(body)
+}
+
 /// Charge an order (service, admin). A decline is a result: 201 with status
 /// `failed` and its `failure_code`. The same order again returns its payment
 /// (200); a pending one is resumed without charging twice.
@@ -412,14 +424,7 @@ pub async fn create_payment(
     let req = body.into_inner().try_into_domain()?;
     let charged = api.charge(&ctx, req).await?;
     let body = PaymentBody::from(&charged.payment);
-    let mut res = if charged.charged_now {
-        HttpResponse::Created()
-    } else {
-        HttpResponse::Ok()
-    };
-    Ok(res
-        .insert_header((header::LOCATION, location(&charged.payment)))
-        .json(body))
+    Ok(created_or_ok(charged.charged_now, &charged.payment, body))
 }
 
 /// List payments, newest first. Customers see only their own; staff, admin
@@ -551,14 +556,12 @@ pub async fn create_refund(
         .map_err(|e| Problem::invalid_field("amount_minor", e.to_string()))?;
     request.currency = currency;
     let refunded = api.refund(&ctx, request).await?;
-    let mut res = if refunded.refunded_now {
-        HttpResponse::Created()
-    } else {
-        HttpResponse::Ok()
-    };
-    Ok(res
-        .insert_header((header::LOCATION, location(&refunded.payment)))
-        .json(RefundBody::from(&refunded.refund)))
+    let body = RefundBody::from(&refunded.refund);
+    Ok(created_or_ok(
+        refunded.refunded_now,
+        &refunded.payment,
+        body,
+    ))
 }
 
 /// The module's OpenAPI fragment (paths relative to `/api/v1`).

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use agora_kernel::breaker::{
-    BreakerConfig, BreakerState, CircuitBreaker, Clock, ManualClock, Permit, SystemClock,
+    BreakerConfig, BreakerState, CircuitBreaker, Clock, ManualClock, SystemClock,
 };
 
 use crate::domain::models::{ChargeResult, RefundResult};
@@ -27,11 +27,25 @@ impl GuardedProvider {
         Self { inner, breaker }
     }
 
-    fn judge<T>(permit: Permit<'_>, result: &Result<T, ProviderError>) {
-        match result {
+    /// Run `call` under a permit of the breaker, counting its outcome: any
+    /// answer is a success, any error a fault. An open breaker fails fast
+    /// without running it.
+    async fn guarded<T>(
+        &self,
+        call: impl Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        let permit = self
+            .breaker
+            .acquire()
+            .map_err(|r| ProviderError::Unavailable {
+                retry_after: r.retry_after,
+            })?;
+        let result = call.await;
+        match &result {
             Ok(_) => permit.success(),
             Err(_) => permit.fault(),
         }
+        result
     }
 }
 
@@ -42,26 +56,10 @@ impl PaymentProvider for GuardedProvider {
     }
 
     async fn charge(&self, req: &ProviderChargeRequest) -> Result<ChargeResult, ProviderError> {
-        let permit = self
-            .breaker
-            .acquire()
-            .map_err(|r| ProviderError::Unavailable {
-                retry_after: r.retry_after,
-            })?;
-        let result = self.inner.charge(req).await;
-        Self::judge(permit, &result);
-        result
+        self.guarded(self.inner.charge(req)).await
     }
 
     async fn refund(&self, req: &ProviderRefundRequest) -> Result<RefundResult, ProviderError> {
-        let permit = self
-            .breaker
-            .acquire()
-            .map_err(|r| ProviderError::Unavailable {
-                retry_after: r.retry_after,
-            })?;
-        let result = self.inner.refund(req).await;
-        Self::judge(permit, &result);
-        result
+        self.guarded(self.inner.refund(req)).await
     }
 }

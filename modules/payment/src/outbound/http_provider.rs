@@ -196,7 +196,17 @@ fn malformed(what: &str) -> ProviderError {
     ProviderError::fault(FaultKind::Malformed, what.to_owned())
 }
 
-fn charge_result(a: Answer) -> Result<ChargeResult, ProviderError> {
+/// An answer worth reading, once faults are ruled out.
+enum Reply {
+    /// 2xx: the object asked for.
+    Done(Value),
+    /// Another 4xx: the request can never succeed as it is.
+    Refused(Value),
+}
+
+/// Sort an answer: a fault status, an unreadable body or an unexpected
+/// status is a fault; anything else is a [`Reply`] to read.
+fn reply(a: Answer) -> Result<Reply, ProviderError> {
     if is_fault_status(a.status) {
         return Err(ProviderError::fault(
             FaultKind::Status(a.status),
@@ -207,7 +217,18 @@ fn charge_result(a: Answer) -> Result<ChargeResult, ProviderError> {
         return Err(malformed("the answer is not a JSON object"));
     };
     match a.status {
-        200..=299 => {
+        200..=299 => Ok(Reply::Done(body)),
+        400..=499 => Ok(Reply::Refused(body)),
+        other => Err(ProviderError::fault(
+            FaultKind::Status(other),
+            "unexpected HTTP status",
+        )),
+    }
+}
+
+fn charge_result(a: Answer) -> Result<ChargeResult, ProviderError> {
+    match reply(a)? {
+        Reply::Done(body) => {
             let id =
                 str_at(&body, &["id"]).ok_or_else(|| malformed("the PaymentIntent has no id"))?;
             let status = str_at(&body, &["status"])
@@ -233,7 +254,7 @@ fn charge_result(a: Answer) -> Result<ChargeResult, ProviderError> {
                 ))),
             }
         }
-        400..=499 => {
+        Reply::Refused(body) => {
             let Some(code) = error_code(&body) else {
                 return Err(malformed("the error answer has no error code"));
             };
@@ -242,25 +263,12 @@ fn charge_result(a: Answer) -> Result<ChargeResult, ProviderError> {
                 provider_ref: str_at(&body, &["error", "payment_intent", "id"]).map(str::to_owned),
             })
         }
-        other => Err(ProviderError::fault(
-            FaultKind::Status(other),
-            "unexpected HTTP status",
-        )),
     }
 }
 
 fn refund_result(a: Answer) -> Result<RefundResult, ProviderError> {
-    if is_fault_status(a.status) {
-        return Err(ProviderError::fault(
-            FaultKind::Status(a.status),
-            "the provider answered an error status",
-        ));
-    }
-    let Some(body) = a.body else {
-        return Err(malformed("the answer is not a JSON object"));
-    };
-    match a.status {
-        200..=299 => {
+    match reply(a)? {
+        Reply::Done(body) => {
             let id = str_at(&body, &["id"]).ok_or_else(|| malformed("the Refund has no id"))?;
             match str_at(&body, &["status"]) {
                 Some("succeeded" | "pending") => Ok(RefundResult::Succeeded {
@@ -272,13 +280,9 @@ fn refund_result(a: Answer) -> Result<RefundResult, ProviderError> {
                 _ => Err(malformed("the Refund has an unexpected status")),
             }
         }
-        400..=499 => Ok(RefundResult::Rejected {
+        Reply::Refused(body) => Ok(RefundResult::Rejected {
             code: error_code(&body).unwrap_or_else(|| "refund_rejected".to_owned()),
         }),
-        other => Err(ProviderError::fault(
-            FaultKind::Status(other),
-            "unexpected HTTP status",
-        )),
     }
 }
 

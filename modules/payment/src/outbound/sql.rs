@@ -20,7 +20,7 @@ use crate::domain::models::{
     CustomerId, LedgerEntry, LedgerEntryId, LedgerKind, OrderId, Payment, PaymentId, PaymentMethod,
     PaymentStatus, Refund, RefundId, RefundStatus,
 };
-use crate::domain::ports::PaymentStore;
+use crate::domain::ports::{PaymentStore, ReserveRefundError};
 
 /// The module's own migrations, run after the kernel's. Versions start at 100.
 ///
@@ -97,6 +97,32 @@ struct RefundableRow {
     status: String,
     amount_minor: i64,
     refund_reserved_minor: i64,
+}
+
+/// Why a refund of the payment read as `row` could not be reserved: the
+/// payment is missing, not refundable, or has too little left to refund.
+fn refusal(row: Option<RefundableRow>) -> anyhow::Result<ReserveRefundError> {
+    let Some(row) = row else {
+        return Ok(ReserveRefundError::NotFound);
+    };
+    let status = PaymentStatus::parse(&row.status)?;
+    Ok(if status.is_refundable() {
+        ReserveRefundError::ExceedsRefundable {
+            refundable_minor: row.amount_minor - row.refund_reserved_minor,
+        }
+    } else {
+        ReserveRefundError::NotRefundable(status)
+    })
+}
+
+/// The refund `id` as its payment, just read back, now holds it.
+fn finished_refund(payment: &Payment, id: &str) -> anyhow::Result<Refund> {
+    payment
+        .refunds
+        .iter()
+        .find(|r| r.id.to_string() == id)
+        .cloned()
+        .context("a finished refund vanished")
 }
 
 /// The provider calls a lease guards: a charge (a `payments` row) or a
@@ -586,20 +612,7 @@ pub mod sqlite {
                                 .optional()
                             })
                             .context("failed to read a payment")?;
-                        return Err(match row {
-                            None => ReserveRefundError::NotFound,
-                            Some(row) => {
-                                let status = PaymentStatus::parse(&row.status).map_err(anyhow::Error::from)?;
-                                if status.is_refundable() {
-                                    ReserveRefundError::ExceedsRefundable {
-                                        refundable_minor: row.amount_minor - row.refund_reserved_minor,
-                                    }
-                                } else {
-                                    ReserveRefundError::NotRefundable(status)
-                                }
-                            }
-                        }
-                        .into());
+                        return Err(refusal(row)?.into());
                     }
                     let inserted = tx
                         .prepare_cached(
@@ -721,12 +734,7 @@ pub mod sqlite {
                         .context("failed to give a rejected refund's amount back")?;
                     }
                     let payment = load(tx, &payment_id)?.context("a refunded payment vanished")?;
-                    let refund = payment
-                        .refunds
-                        .iter()
-                        .find(|r| r.id.to_string() == id)
-                        .cloned()
-                        .context("a finished refund vanished")?;
+                    let refund = finished_refund(&payment, &id)?;
                     if status == RefundStatus::Succeeded {
                         let event = crate::events::refunded(&payment, &refund, correlation_id)?;
                         agora_kernel::outbox::sqlite::enqueue(tx, &event)?;
@@ -1014,19 +1022,7 @@ macro_rules! sql_store {
                         .fetch_optional(&mut *tx)
                         .await
                         .context("failed to read a payment")?;
-                        return Err(match row {
-                            None => ReserveRefundError::NotFound,
-                            Some(row) => {
-                                let status = PaymentStatus::parse(&row.status).map_err(anyhow::Error::from)?;
-                                if status.is_refundable() {
-                                    ReserveRefundError::ExceedsRefundable {
-                                        refundable_minor: row.amount_minor - row.refund_reserved_minor,
-                                    }
-                                } else {
-                                    ReserveRefundError::NotRefundable(status)
-                                }
-                            }
-                        });
+                        return Err(refusal(row)?);
                     }
                     let inserted = sqlx::query(
                         "INSERT INTO refunds (id, payment_id, request_key, amount_minor, currency, reason, status, \
@@ -1127,12 +1123,7 @@ macro_rules! sql_store {
                         .context("failed to give a rejected refund's amount back")?;
                     }
                     let payment = load(&mut tx, &payment_id).await?.context("a refunded payment vanished")?;
-                    let refund = payment
-                        .refunds
-                        .iter()
-                        .find(|r| r.id.to_string() == id)
-                        .cloned()
-                        .context("a finished refund vanished")?;
+                    let refund = finished_refund(&payment, &id)?;
                     if status == RefundStatus::Succeeded {
                         let event = crate::events::refunded(&payment, &refund, correlation_id)?;
                         agora_kernel::outbox::$backend::enqueue(&mut tx, &event).await?;

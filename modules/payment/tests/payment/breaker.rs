@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use agora_payment::domain::models::ChargeResult;
 use agora_payment::domain::ports::{PaymentProvider, ProviderChargeRequest, ProviderError};
-use agora_payment::domain::service::ChargeError;
 use agora_payment::testing::SimulatedProvider;
 use agora_payment::testing::{BreakerConfig, GuardedProvider, STATE_GAUGE};
 use agora_payment::{BreakerState, CircuitBreaker, ManualClock};
@@ -15,7 +14,7 @@ use metrics::{
     Unit,
 };
 
-use crate::helpers::{Backend, Harness, charge_request, service};
+use crate::helpers::{Backend, Harness, assert_unavailable_for, charge, charge_request};
 
 fn breaker(threshold: u32, recovery_secs: u64) -> (CircuitBreaker, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new());
@@ -27,6 +26,24 @@ fn breaker(threshold: u32, recovery_secs: u64) -> (CircuitBreaker, Arc<ManualClo
         },
         clock.clone(),
     );
+    (b, clock)
+}
+
+/// A breaker of five faults and 30 s recovery, opened by five faults.
+fn opened_breaker() -> (CircuitBreaker, Arc<ManualClock>) {
+    let (b, clock) = breaker(5, 30);
+    for _ in 0..5 {
+        fault(&b);
+    }
+    assert_eq!(b.state(), BreakerState::Open);
+    (b, clock)
+}
+
+/// An opened breaker whose recovery timeout has just passed: the next call
+/// is its trial.
+fn breaker_due_for_a_trial() -> (CircuitBreaker, Arc<ManualClock>) {
+    let (b, clock) = opened_breaker();
+    clock.advance(Duration::from_secs(30));
     (b, clock)
 }
 
@@ -70,10 +87,7 @@ fn a_success_resets_the_run_of_faults() {
 
 #[test]
 fn an_open_breaker_fails_fast_until_the_recovery_timeout() {
-    let (b, clock) = breaker(5, 30);
-    for _ in 0..5 {
-        fault(&b);
-    }
+    let (b, clock) = opened_breaker();
     let rejected = b.acquire().err().expect("fails fast");
     assert_eq!(rejected.retry_after, Duration::from_secs(30));
     clock.advance(Duration::from_secs(29));
@@ -84,11 +98,7 @@ fn an_open_breaker_fails_fast_until_the_recovery_timeout() {
 
 #[test]
 fn after_the_timeout_one_trial_call_goes_through_and_the_others_fail_fast() {
-    let (b, clock) = breaker(5, 30);
-    for _ in 0..5 {
-        fault(&b);
-    }
-    clock.advance(Duration::from_secs(30));
+    let (b, _) = breaker_due_for_a_trial();
     let trial = b.acquire().expect("the trial goes through");
     assert!(trial.is_trial());
     assert_eq!(b.state(), BreakerState::HalfOpen);
@@ -98,11 +108,7 @@ fn after_the_timeout_one_trial_call_goes_through_and_the_others_fail_fast() {
 
 #[test]
 fn a_successful_trial_closes_the_breaker() {
-    let (b, clock) = breaker(5, 30);
-    for _ in 0..5 {
-        fault(&b);
-    }
-    clock.advance(Duration::from_secs(31));
+    let (b, _) = breaker_due_for_a_trial();
     success(&b);
     assert_eq!(b.state(), BreakerState::Closed);
     assert_eq!(b.consecutive_faults(), 0);
@@ -111,11 +117,7 @@ fn a_successful_trial_closes_the_breaker() {
 
 #[test]
 fn a_failed_trial_opens_the_breaker_again_for_a_full_timeout() {
-    let (b, clock) = breaker(5, 30);
-    for _ in 0..5 {
-        fault(&b);
-    }
-    clock.advance(Duration::from_secs(30));
+    let (b, clock) = breaker_due_for_a_trial();
     fault(&b);
     assert_eq!(b.state(), BreakerState::Open);
     let rejected = b.acquire().err().expect("open again");
@@ -271,47 +273,16 @@ async fn the_module_fails_fast_with_retry_after_while_the_breaker_is_open_and_re
         return;
     };
     for _ in 0..2 {
-        let err = h
-            .api
-            .charge(
-                &service(),
-                charge_request("alice", 100, "tok_processing_error"),
-            )
+        let err = charge(&h.api, "alice", 100, "tok_processing_error")
             .await
             .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                ChargeError::ProviderUnavailable {
-                    retry_after_secs: 1,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert_unavailable_for(&err, 1);
     }
     assert_eq!(h.module.breaker().state(), BreakerState::Open);
-    let err = h
-        .api
-        .charge(&service(), charge_request("alice", 100, "tok_visa"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ChargeError::ProviderUnavailable {
-                retry_after_secs: 30,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    let err = charge(&h.api, "alice", 100, "tok_visa").await.unwrap_err();
+    assert_unavailable_for(&err, 30);
     h.clock.advance(Duration::from_secs(30));
-    let ok = h
-        .api
-        .charge(&service(), charge_request("alice", 100, "tok_visa"))
-        .await
-        .unwrap();
+    let ok = charge(&h.api, "alice", 100, "tok_visa").await.unwrap();
     assert!(ok.charged_now);
     assert_eq!(h.module.breaker().state(), BreakerState::Closed);
 }

@@ -5,17 +5,20 @@
 
 use std::sync::Arc;
 
+use agora_kernel::CallContext;
+use agora_payment::PaymentService;
 use agora_payment::domain::models::{
     ChargeResult, LedgerKind, OrderId, PaymentFilter, PaymentId, PaymentStatus, RefundReason,
     RefundRequest, RefundResult, RefundStatus, RequestKey,
 };
 use agora_payment::domain::ports::{FaultKind, ProviderError, Reservation};
-use agora_payment::domain::service::{ChargeError, GetPaymentError, RefundError};
+use agora_payment::domain::service::{ChargeError, GetPaymentError, RefundError, Refunded};
 use agora_payment::events;
 use chrono::Utc;
 
 use crate::helpers::{
-    Backend, Harness, ScriptedProvider, admin, charge_request, customer, service, staff,
+    Backend, Harness, ScriptedProvider, admin, charge, charge_request, customer, payment, service,
+    staff,
 };
 
 /// Generate one `#[tokio::test]` per backend for each contract test.
@@ -92,11 +95,7 @@ async fn a_declined_card_fails_the_payment_with_its_failure_code_and_moves_no_mo
         ("tok_chargeDeclined", "card_declined"),
         ("tok_insufficient_funds", "insufficient_funds"),
     ] {
-        let charged = h
-            .api
-            .charge(&service(), charge_request("bob", 1200, token))
-            .await
-            .unwrap();
+        let charged = charge(&h.api, "bob", 1200, token).await.unwrap();
         assert!(charged.charged_now);
         assert_eq!(charged.payment.status, PaymentStatus::Failed);
         assert_eq!(charged.payment.failure_code.as_deref(), Some(code));
@@ -280,45 +279,53 @@ fn refund(payment: PaymentId, minor: i64, key: &str) -> RefundRequest {
     .unwrap()
 }
 
+/// Refund `minor` of `payment` under `key`, as `ctx`.
+async fn refund_as(
+    api: &PaymentService,
+    ctx: &CallContext,
+    payment: PaymentId,
+    minor: i64,
+    key: &str,
+) -> Result<Refunded, RefundError> {
+    api.refund(ctx, refund(payment, minor, key)).await
+}
+
+/// A refund by staff that must be answered.
+async fn refunded(api: &PaymentService, payment: PaymentId, minor: i64, key: &str) -> Refunded {
+    refund_as(api, &staff(), payment, minor, key)
+        .await
+        .expect("the refund is answered")
+}
+
+/// A refund by staff that must be refused.
+async fn refused(api: &PaymentService, payment: PaymentId, minor: i64, key: &str) -> RefundError {
+    refund_as(api, &staff(), payment, minor, key)
+        .await
+        .expect_err("the refund is refused")
+}
+
+/// Assert that `err` refuses a refund for exceeding what is left: `left` minor units.
+fn assert_exceeds(err: &RefundError, left: i64) {
+    assert!(
+        matches!(err, RefundError::ExceedsRefundable { refundable_minor } if *refundable_minor == left),
+        "{err:?}"
+    );
+}
+
 async fn refunds_may_be_partial_and_never_exceed_the_captured_amount(b: Backend) {
     let Some(h) = Harness::start(b).await else {
         return;
     };
-    let p = h
-        .api
-        .charge(&service(), charge_request("alice", 1000, "tok_visa"))
-        .await
-        .unwrap()
-        .payment;
-    let r1 = h
-        .api
-        .refund(&staff(), refund(p.id, 300, "k1"))
-        .await
-        .unwrap();
+    let p = payment(&h.api, "alice", 1000, "tok_visa").await;
+    let r1 = refunded(&h.api, p.id, 300, "k1").await;
     assert!(r1.refunded_now);
     assert_eq!(r1.refund.status, RefundStatus::Succeeded);
     assert_eq!(r1.payment.status, PaymentStatus::PartiallyRefunded);
     assert_eq!(r1.payment.refunded_minor, 300);
 
-    let err = h
-        .api
-        .refund(&staff(), refund(p.id, 800, "k2"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            RefundError::ExceedsRefundable {
-                refundable_minor: 700
-            }
-        ),
-        "{err:?}"
-    );
-    let r3 = h
-        .api
-        .refund(&admin(), refund(p.id, 700, "k3"))
-        .await
-        .unwrap();
+    let err = refused(&h.api, p.id, 800, "k2").await;
+    assert_exceeds(&err, 700);
+    let r3 = refund_as(&h.api, &admin(), p.id, 700, "k3").await.unwrap();
     assert_eq!(r3.payment.status, PaymentStatus::Refunded);
     assert_eq!(r3.payment.refunded_minor, 1000);
     assert_eq!(
@@ -327,9 +334,7 @@ async fn refunds_may_be_partial_and_never_exceed_the_captured_amount(b: Backend)
         "the refused refund left no row"
     );
 
-    let err = h
-        .api
-        .refund(&service(), refund(p.id, 1, "k4"))
+    let err = refund_as(&h.api, &service(), p.id, 1, "k4")
         .await
         .unwrap_err();
     assert!(
@@ -346,30 +351,13 @@ async fn a_refund_retried_with_the_same_key_is_not_refunded_twice(b: Backend) {
     let Some(h) = Harness::start(b).await else {
         return;
     };
-    let p = h
-        .api
-        .charge(&service(), charge_request("alice", 1000, "tok_visa"))
-        .await
-        .unwrap()
-        .payment;
-    let first = h
-        .api
-        .refund(&staff(), refund(p.id, 300, "same"))
-        .await
-        .unwrap();
-    let again = h
-        .api
-        .refund(&staff(), refund(p.id, 300, "same"))
-        .await
-        .unwrap();
+    let p = payment(&h.api, "alice", 1000, "tok_visa").await;
+    let first = refunded(&h.api, p.id, 300, "same").await;
+    let again = refunded(&h.api, p.id, 300, "same").await;
     assert!(!again.refunded_now);
     assert_eq!(again.refund.id, first.refund.id);
     assert_eq!(again.payment.refunded_minor, 300);
-    let err = h
-        .api
-        .refund(&staff(), refund(p.id, 400, "same"))
-        .await
-        .unwrap_err();
+    let err = refused(&h.api, p.id, 400, "same").await;
     assert!(matches!(err, RefundError::KeyReused), "{err:?}");
     assert_eq!(h.store().ledger(p.id).await.unwrap().len(), 2);
 }
@@ -378,12 +366,7 @@ async fn fifty_concurrent_refunds_never_exceed_the_captured_amount(b: Backend) {
     let Some(h) = Harness::start(b).await else {
         return;
     };
-    let p = h
-        .api
-        .charge(&service(), charge_request("alice", 1000, "tok_visa"))
-        .await
-        .unwrap()
-        .payment;
+    let p = payment(&h.api, "alice", 1000, "tok_visa").await;
     let mut tasks = Vec::new();
     for i in 0..50 {
         let api = h.api.clone();
@@ -420,37 +403,16 @@ async fn only_succeeded_payments_can_be_refunded(b: Backend) {
     let Some(h) = Harness::start(b).await else {
         return;
     };
-    let declined = h
-        .api
-        .charge(
-            &service(),
-            charge_request("alice", 1000, "tok_chargeDeclined"),
-        )
-        .await
-        .unwrap()
-        .payment;
-    let err = h
-        .api
-        .refund(&staff(), refund(declined.id, 1, "a"))
-        .await
-        .unwrap_err();
+    let declined = payment(&h.api, "alice", 1000, "tok_chargeDeclined").await;
+    let err = refused(&h.api, declined.id, 1, "a").await;
     assert!(
         matches!(err, RefundError::NotRefundable(PaymentStatus::Failed)),
         "{err:?}"
     );
-    let err = h
-        .api
-        .refund(&staff(), refund(PaymentId::new(), 1, "b"))
-        .await
-        .unwrap_err();
+    let err = refused(&h.api, PaymentId::new(), 1, "b").await;
     assert!(matches!(err, RefundError::NotFound), "{err:?}");
     // In-process callers name the currency they mean; another one is refused.
-    let paid = h
-        .api
-        .charge(&service(), charge_request("alice", 1000, "tok_visa"))
-        .await
-        .unwrap()
-        .payment;
+    let paid = payment(&h.api, "alice", 1000, "tok_visa").await;
     let usd = agora_kernel::Money::new(100, agora_kernel::Currency::parse("USD").unwrap());
     let req = RefundRequest::of_money(paid.id, usd, None, RequestKey::parse("c").unwrap()).unwrap();
     let err = h.api.refund(&service(), req).await.unwrap_err();
@@ -478,31 +440,18 @@ async fn a_refund_rejected_by_the_provider_gives_its_amount_back(b: Backend) {
         })),
     );
     let api = h.api_with(provider);
-    let p = api
-        .charge(&service(), charge_request("alice", 1000, "pm_card_visa"))
-        .await
-        .unwrap()
-        .payment;
-    let err = api
-        .refund(&staff(), refund(p.id, 1000, "r1"))
-        .await
-        .unwrap_err();
+    let p = payment(&api, "alice", 1000, "pm_card_visa").await;
+    let err = refused(&api, p.id, 1000, "r1").await;
     assert!(
         matches!(err, RefundError::Rejected { ref code, .. } if code == "charge_disputed"),
         "{err:?}"
     );
-    let again = api
-        .refund(&staff(), refund(p.id, 1000, "r1"))
-        .await
-        .unwrap_err();
+    let again = refused(&api, p.id, 1000, "r1").await;
     assert!(
         matches!(again, RefundError::Rejected { .. }),
         "a replay answers the same"
     );
-    let ok = api
-        .refund(&staff(), refund(p.id, 1000, "r2"))
-        .await
-        .unwrap();
+    let ok = refunded(&api, p.id, 1000, "r2").await;
     assert_eq!(ok.payment.status, PaymentStatus::Refunded);
     let statuses: Vec<RefundStatus> = ok.payment.refunds.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [RefundStatus::Failed, RefundStatus::Succeeded]);
@@ -518,37 +467,16 @@ async fn a_refund_fault_keeps_its_amount_reserved_until_the_retry(b: Backend) {
             .then_refund(Err(ProviderError::fault(FaultKind::Timeout, "no answer"))),
     );
     let api = h.api_with(provider.clone());
-    let p = api
-        .charge(&service(), charge_request("alice", 1000, "pm_card_visa"))
-        .await
-        .unwrap()
-        .payment;
-    let err = api
-        .refund(&staff(), refund(p.id, 600, "slow"))
-        .await
-        .unwrap_err();
+    let p = payment(&api, "alice", 1000, "pm_card_visa").await;
+    let err = refused(&api, p.id, 600, "slow").await;
     assert!(
         matches!(err, RefundError::ProviderUnavailable { .. }),
         "{err:?}"
     );
     // The pending refund's amount is not refundable twice.
-    let err = api
-        .refund(&staff(), refund(p.id, 500, "other"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            RefundError::ExceedsRefundable {
-                refundable_minor: 400
-            }
-        ),
-        "{err:?}"
-    );
-    let resumed = api
-        .refund(&staff(), refund(p.id, 600, "slow"))
-        .await
-        .unwrap();
+    let err = refused(&api, p.id, 500, "other").await;
+    assert_exceeds(&err, 400);
+    let resumed = refunded(&api, p.id, 600, "slow").await;
     assert!(resumed.refunded_now);
     assert_eq!(resumed.payment.refunded_minor, 600);
     let keys = provider.refund_keys();
@@ -563,18 +491,8 @@ async fn customers_see_only_their_own_payments_and_staff_see_all(b: Backend) {
     let Some(h) = Harness::start(b).await else {
         return;
     };
-    let alices = h
-        .api
-        .charge(&service(), charge_request("alice", 100, "tok_visa"))
-        .await
-        .unwrap()
-        .payment;
-    let bobs = h
-        .api
-        .charge(&service(), charge_request("bob", 200, "tok_visa"))
-        .await
-        .unwrap()
-        .payment;
+    let alices = payment(&h.api, "alice", 100, "tok_visa").await;
+    let bobs = payment(&h.api, "bob", 200, "tok_visa").await;
     assert_eq!(
         h.api.get(&customer("alice"), alices.id).await.unwrap().id,
         alices.id
@@ -633,12 +551,7 @@ async fn lists_page_newest_first_with_a_cursor(b: Backend) {
     };
     let mut ids = Vec::new();
     for _ in 0..5 {
-        let p = h
-            .api
-            .charge(&service(), charge_request("alice", 100, "tok_visa"))
-            .await
-            .unwrap()
-            .payment;
+        let p = payment(&h.api, "alice", 100, "tok_visa").await;
         ids.push(p.id);
     }
     ids.reverse();
@@ -663,52 +576,34 @@ async fn the_ledger_is_append_only(b: Backend) {
     let Some(h) = Harness::start(b).await else {
         return;
     };
-    let p = h
-        .api
-        .charge(&service(), charge_request("alice", 100, "tok_visa"))
-        .await
-        .unwrap()
-        .payment;
+    let p = payment(&h.api, "alice", 100, "tok_visa").await;
     let id = p.id.to_string();
-    let (update, delete) = match h.db() {
-        agora_kernel::db::SqlDatabase::Sqlite(db) => (
-            db.write({
+    // The same SQL on both backends: SQLite reads `$1` as parameter 1.
+    for statement in [
+        "UPDATE payment_ledger SET amount_minor = 1 WHERE payment_id = $1",
+        "DELETE FROM payment_ledger WHERE payment_id = $1",
+    ] {
+        let result = match h.db() {
+            agora_kernel::db::SqlDatabase::Sqlite(db) => {
                 let id = id.clone();
-                move |tx| {
-                    tx.execute(
-                        "UPDATE payment_ledger SET amount_minor = 1 WHERE payment_id = ?1",
-                        [&id],
-                    )
-                }
-            })
-            .await
-            .map(|_| ())
-            .map_err(anyhow::Error::from),
-            db.write({
-                let id = id.clone();
-                move |tx| tx.execute("DELETE FROM payment_ledger WHERE payment_id = ?1", [&id])
-            })
-            .await
-            .map(|_| ())
-            .map_err(anyhow::Error::from),
-        ),
-        agora_kernel::db::SqlDatabase::Postgres(pool) => (
-            sqlx::query("UPDATE payment_ledger SET amount_minor = 1 WHERE payment_id = $1")
+                db.write(move |tx| tx.execute(statement, [&id]))
+                    .await
+                    .map(|_| ())
+                    .map_err(anyhow::Error::from)
+            }
+            agora_kernel::db::SqlDatabase::Postgres(pool) => sqlx::query(statement)
                 .bind(&id)
                 .execute(pool)
                 .await
                 .map(|_| ())
                 .map_err(anyhow::Error::from),
-            sqlx::query("DELETE FROM payment_ledger WHERE payment_id = $1")
-                .bind(&id)
-                .execute(pool)
-                .await
-                .map(|_| ())
-                .map_err(anyhow::Error::from),
-        ),
-    };
-    assert!(update.unwrap_err().to_string().contains("append-only"));
-    assert!(delete.unwrap_err().to_string().contains("append-only"));
+        };
+        let err = result.expect_err(statement);
+        assert!(
+            err.to_string().contains("append-only"),
+            "{statement}: {err}"
+        );
+    }
     assert_eq!(h.store().ledger(p.id).await.unwrap()[0].amount.minor(), 100);
 }
 
@@ -716,25 +611,9 @@ async fn events_are_published_through_the_outbox_with_the_correlation_id(b: Back
     let Some(h) = Harness::start(b).await else {
         return;
     };
-    let ok = h
-        .api
-        .charge(&service(), charge_request("alice", 4990, "tok_visa"))
-        .await
-        .unwrap()
-        .payment;
-    let declined = h
-        .api
-        .charge(
-            &service(),
-            charge_request("bob", 100, "tok_insufficient_funds"),
-        )
-        .await
-        .unwrap()
-        .payment;
-    h.api
-        .refund(&staff(), refund(ok.id, 990, "r"))
-        .await
-        .unwrap();
+    let ok = payment(&h.api, "alice", 4990, "tok_visa").await;
+    let declined = payment(&h.api, "bob", 100, "tok_insufficient_funds").await;
+    refunded(&h.api, ok.id, 990, "r").await;
     h.drain_outbox().await;
 
     let succeeded = h.events.of_type(events::PAYMENT_SUCCEEDED);
@@ -777,27 +656,13 @@ async fn role_rules_apply_to_in_process_callers(b: Backend) {
     let Some(h) = Harness::start(b).await else {
         return;
     };
-    let err = h
-        .api
-        .charge(&customer("alice"), charge_request("alice", 100, "tok_visa"))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, ChargeError::Forbidden));
-    let err = h
-        .api
-        .charge(&staff(), charge_request("alice", 100, "tok_visa"))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, ChargeError::Forbidden), "staff do not charge");
-    let p = h
-        .api
-        .charge(&admin(), charge_request("alice", 100, "tok_visa"))
-        .await
-        .unwrap()
-        .payment;
-    let err = h
-        .api
-        .refund(&customer("alice"), refund(p.id, 10, "x"))
+    let alices = || charge_request("alice", 100, "tok_visa");
+    for (who, ctx) in [("customers", customer("alice")), ("staff", staff())] {
+        let err = h.api.charge(&ctx, alices()).await.unwrap_err();
+        assert!(matches!(err, ChargeError::Forbidden), "{who} do not charge");
+    }
+    let p = h.api.charge(&admin(), alices()).await.unwrap().payment;
+    let err = refund_as(&h.api, &customer("alice"), p.id, 10, "x")
         .await
         .unwrap_err();
     assert!(matches!(err, RefundError::Forbidden));

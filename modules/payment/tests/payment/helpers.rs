@@ -9,11 +9,12 @@ use std::time::Duration;
 use agora_kernel::db::SqlDatabase;
 use agora_kernel::{CallContext, Currency, EventBus, InMemoryBus, Money, Principal, Role};
 use agora_payment::domain::models::{
-    ChargeRequest, ChargeResult, CustomerId, OrderId, PaymentMethod, RefundResult,
+    ChargeRequest, ChargeResult, CustomerId, OrderId, Payment, PaymentMethod, RefundResult,
 };
 use agora_payment::domain::ports::{
     PaymentProvider, PaymentStore, ProviderChargeRequest, ProviderError, ProviderRefundRequest,
 };
+use agora_payment::domain::service::{ChargeError, Charged};
 use agora_payment::{ManualClock, PaymentModule, PaymentService, Settings};
 use async_trait::async_trait;
 use tempfile::TempDir;
@@ -139,6 +140,42 @@ pub fn charge_request(customer: &str, minor: i64, method: &str) -> ChargeRequest
     .unwrap()
 }
 
+/// Charge a new order of `customer` for `minor` EUR cents with `method`, as
+/// the order module does.
+pub async fn charge(
+    api: &PaymentService,
+    customer: &str,
+    minor: i64,
+    method: &str,
+) -> Result<Charged, ChargeError> {
+    api.charge(&service(), charge_request(customer, minor, method))
+        .await
+}
+
+/// The payment of a charge that got an answer (succeeded or declined).
+pub async fn payment(api: &PaymentService, customer: &str, minor: i64, method: &str) -> Payment {
+    charge(api, customer, minor, method)
+        .await
+        .expect("the charge is answered")
+        .payment
+}
+
+/// Assert that a provider reference is there and starts with `prefix`.
+pub fn assert_ref(provider_ref: Option<&str>, prefix: &str) {
+    assert!(
+        provider_ref.is_some_and(|r| r.starts_with(prefix)),
+        "{provider_ref:?} is not a {prefix}… reference"
+    );
+}
+
+/// Assert that `err` says the provider is unavailable, retrying in `secs`.
+pub fn assert_unavailable_for(err: &ChargeError, secs: u64) {
+    assert!(
+        matches!(err, ChargeError::ProviderUnavailable { retry_after_secs, .. } if *retry_after_secs == secs),
+        "{err:?}"
+    );
+}
+
 /// A provider that answers from a script (then succeeds), recording every call.
 #[derive(Default)]
 pub struct ScriptedProvider {
@@ -168,6 +205,18 @@ impl ScriptedProvider {
     }
 }
 
+/// Record `key`, then give the next scripted answer, or `otherwise`.
+fn answer<T>(
+    keys: &Mutex<Vec<String>>,
+    script: &Mutex<VecDeque<Result<T, ProviderError>>>,
+    key: &str,
+    otherwise: impl FnOnce() -> T,
+) -> Result<T, ProviderError> {
+    keys.lock().unwrap().push(key.to_owned());
+    let next = script.lock().unwrap().pop_front();
+    next.unwrap_or_else(|| Ok(otherwise()))
+}
+
 #[async_trait]
 impl PaymentProvider for ScriptedProvider {
     fn name(&self) -> &'static str {
@@ -175,28 +224,24 @@ impl PaymentProvider for ScriptedProvider {
     }
 
     async fn charge(&self, req: &ProviderChargeRequest) -> Result<ChargeResult, ProviderError> {
-        self.charge_keys
-            .lock()
-            .unwrap()
-            .push(req.idempotency_key.clone());
-        let next = self.charges.lock().unwrap().pop_front();
-        next.unwrap_or_else(|| {
-            Ok(ChargeResult::Succeeded {
+        answer(
+            &self.charge_keys,
+            &self.charges,
+            &req.idempotency_key,
+            || ChargeResult::Succeeded {
                 provider_ref: format!("pi_{}", req.payment_id.as_uuid().simple()),
-            })
-        })
+            },
+        )
     }
 
     async fn refund(&self, req: &ProviderRefundRequest) -> Result<RefundResult, ProviderError> {
-        self.refund_keys
-            .lock()
-            .unwrap()
-            .push(req.idempotency_key.clone());
-        let next = self.refunds.lock().unwrap().pop_front();
-        next.unwrap_or_else(|| {
-            Ok(RefundResult::Succeeded {
+        answer(
+            &self.refund_keys,
+            &self.refunds,
+            &req.idempotency_key,
+            || RefundResult::Succeeded {
                 provider_ref: format!("re_{}", req.refund_id.as_uuid().simple()),
-            })
-        })
+            },
+        )
     }
 }

@@ -13,22 +13,34 @@ use agora_kernel::Module;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use agora_payment::Settings;
+
 use crate::helpers::{Backend, Harness};
 
-async fn app(
-    h: &Harness,
-) -> impl Service<
-    actix_http::Request,
-    Response = ServiceResponse<impl MessageBody>,
-    Error = actix_web::Error,
-> {
-    test::init_service(
+/// The module on a fresh SQLite database with `configure`d settings, and its
+/// endpoints in a test service with a stand-in for the gateway. The harness
+/// must live as long as the service is called.
+async fn app_with(
+    configure: impl FnOnce(&mut Settings),
+) -> (
+    Harness,
+    impl Service<
+        actix_http::Request,
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+    >,
+) {
+    let h = Harness::start_with(Backend::Sqlite, configure)
+        .await
+        .unwrap();
+    let app = test::init_service(
         App::new()
             .configure(agora_kernel::http::extractors(64 * 1024))
             .wrap(from_fn(agora_kernel::testing::principal_from_test_headers))
             .configure(|cfg| h.module.configure(cfg)),
     )
-    .await
+    .await;
+    (h, app)
 }
 
 /// Who calls: (subject, comma-separated roles).
@@ -92,6 +104,40 @@ fn assert_problem(status: StatusCode, headers: &header::HeaderMap, body: &Value,
     assert!(body["title"].is_string() && body["detail"].is_string());
 }
 
+/// Call and assert the answer is a problem with status `want`; its body.
+async fn problem<S, B>(app: &S, req: actix_http::Request, want: u16) -> Value
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let (status, headers, body) = call(app, req).await;
+    assert_problem(status, &headers, &body, want);
+    body
+}
+
+/// `POST /payments` as `who` under the idempotency key `key`.
+fn create(who: Who, key: &str, body: &Value) -> actix_http::Request {
+    post("/payments", who, Some(key), body)
+}
+
+/// The payment the order module creates with `body`: answered 201.
+async fn created<S, B>(app: &S, key: &str, body: &Value) -> Value
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let (status, _, payment) = call(app, create(SERVICE, key, body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{payment}");
+    payment
+}
+
+/// The keys of a JSON object, sorted.
+fn sorted_keys(v: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    keys
+}
+
 fn charge_body(customer: &str, minor: i64, method: &str) -> Value {
     json!({
         "order_id": Uuid::now_v7(),
@@ -104,15 +150,12 @@ fn charge_body(customer: &str, minor: i64, method: &str) -> Value {
 
 #[actix_web::test]
 async fn creating_a_payment_answers_201_with_the_public_json_contract() {
-    let h = Harness::start(Backend::Sqlite).await.unwrap();
-    let app = app(&h).await;
+    let (_h, app) = app_with(|_| {}).await;
     let body = charge_body("alice", 4990, "tok_visa");
-    let (status, headers, p) = call(&app, post("/payments", SERVICE, Some("k1"), &body)).await;
+    let (status, headers, p) = call(&app, create(SERVICE, "k1", &body)).await;
     assert_eq!(status, StatusCode::CREATED, "{p}");
-    let mut keys: Vec<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
-    keys.sort_unstable();
     assert_eq!(
-        keys,
+        sorted_keys(&p),
         [
             "amount_minor",
             "created_at",
@@ -141,37 +184,29 @@ async fn creating_a_payment_answers_201_with_the_public_json_contract() {
         Some(format!("/api/v1/payments/{}", p["id"].as_str().unwrap()).as_str())
     );
     // An admin may charge as well.
-    let (status, _, _) = call(
-        &app,
-        post(
-            "/payments",
-            ("ada", "admin"),
-            Some("k2"),
-            &charge_body("bob", 1, "tok_mastercard"),
-        ),
-    )
-    .await;
+    let admin = create(
+        ("ada", "admin"),
+        "k2",
+        &charge_body("bob", 1, "tok_mastercard"),
+    );
+    let (status, _, _) = call(&app, admin).await;
     assert_eq!(status, StatusCode::CREATED);
 }
 
 #[actix_web::test]
 async fn a_decline_answers_201_with_status_failed_and_its_failure_code() {
-    let h = Harness::start(Backend::Sqlite).await.unwrap();
-    let app = app(&h).await;
-    let body = charge_body("alice", 100, "tok_chargeDeclined");
-    let (status, _, p) = call(&app, post("/payments", SERVICE, Some("d1"), &body)).await;
-    assert_eq!(status, StatusCode::CREATED, "{p}");
+    let (_h, app) = app_with(|_| {}).await;
+    let p = created(&app, "d1", &charge_body("alice", 100, "tok_chargeDeclined")).await;
     assert_eq!(p["status"], "failed");
     assert_eq!(p["failure_code"], "card_declined");
 }
 
 #[actix_web::test]
 async fn an_idempotent_replay_returns_the_same_answer_and_another_key_finds_the_same_payment() {
-    let h = Harness::start(Backend::Sqlite).await.unwrap();
-    let app = app(&h).await;
+    let (_h, app) = app_with(|_| {}).await;
     let body = charge_body("alice", 100, "tok_visa");
-    let (s1, _, first) = call(&app, post("/payments", SERVICE, Some("same"), &body)).await;
-    let (s2, headers, replay) = call(&app, post("/payments", SERVICE, Some("same"), &body)).await;
+    let (s1, _, first) = call(&app, create(SERVICE, "same", &body)).await;
+    let (s2, headers, replay) = call(&app, create(SERVICE, "same", &body)).await;
     assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
     assert_eq!(replay, first);
     assert_eq!(
@@ -181,40 +216,33 @@ async fn an_idempotent_replay_returns_the_same_answer_and_another_key_finds_the_
         Some("true")
     );
     // Another key for the same order: the order's payment, not a second charge.
-    let (s3, _, other) = call(&app, post("/payments", SERVICE, Some("other"), &body)).await;
+    let (s3, _, other) = call(&app, create(SERVICE, "other", &body)).await;
     assert_eq!(s3, StatusCode::OK);
     assert_eq!(other["id"], first["id"]);
     // The same key with another body is refused.
-    let (s4, h4, b4) = call(
+    problem(
         &app,
-        post(
-            "/payments",
-            SERVICE,
-            Some("same"),
-            &charge_body("alice", 1, "tok_visa"),
-        ),
+        create(SERVICE, "same", &charge_body("alice", 1, "tok_visa")),
+        422,
     )
     .await;
-    assert_problem(s4, &h4, &b4, 422);
     // The same order with other details is a conflict.
     let mut changed = body.clone();
     changed["amount_minor"] = json!(999);
-    let (s5, h5, b5) = call(&app, post("/payments", SERVICE, Some("third"), &changed)).await;
-    assert_problem(s5, &h5, &b5, 409);
+    let b5 = problem(&app, create(SERVICE, "third", &changed), 409).await;
     assert_eq!(b5["type"], "urn:agora:problem:order-already-charged");
 }
 
 #[actix_web::test]
 async fn a_post_without_an_idempotency_key_is_refused_with_400() {
-    let h = Harness::start(Backend::Sqlite).await.unwrap();
-    let app = app(&h).await;
-    let (s, hd, b) = call(
+    let (_h, app) = app_with(|_| {}).await;
+    problem(
         &app,
         post("/payments", SERVICE, None, &charge_body("a", 1, "tok_visa")),
+        400,
     )
     .await;
-    assert_problem(s, &hd, &b, 400);
-    let (s, hd, b) = call(
+    problem(
         &app,
         post(
             &format!("/payments/{}/refunds", Uuid::now_v7()),
@@ -222,15 +250,14 @@ async fn a_post_without_an_idempotency_key_is_refused_with_400() {
             None,
             &json!({"amount_minor": 1}),
         ),
+        400,
     )
     .await;
-    assert_problem(s, &hd, &b, 400);
 }
 
 #[actix_web::test]
 async fn invalid_payment_bodies_answer_422_listing_every_field_and_change_nothing() {
-    let h = Harness::start(Backend::Sqlite).await.unwrap();
-    let app = app(&h).await;
+    let (_h, app) = app_with(|_| {}).await;
     let bad = json!({
         "order_id": "not-a-uuid",
         "customer_id": "",
@@ -238,17 +265,9 @@ async fn invalid_payment_bodies_answer_422_listing_every_field_and_change_nothin
         "currency": "eur",
         "payment_method": "tok visa",
     });
-    let (s, hd, b) = call(&app, post("/payments", SERVICE, Some("bad"), &bad)).await;
-    assert_problem(s, &hd, &b, 422);
-    let mut fields: Vec<&str> = b["errors"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    fields.sort_unstable();
+    let b = problem(&app, create(SERVICE, "bad", &bad), 422).await;
     assert_eq!(
-        fields,
+        sorted_keys(&b["errors"]),
         [
             "amount_minor",
             "currency",
@@ -258,30 +277,19 @@ async fn invalid_payment_bodies_answer_422_listing_every_field_and_change_nothin
         ]
     );
     // Wrong JSON shape: 422 naming the field.
-    let (s, hd, b) = call(
-        &app,
-        post("/payments", SERVICE, Some("bad2"), &json!({"order_id": 1})),
-    )
-    .await;
-    assert_problem(s, &hd, &b, 422);
+    problem(&app, create(SERVICE, "bad2", &json!({"order_id": 1})), 422).await;
     // A method that is neither a tok_ test token nor a pm_ PaymentMethod id,
     // and a field the API does not know.
-    let (s, hd, b) = call(
+    let b = problem(
         &app,
-        post(
-            "/payments",
-            SERVICE,
-            Some("bad3"),
-            &charge_body("alice", 100, "visa"),
-        ),
+        create(SERVICE, "bad3", &charge_body("alice", 100, "visa")),
+        422,
     )
     .await;
-    assert_problem(s, &hd, &b, 422);
     assert!(b["errors"]["payment_method"].is_array(), "{b}");
     let mut extra = charge_body("alice", 100, "tok_visa");
     extra["amount"] = json!(100);
-    let (s, hd, b) = call(&app, post("/payments", SERVICE, Some("bad4"), &extra)).await;
-    assert_problem(s, &hd, &b, 422);
+    let b = problem(&app, create(SERVICE, "bad4", &extra), 422).await;
     assert!(b["errors"]["amount"].is_array(), "{b}");
     let (_, _, list) = call(&app, get("/payments", STAFF)).await;
     assert_eq!(list["items"], json!([]), "nothing was created");
@@ -289,50 +297,29 @@ async fn invalid_payment_bodies_answer_422_listing_every_field_and_change_nothin
 
 #[actix_web::test]
 async fn customers_and_staff_cannot_create_payments() {
-    let h = Harness::start(Backend::Sqlite).await.unwrap();
-    let app = app(&h).await;
+    let (_h, app) = app_with(|_| {}).await;
     for (i, who) in [ALICE, STAFF].into_iter().enumerate() {
         let key = format!("k{i}");
-        let (s, hd, b) = call(
+        problem(
             &app,
-            post(
-                "/payments",
-                who,
-                Some(&key),
-                &charge_body("alice", 1, "tok_visa"),
-            ),
+            create(who, &key, &charge_body("alice", 1, "tok_visa")),
+            403,
         )
         .await;
-        assert_problem(s, &hd, &b, 403);
     }
-    let (s, hd, b) = call(&app, test::TestRequest::get().uri("/payments").to_request()).await;
-    assert_problem(s, &hd, &b, 401);
+    problem(
+        &app,
+        test::TestRequest::get().uri("/payments").to_request(),
+        401,
+    )
+    .await;
 }
 
 #[actix_web::test]
 async fn a_customer_gets_404_for_another_customers_payment_and_staff_see_it() {
-    let h = Harness::start(Backend::Sqlite).await.unwrap();
-    let app = app(&h).await;
-    let (_, _, alices) = call(
-        &app,
-        post(
-            "/payments",
-            SERVICE,
-            Some("a"),
-            &charge_body("alice", 100, "tok_visa"),
-        ),
-    )
-    .await;
-    let (_, _, bobs) = call(
-        &app,
-        post(
-            "/payments",
-            SERVICE,
-            Some("b"),
-            &charge_body("bob", 200, "tok_visa"),
-        ),
-    )
-    .await;
+    let (_h, app) = app_with(|_| {}).await;
+    let alices = created(&app, "a", &charge_body("alice", 100, "tok_visa")).await;
+    let bobs = created(&app, "b", &charge_body("bob", 200, "tok_visa")).await;
     let path = |p: &Value| format!("/payments/{}", p["id"].as_str().unwrap());
 
     let (s, _, own) = call(&app, get(&path(&alices), ALICE)).await;
@@ -340,10 +327,13 @@ async fn a_customer_gets_404_for_another_customers_payment_and_staff_see_it() {
         (s, own["id"].clone()),
         (StatusCode::OK, alices["id"].clone())
     );
-    let (s, hd, b) = call(&app, get(&path(&bobs), ALICE)).await;
-    assert_problem(s, &hd, &b, 404);
-    let (s, hd, missing) = call(&app, get(&format!("/payments/{}", Uuid::now_v7()), ALICE)).await;
-    assert_problem(s, &hd, &missing, 404);
+    let b = problem(&app, get(&path(&bobs), ALICE), 404).await;
+    let missing = problem(
+        &app,
+        get(&format!("/payments/{}", Uuid::now_v7()), ALICE),
+        404,
+    )
+    .await;
     assert_eq!(
         b["detail"], missing["detail"],
         "indistinguishable from a missing one"
@@ -366,20 +356,10 @@ async fn a_customer_gets_404_for_another_customers_payment_and_staff_see_it() {
 
 #[actix_web::test]
 async fn listing_pages_with_a_cursor_and_refuses_bad_parameters() {
-    let h = Harness::start(Backend::Sqlite).await.unwrap();
-    let app = app(&h).await;
+    let (_h, app) = app_with(|_| {}).await;
     for i in 0..3 {
         let key = format!("k{i}");
-        call(
-            &app,
-            post(
-                "/payments",
-                SERVICE,
-                Some(&key),
-                &charge_body("alice", 100, "tok_visa"),
-            ),
-        )
-        .await;
+        created(&app, &key, &charge_body("alice", 100, "tok_visa")).await;
     }
     let mut ids = Vec::new();
     let mut uri = "/payments?limit=2".to_owned();
@@ -405,25 +385,14 @@ async fn listing_pages_with_a_cursor_and_refuses_bad_parameters() {
         "/payments?cursor=zz",
         "/payments?order_id=x",
     ] {
-        let (s, hd, b) = call(&app, get(bad, STAFF)).await;
-        assert_problem(s, &hd, &b, 422);
+        problem(&app, get(bad, STAFF), 422).await;
     }
 }
 
 #[actix_web::test]
 async fn refunds_answer_201_appear_on_the_payment_and_never_exceed_it() {
-    let h = Harness::start(Backend::Sqlite).await.unwrap();
-    let app = app(&h).await;
-    let (_, _, p) = call(
-        &app,
-        post(
-            "/payments",
-            SERVICE,
-            Some("p"),
-            &charge_body("alice", 1000, "tok_visa"),
-        ),
-    )
-    .await;
+    let (_h, app) = app_with(|_| {}).await;
+    let p = created(&app, "p", &charge_body("alice", 1000, "tok_visa")).await;
     let id = p["id"].as_str().unwrap();
     let refunds = format!("/payments/{id}/refunds");
 
@@ -436,20 +405,20 @@ async fn refunds_answer_201_appear_on_the_payment_and_never_exceed_it() {
     assert_eq!(r["reason"], "damaged");
     assert_eq!(r["payment_id"], p["id"]);
 
-    let (s, hd, b) = call(
+    let b = problem(
         &app,
         post(&refunds, STAFF, Some("r2"), &json!({"amount_minor": 601})),
+        409,
     )
     .await;
-    assert_problem(s, &hd, &b, 409);
     assert_eq!(b["type"], "urn:agora:problem:refund-exceeds-payment");
-    let (s, hd, b) = call(
+    problem(
         &app,
         post(&refunds, ALICE, Some("r3"), &json!({"amount_minor": 1})),
+        403,
     )
     .await;
-    assert_problem(s, &hd, &b, 403);
-    let (s, hd, b) = call(
+    let b = problem(
         &app,
         post(
             &refunds,
@@ -457,20 +426,20 @@ async fn refunds_answer_201_appear_on_the_payment_and_never_exceed_it() {
             Some("r4"),
             &json!({"amount_minor": -1, "reason": " "}),
         ),
+        422,
     )
     .await;
-    assert_problem(s, &hd, &b, 422);
     assert!(
         b["errors"]["amount_minor"].is_array() && b["errors"]["reason"].is_array(),
         "{b}"
     );
     let missing = format!("/payments/{}/refunds", Uuid::now_v7());
-    let (s, hd, b) = call(
+    problem(
         &app,
         post(&missing, STAFF, Some("r5"), &json!({"amount_minor": 1})),
+        404,
     )
     .await;
-    assert_problem(s, &hd, &b, 404);
 
     let (s, _, r) = call(
         &app,
@@ -491,19 +460,16 @@ async fn refunds_answer_201_appear_on_the_payment_and_never_exceed_it() {
 
 #[actix_web::test]
 async fn an_open_breaker_answers_503_with_retry_after_and_a_problem_body() {
-    let h = Harness::start_with(Backend::Sqlite, |s| {
+    let (_h, app) = app_with(|s| {
         s.breaker.failure_threshold = 1;
         s.breaker.recovery_timeout_secs = 30;
     })
-    .await
-    .unwrap();
-    let app = app(&h).await;
+    .await;
     let (s, hd, b) = call(
         &app,
-        post(
-            "/payments",
+        create(
             SERVICE,
-            Some("f"),
+            "f",
             &charge_body("alice", 1, "tok_processing_error"),
         ),
     )
@@ -516,12 +482,7 @@ async fn an_open_breaker_answers_503_with_retry_after_and_a_problem_body() {
     assert_eq!(b["type"], "urn:agora:problem:payment-provider-unavailable");
     let (s, hd, b) = call(
         &app,
-        post(
-            "/payments",
-            SERVICE,
-            Some("g"),
-            &charge_body("alice", 1, "tok_visa"),
-        ),
+        create(SERVICE, "g", &charge_body("alice", 1, "tok_visa")),
     )
     .await;
     assert_problem(s, &hd, &b, 503);
@@ -534,8 +495,7 @@ async fn an_open_breaker_answers_503_with_retry_after_and_a_problem_body() {
 
 #[actix_web::test]
 async fn wrong_methods_answer_405_and_unknown_ids_404() {
-    let h = Harness::start(Backend::Sqlite).await.unwrap();
-    let app = app(&h).await;
+    let (_h, app) = app_with(|_| {}).await;
     for (method, path) in [
         (actix_web::http::Method::PUT, "/payments".to_owned()),
         (
@@ -560,24 +520,13 @@ async fn wrong_methods_answer_405_and_unknown_ids_404() {
             "{method} {path}"
         );
     }
-    let (s, hd, b) = call(&app, get("/payments/not-a-uuid", STAFF)).await;
-    assert_problem(s, &hd, &b, 404);
+    problem(&app, get("/payments/not-a-uuid", STAFF), 404).await;
 }
 
 #[actix_web::test]
 async fn fifty_concurrent_refund_requests_get_201_or_409_and_the_excess_change_nothing() {
-    let h = Harness::start(Backend::Sqlite).await.unwrap();
-    let app = app(&h).await;
-    let (_, _, p) = call(
-        &app,
-        post(
-            "/payments",
-            SERVICE,
-            Some("p"),
-            &charge_body("alice", 1000, "tok_visa"),
-        ),
-    )
-    .await;
+    let (_h, app) = app_with(|_| {}).await;
+    let p = created(&app, "p", &charge_body("alice", 1000, "tok_visa")).await;
     let refunds = format!("/payments/{}/refunds", p["id"].as_str().unwrap());
     let requests = (0..50).map(|i| {
         let key = format!("refund-{i}");
@@ -612,15 +561,8 @@ async fn fifty_concurrent_refund_requests_get_201_or_409_and_the_excess_change_n
 #[actix_web::test]
 async fn the_openapi_fragment_documents_every_endpoint_relative_to_api_v1() {
     let doc = serde_json::to_value(agora_payment::openapi()).unwrap();
-    let mut paths: Vec<&str> = doc["paths"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    paths.sort_unstable();
     assert_eq!(
-        paths,
+        sorted_keys(&doc["paths"]),
         ["/payments", "/payments/{id}", "/payments/{id}/refunds"]
     );
     let create = &doc["paths"]["/payments"]["post"];

@@ -22,7 +22,10 @@ use agora_payment::{BreakerState, ProviderKind};
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::helpers::{Backend, Harness, charge_request, eur, service};
+use crate::helpers::{
+    Backend, Harness, assert_ref, assert_unavailable_for, charge, charge_request, eur, payment,
+    service,
+};
 
 /// One request the fake provider received.
 #[derive(Debug, Clone)]
@@ -61,8 +64,8 @@ impl FakeStripe {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
-                .route("/v1/payment_intents", web::post().to(payment_intents))
-                .route("/v1/refunds", web::post().to(refunds))
+                .route("/v1/payment_intents", web::post().to(answer))
+                .route("/v1/refunds", web::post().to(answer))
         })
         .workers(1)
         .disable_signals()
@@ -105,12 +108,25 @@ fn card_error(code: &str, decline_code: &str, pi: &str) -> (u16, String) {
     (402, body.to_string())
 }
 
-async fn payment_intents(
+/// Every request is recorded, then answered as Stripe would at its path.
+async fn answer(
     req: HttpRequest,
     state: web::Data<State>,
     form: web::Form<HashMap<String, String>>,
 ) -> HttpResponse {
     record(&req, &state, &form);
+    if req.path() == "/v1/refunds" {
+        refunds(&form)
+    } else {
+        payment_intents(&req, &state, &form).await
+    }
+}
+
+async fn payment_intents(
+    req: &HttpRequest,
+    state: &State,
+    form: &HashMap<String, String>,
+) -> HttpResponse {
     let key = req
         .headers()
         .get("idempotency-key")
@@ -187,12 +203,7 @@ async fn payment_intents(
     respond(answer.0, answer.1)
 }
 
-async fn refunds(
-    req: HttpRequest,
-    state: web::Data<State>,
-    form: web::Form<HashMap<String, String>>,
-) -> HttpResponse {
-    record(&req, &state, &form);
+fn refunds(form: &HashMap<String, String>) -> HttpResponse {
     match form.get("payment_intent").map(String::as_str) {
         Some("pi_disputed") => respond(
             400,
@@ -286,58 +297,37 @@ async fn a_402_card_error_is_a_decline_with_its_decline_code() {
     stripe.stop().await;
 }
 
+/// Assert that `r` is a provider fault of `kind`.
+fn assert_fault<T: std::fmt::Debug>(r: &Result<T, ProviderError>, kind: FaultKind, what: &str) {
+    assert!(
+        matches!(r, Err(ProviderError::Fault { kind: k, .. }) if *k == kind),
+        "{what}: {r:?}"
+    );
+}
+
+/// Charge with `method` on a fresh fake Stripe, expecting a fault of `kind`.
+async fn charging_is_a_fault(method: &str, timeout_ms: u64, kind: FaultKind) {
+    let stripe = FakeStripe::start().await;
+    let r = provider(&stripe, timeout_ms).charge(&call(method)).await;
+    assert_fault(&r, kind, method);
+    stripe.stop().await;
+}
+
 #[tokio::test]
 async fn a_5xx_is_a_fault_with_its_status() {
-    let stripe = FakeStripe::start().await;
-    let r = provider(&stripe, 2000).charge(&call("pm_500")).await;
-    assert!(
-        matches!(
-            r,
-            Err(ProviderError::Fault {
-                kind: FaultKind::Status(500),
-                ..
-            })
-        ),
-        "{r:?}"
-    );
-    stripe.stop().await;
+    charging_is_a_fault("pm_500", 2000, FaultKind::Status(500)).await;
 }
 
 #[tokio::test]
 async fn a_time_out_is_a_fault_with_an_unknown_outcome() {
-    let stripe = FakeStripe::start().await;
-    let r = provider(&stripe, 200).charge(&call("pm_slow")).await;
-    assert!(
-        matches!(
-            r,
-            Err(ProviderError::Fault {
-                kind: FaultKind::Timeout,
-                ..
-            })
-        ),
-        "{r:?}"
-    );
-    stripe.stop().await;
+    charging_is_a_fault("pm_slow", 200, FaultKind::Timeout).await;
 }
 
 #[tokio::test]
 async fn a_malformed_answer_is_a_fault() {
-    let stripe = FakeStripe::start().await;
-    let p = provider(&stripe, 2000);
     for method in ["pm_garbage", "pm_no_id"] {
-        let r = p.charge(&call(method)).await;
-        assert!(
-            matches!(
-                r,
-                Err(ProviderError::Fault {
-                    kind: FaultKind::Malformed,
-                    ..
-                })
-            ),
-            "{method}: {r:?}"
-        );
+        charging_is_a_fault(method, 2000, FaultKind::Malformed).await;
     }
-    stripe.stop().await;
 }
 
 #[tokio::test]
@@ -400,16 +390,7 @@ async fn refunds_post_the_payment_intent_and_amount_with_an_idempotency_key() {
         }
     );
     let r = p.refund(&refund_call("pi_refund_500")).await;
-    assert!(
-        matches!(
-            r,
-            Err(ProviderError::Fault {
-                kind: FaultKind::Status(502),
-                ..
-            })
-        ),
-        "{r:?}"
-    );
+    assert_fault(&r, FaultKind::Status(502), "pi_refund_500");
     stripe.stop().await;
 }
 
@@ -431,34 +412,14 @@ async fn through_the_module_each_answer_maps_to_the_right_payment_status_and_err
     let stripe = FakeStripe::start().await;
     let h = module_on(&stripe, 10, 300).await;
 
-    let ok = h
-        .api
-        .charge(&service(), charge_request("alice", 100, "pm_card_visa"))
-        .await
-        .unwrap();
-    assert_eq!(ok.payment.status, PaymentStatus::Succeeded);
-    assert_eq!(ok.payment.provider, "http");
-    assert!(
-        ok.payment
-            .provider_ref
-            .as_deref()
-            .unwrap()
-            .starts_with("pi_")
-    );
+    let ok = payment(&h.api, "alice", 100, "pm_card_visa").await;
+    assert_eq!(ok.status, PaymentStatus::Succeeded);
+    assert_eq!(ok.provider, "http");
+    assert_ref(ok.provider_ref.as_deref(), "pi_");
 
-    let declined = h
-        .api
-        .charge(
-            &service(),
-            charge_request("alice", 100, "pm_card_insufficient_funds"),
-        )
-        .await
-        .unwrap();
-    assert_eq!(declined.payment.status, PaymentStatus::Failed);
-    assert_eq!(
-        declined.payment.failure_code.as_deref(),
-        Some("insufficient_funds")
-    );
+    let declined = payment(&h.api, "alice", 100, "pm_card_insufficient_funds").await;
+    assert_eq!(declined.status, PaymentStatus::Failed);
+    assert_eq!(declined.failure_code.as_deref(), Some("insufficient_funds"));
 
     for method in ["pm_500", "pm_slow", "pm_garbage"] {
         let req = charge_request("alice", 100, method);
@@ -481,7 +442,7 @@ async fn through_the_module_each_answer_maps_to_the_right_payment_status_and_err
         .refund(
             &crate::helpers::staff(),
             agora_payment::domain::models::RefundRequest::new(
-                ok.payment.id,
+                ok.id,
                 40,
                 None,
                 agora_payment::domain::models::RequestKey::parse("r1").unwrap(),
@@ -495,7 +456,7 @@ async fn through_the_module_each_answer_maps_to_the_right_payment_status_and_err
     assert_eq!(last.path, "/v1/refunds");
     assert_eq!(
         last.form["payment_intent"],
-        ok.payment.provider_ref.clone().unwrap()
+        ok.provider_ref.clone().unwrap()
     );
     stripe.stop().await;
 }
@@ -530,38 +491,18 @@ async fn time_outs_and_5xx_open_the_breaker_but_declines_do_not() {
     let stripe = FakeStripe::start().await;
     let h = module_on(&stripe, 2, 200).await;
     for _ in 0..5 {
-        h.api
-            .charge(
-                &service(),
-                charge_request("alice", 100, "pm_card_chargeDeclined"),
-            )
-            .await
-            .unwrap();
+        payment(&h.api, "alice", 100, "pm_card_chargeDeclined").await;
     }
     assert_eq!(h.module.breaker().state(), BreakerState::Closed);
     for method in ["pm_slow", "pm_500"] {
-        let _ = h
-            .api
-            .charge(&service(), charge_request("alice", 100, method))
-            .await;
+        let _ = charge(&h.api, "alice", 100, method).await;
     }
     assert_eq!(h.module.breaker().state(), BreakerState::Open);
     let before = stripe.seen().len();
-    let err = h
-        .api
-        .charge(&service(), charge_request("alice", 100, "pm_card_visa"))
+    let err = charge(&h.api, "alice", 100, "pm_card_visa")
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ChargeError::ProviderUnavailable {
-                retry_after_secs: 30,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_unavailable_for(&err, 30);
     assert_eq!(
         stripe.seen().len(),
         before,

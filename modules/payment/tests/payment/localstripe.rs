@@ -9,7 +9,7 @@ use agora_payment::domain::models::{PaymentStatus, RefundRequest, RequestKey};
 use agora_payment::testing::form_encode;
 use secrecy::SecretString;
 
-use crate::helpers::{Backend, Harness, charge_request, service, staff};
+use crate::helpers::{Backend, Harness, assert_ref, payment, staff};
 
 fn localstripe_url() -> Option<String> {
     match std::env::var("AGORA_TEST_LOCALSTRIPE_URL") {
@@ -58,54 +58,17 @@ async fn against_localstripe_a_charge_succeeds_a_decline_fails_and_a_refund_is_r
     .unwrap();
 
     let visa = card(&url, "4242424242424242").await;
-    let ok = h
-        .api
-        .charge(&service(), charge_request("alice", 2500, &visa))
-        .await
-        .unwrap();
-    assert_eq!(
-        ok.payment.status,
-        PaymentStatus::Succeeded,
-        "{:?}",
-        ok.payment
-    );
-    assert!(
-        ok.payment
-            .provider_ref
-            .as_deref()
-            .unwrap()
-            .starts_with("pi_")
-    );
+    let ok = payment(&h.api, "alice", 2500, &visa).await;
+    assert_eq!(ok.status, PaymentStatus::Succeeded, "{ok:?}");
+    assert_ref(ok.provider_ref.as_deref(), "pi_");
 
     let declining = card(&url, "4000000000000341").await;
-    let failed = h
-        .api
-        .charge(&service(), charge_request("alice", 2500, &declining))
-        .await
-        .unwrap();
-    assert_eq!(
-        failed.payment.status,
-        PaymentStatus::Failed,
-        "{:?}",
-        failed.payment
-    );
-    assert!(failed.payment.failure_code.is_some());
+    let failed = payment(&h.api, "alice", 2500, &declining).await;
+    assert_eq!(failed.status, PaymentStatus::Failed, "{failed:?}");
+    assert!(failed.failure_code.is_some());
 
-    let refund = RefundRequest::new(
-        ok.payment.id,
-        1000,
-        None,
-        RequestKey::parse("ls-1").unwrap(),
-    )
-    .unwrap();
+    let refund = RefundRequest::new(ok.id, 1000, None, RequestKey::parse("ls-1").unwrap()).unwrap();
     let refunded = h.api.refund(&staff(), refund).await.unwrap();
     assert_eq!(refunded.payment.status, PaymentStatus::PartiallyRefunded);
-    assert!(
-        refunded
-            .refund
-            .provider_ref
-            .as_deref()
-            .unwrap()
-            .starts_with("re_")
-    );
+    assert_ref(refunded.refund.provider_ref.as_deref(), "re_");
 }
