@@ -75,13 +75,8 @@ pub enum LogFormat {
 impl TryFrom<String> for LogFormat {
     type Error = String;
 
-    /// Refused values name the allowed ones (serde's own enum message does not).
     fn try_from(s: String) -> Result<Self, String> {
-        match s.as_str() {
-            "json" => Ok(Self::Json),
-            "pretty" => Ok(Self::Pretty),
-            other => Err(format!("must be json or pretty, not `{other}`")),
-        }
+        agora_kernel::settings::one_of(&s, &[("json", Self::Json), ("pretty", Self::Pretty)])
     }
 }
 

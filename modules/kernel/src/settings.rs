@@ -25,9 +25,42 @@ pub fn env_name(key: &str) -> String {
     format!("AGORA__{}", key.replace('.', "__").to_ascii_uppercase())
 }
 
+/// A setting that names one of a closed set: the value `raw` names, or why
+/// not, naming the values it takes ("must be json or pretty, not `fancy`";
+/// serde's own enum message names none).
+///
+/// # Errors
+/// `raw` is none of the names.
+pub fn one_of<T: Copy>(raw: &str, named: &[(&str, T)]) -> Result<T, String> {
+    if let Some((_, value)) = named.iter().find(|(name, _)| *name == raw) {
+        return Ok(*value);
+    }
+    let names: Vec<&str> = named.iter().map(|(name, _)| *name).collect();
+    let listed = match names.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => "nothing".to_owned(),
+    };
+    Err(format!("must be {listed}, not `{raw}`"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_of_takes_a_name_and_lists_them_all_when_refusing() {
+        let named = [("a", 1), ("b", 2), ("c", 3)];
+        assert_eq!(one_of("b", &named), Ok(2));
+        assert_eq!(
+            one_of("d", &named),
+            Err("must be a, b or c, not `d`".to_owned())
+        );
+        assert_eq!(
+            one_of("x", &named[..1]),
+            Err("must be a, not `x`".to_owned())
+        );
+    }
 
     #[test]
     fn a_refused_setting_names_its_key_and_environment_variable() {

@@ -46,13 +46,8 @@ pub enum ProviderKind {
 impl TryFrom<String> for ProviderKind {
     type Error = String;
 
-    /// Refused values name the allowed ones (serde's own enum message does not).
     fn try_from(s: String) -> Result<Self, String> {
-        match s.as_str() {
-            "simulated" => Ok(Self::Simulated),
-            "http" => Ok(Self::Http),
-            other => Err(format!("must be simulated or http, not `{other}`")),
-        }
+        agora_kernel::settings::one_of(&s, &[("simulated", Self::Simulated), ("http", Self::Http)])
     }
 }
 
