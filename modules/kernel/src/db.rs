@@ -116,6 +116,37 @@ pub async fn migrate_kernel_postgres(pool: &PgPool) -> anyhow::Result<()> {
         .context("failed to create the kernel tables")
 }
 
+/// The kernel's tables (outbox, inbox, idempotency keys) in one module's
+/// database, reached through `H`: a [`Sqlite`] or a `PgPool`. It is the
+/// store behind each of their ports (`outbox::sqlite::Store`,
+/// `inbox::postgres::Store`, …), which differ only in the SQL they run.
+#[derive(Clone)]
+pub struct KernelTables<H> {
+    pub(crate) db: H,
+}
+
+impl<H> KernelTables<H> {
+    pub fn new(db: H) -> Self {
+        Self { db }
+    }
+}
+
+impl KernelTables<PgPool> {
+    /// Run `sql`, a `DELETE` of the rows older than `$1` (epoch ms), with
+    /// `cutoff`; how many it deleted.
+    pub(crate) async fn delete_older(
+        &self,
+        sql: &str,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(sql)
+            .bind(epoch_ms(cutoff))
+            .execute(&self.db)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
 /// A module's relational database: SQLite or PostgreSQL, with the kernel
 /// tables in place.
 #[derive(Clone)]
@@ -276,16 +307,13 @@ impl SqlModuleBase {
     /// Deletes idempotency keys past their 24 h (checked hourly), so the
     /// table holds one day of keys at most.
     pub fn idempotency_purge_task(&self) -> crate::module::BackgroundTask {
-        let store = self.db.idempotency();
         let ttl = crate::idempotency::IdempotencyConfig::default().ttl;
         self.hourly_purge(
             "idempotency-purge",
             "expired idempotency keys",
-            move |cutoff| {
-                let store = store.clone();
-                async move { store.purge_older_than(cutoff).await }
-            },
             ttl,
+            self.db.idempotency(),
+            |store, cutoff| async move { store.purge_older_than(cutoff).await },
         )
     }
 
@@ -293,29 +321,29 @@ impl SqlModuleBase {
     /// (checked hourly), for a module that consumes events: without it the
     /// inbox grows by a row per event for ever.
     pub fn inbox_purge_task(&self) -> crate::module::BackgroundTask {
-        let store = self.db.inbox();
         self.hourly_purge(
             "inbox-purge",
             "handled events in the inbox",
-            move |cutoff| {
-                let store = store.clone();
-                async move { store.purge_handled_before(cutoff).await }
-            },
             crate::inbox::RETENTION,
+            self.db.inbox(),
+            |store, cutoff| async move { store.purge_handled_before(cutoff).await },
         )
     }
 
-    /// A task that deletes what is older than `keep`, at start and then
-    /// hourly, logging what it deleted (`what`) and warning when it fails.
-    fn hourly_purge<F, Fut>(
+    /// A task that deletes what is older than `keep` from `store` with
+    /// `purge`, at start and then hourly, logging what it deleted (`what`) and
+    /// warning when it fails.
+    fn hourly_purge<S, F, Fut>(
         &self,
         task: &str,
         what: &'static str,
-        purge: F,
         keep: Duration,
+        store: std::sync::Arc<S>,
+        purge: F,
     ) -> crate::module::BackgroundTask
     where
-        F: Fn(chrono::DateTime<chrono::Utc>) -> Fut + Send + 'static,
+        S: ?Sized + Send + Sync + 'static,
+        F: Fn(std::sync::Arc<S>, chrono::DateTime<chrono::Utc>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = anyhow::Result<u64>> + Send,
     {
         let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::TimeDelta::MAX);
@@ -328,7 +356,7 @@ impl SqlModuleBase {
                         .checked_sub_signed(keep)
                         .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
                     // Started here, so that the round's future does not borrow `purge`.
-                    let purged = purge(cutoff);
+                    let purged = purge(store.clone(), cutoff);
                     async move {
                     match purged.await {
                         Ok(n) if n > 0 => tracing::info!(purged = n, what, "old rows deleted"),

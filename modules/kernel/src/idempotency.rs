@@ -104,6 +104,49 @@ pub trait IdempotencyStore: Send + Sync {
     async fn purge_older_than(&self, cutoff: DateTime<Utc>) -> anyhow::Result<u64>;
 }
 
+/// A stored key as both stores read it: request hash, status, content type,
+/// location, body, created at (epoch ms).
+type KeyRow = (
+    String,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+);
+
+/// What a claim that found its key already taken makes of the record.
+enum Found {
+    Decided(Begin),
+    /// Unfinished and older than the lock timeout (its request crashed): the
+    /// caller may take it over, if it is still as read.
+    Stale {
+        created_at: i64,
+    },
+}
+
+/// Judge the record a claim of `request_hash` found (`None`: it was deleted
+/// between the claim and the read, so someone else is on it). An unfinished
+/// record created before `stale_before` is [`Found::Stale`].
+fn found(row: Option<KeyRow>, request_hash: &str, stale_before: i64) -> Found {
+    let Some((hash, status, content_type, location, body, created_at)) = row else {
+        return Found::Decided(Begin::InFlight);
+    };
+    if hash != request_hash {
+        return Found::Decided(Begin::Mismatch);
+    }
+    match status {
+        Some(status) => Found::Decided(Begin::Replay(StoredResponse {
+            status: u16::try_from(status).unwrap_or(500),
+            content_type,
+            location,
+            body: body.unwrap_or_default(),
+        })),
+        None if created_at < stale_before => Found::Stale { created_at },
+        None => Found::Decided(Begin::InFlight),
+    }
+}
+
 macro_rules! sql_idempotency {
     ($db:ident, $pool:ty) => {
         pub mod $db {
@@ -111,18 +154,8 @@ macro_rules! sql_idempotency {
             use crate::db::epoch_ms;
             use anyhow::Context;
 
-            #[derive(Clone)]
-            pub struct Store {
-                pool: $pool,
-            }
-
-            impl Store {
-                pub fn new(pool: $pool) -> Self {
-                    Self { pool }
-                }
-            }
-
-            type Row = (String, Option<i64>, Option<String>, Option<String>, Option<String>, i64);
+            /// The idempotency keys of one module's database.
+            pub type Store = crate::db::KernelTables<$pool>;
 
             const WHERE_SCOPE: &str = "principal = $1 AND method = $2 AND route = $3 AND idem_key = $4";
 
@@ -148,39 +181,27 @@ macro_rules! sql_idempotency {
                     )
                     .bind(&s.principal).bind(&s.method).bind(&s.route).bind(&s.key).bind(request_hash).bind(now_ms)
                     .bind(expired_before)
-                    .execute(&self.pool).await.context("failed to claim an idempotency key")?;
+                    .execute(&self.db).await.context("failed to claim an idempotency key")?;
                     if inserted.rows_affected() == 1 {
                         return Ok(Begin::Started);
                     }
-                    let row: Option<Row> = sqlx::query_as(&format!(
+                    let row: Option<KeyRow> = sqlx::query_as(&format!(
                         "SELECT request_hash, status, content_type, location, body, created_at \
                          FROM idempotency_keys WHERE {WHERE_SCOPE}"))
                         .bind(&s.principal).bind(&s.method).bind(&s.route).bind(&s.key)
-                        .fetch_optional(&self.pool).await.context("failed to read an idempotency key")?;
-                    let Some((hash, status, content_type, location, body, created_at)) = row else {
-                        // Deleted between our insert and read: someone else is on it.
-                        return Ok(Begin::InFlight);
-                    };
-                    if hash != request_hash {
-                        return Ok(Begin::Mismatch);
-                    }
-                    match status {
-                        Some(status) => Ok(Begin::Replay(StoredResponse {
-                            status: u16::try_from(status).unwrap_or(500),
-                            content_type,
-                            location,
-                            body: body.unwrap_or_default(),
-                        })),
-                        None if created_at < now_ms - lock_timeout.as_millis() as i64 => {
+                        .fetch_optional(&self.db).await.context("failed to read an idempotency key")?;
+                    match found(row, request_hash, now_ms - lock_timeout.as_millis() as i64) {
+                        Found::Decided(begin) => Ok(begin),
+                        Found::Stale { created_at } => {
+                            // Only if nobody took it over since we read it.
                             let taken = sqlx::query(&format!(
                                 "UPDATE idempotency_keys SET created_at = $5 \
                                  WHERE {WHERE_SCOPE} AND status IS NULL AND created_at = $6"))
                                 .bind(&s.principal).bind(&s.method).bind(&s.route).bind(&s.key)
                                 .bind(now_ms).bind(created_at)
-                                .execute(&self.pool).await.context("failed to take over an idempotency key")?;
+                                .execute(&self.db).await.context("failed to take over an idempotency key")?;
                             Ok(if taken.rows_affected() == 1 { Begin::Started } else { Begin::InFlight })
                         }
-                        None => Ok(Begin::InFlight),
                     }
                 }
 
@@ -191,22 +212,20 @@ macro_rules! sql_idempotency {
                         .bind(&s.principal).bind(&s.method).bind(&s.route).bind(&s.key)
                         .bind(i64::from(r.status)).bind(&r.content_type).bind(&r.location).bind(&r.body)
                         .bind(epoch_ms(now))
-                        .execute(&self.pool).await.context("failed to store an idempotent response")?;
+                        .execute(&self.db).await.context("failed to store an idempotent response")?;
                     Ok(())
                 }
 
                 async fn release(&self, s: &IdempotencyScope) -> anyhow::Result<()> {
                     sqlx::query(&format!("DELETE FROM idempotency_keys WHERE {WHERE_SCOPE} AND status IS NULL"))
                         .bind(&s.principal).bind(&s.method).bind(&s.route).bind(&s.key)
-                        .execute(&self.pool).await.context("failed to release an idempotency key")?;
+                        .execute(&self.db).await.context("failed to release an idempotency key")?;
                     Ok(())
                 }
 
                 async fn purge_older_than(&self, cutoff: DateTime<Utc>) -> anyhow::Result<u64> {
-                    let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
-                        .bind(epoch_ms(cutoff))
-                        .execute(&self.pool).await.context("failed to purge idempotency keys")?;
-                    Ok(done.rows_affected())
+                    self.delete_older("DELETE FROM idempotency_keys WHERE created_at < $1", cutoff)
+                        .await.context("failed to purge idempotency keys")
                 }
             }
         }
@@ -222,25 +241,8 @@ pub mod sqlite {
     use anyhow::Context;
     use rusqlite::OptionalExtension;
 
-    #[derive(Clone)]
-    pub struct Store {
-        db: Sqlite,
-    }
-
-    impl Store {
-        pub fn new(db: Sqlite) -> Self {
-            Self { db }
-        }
-    }
-
-    type Row = (
-        String,
-        Option<i64>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        i64,
-    );
+    /// The idempotency keys of one module's database.
+    pub type Store = crate::db::KernelTables<Sqlite>;
 
     /// A key's scope, as a literal so statements are built at compile time.
     macro_rules! where_scope {
@@ -279,7 +281,7 @@ pub mod sqlite {
                     if claimed == 1 {
                         return Ok(Begin::Started);
                     }
-                    let row: Option<Row> = tx
+                    let row: Option<KeyRow> = tx
                         .prepare_cached(concat!("SELECT request_hash, status, content_type, location, body, created_at \
                              FROM idempotency_keys WHERE ", where_scope!()))?
                         .query_row(rusqlite::params![s.principal, s.method, s.route, s.key], |r| {
@@ -287,27 +289,15 @@ pub mod sqlite {
                         })
                         .optional()
                         .context("failed to read an idempotency key")?;
-                    let Some((hash, status, content_type, location, body, created_at)) = row else {
-                        return Ok(Begin::InFlight);
-                    };
-                    if hash != request_hash {
-                        return Ok(Begin::Mismatch);
-                    }
-                    match status {
-                        Some(status) => Ok(Begin::Replay(StoredResponse {
-                            status: u16::try_from(status).unwrap_or(500),
-                            content_type,
-                            location,
-                            body: body.unwrap_or_default(),
-                        })),
-                        None if created_at < stale_before => {
+                    match found(row, &request_hash, stale_before) {
+                        Found::Decided(begin) => Ok(begin),
+                        Found::Stale { .. } => {
                             // Its request crashed: take it over (the same transaction, so no race).
                             tx.prepare_cached(concat!("UPDATE idempotency_keys SET created_at = ?5 WHERE ", where_scope!(), " AND status IS NULL"))?
                             .execute(rusqlite::params![s.principal, s.method, s.route, s.key, now_ms])
                             .context("failed to take over an idempotency key")?;
                             Ok(Begin::Started)
                         }
-                        None => Ok(Begin::InFlight),
                     }
                 })
                 .await

@@ -83,16 +83,7 @@ macro_rules! sql_inbox {
             }
 
             /// The inbox of one module's database.
-            #[derive(Clone)]
-            pub struct Store {
-                pool: $pool,
-            }
-
-            impl Store {
-                pub fn new(pool: $pool) -> Self {
-                    Self { pool }
-                }
-            }
+            pub type Store = crate::db::KernelTables<$pool>;
 
             #[async_trait]
             impl InboxStore for Store {
@@ -102,7 +93,7 @@ macro_rules! sql_inbox {
                     event_id: Uuid,
                 ) -> anyhow::Result<bool> {
                     let mut conn = self
-                        .pool
+                        .db
                         .acquire()
                         .await
                         .context("failed to reach the inbox store")?;
@@ -110,12 +101,9 @@ macro_rules! sql_inbox {
                 }
 
                 async fn purge_handled_before(&self, cutoff: DateTime<Utc>) -> anyhow::Result<u64> {
-                    let done = sqlx::query("DELETE FROM inbox WHERE handled_at < $1")
-                        .bind(crate::db::epoch_ms(cutoff))
-                        .execute(&self.pool)
+                    self.delete_older("DELETE FROM inbox WHERE handled_at < $1", cutoff)
                         .await
-                        .context("failed to purge the inbox")?;
-                    Ok(done.rows_affected())
+                        .context("failed to purge the inbox")
                 }
             }
         }
@@ -154,16 +142,7 @@ pub mod sqlite {
     }
 
     /// The inbox of one module's database.
-    #[derive(Clone)]
-    pub struct Store {
-        db: Sqlite,
-    }
-
-    impl Store {
-        pub fn new(db: Sqlite) -> Self {
-            Self { db }
-        }
-    }
+    pub type Store = crate::db::KernelTables<Sqlite>;
 
     #[async_trait]
     impl InboxStore for Store {

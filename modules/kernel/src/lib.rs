@@ -23,7 +23,7 @@ pub mod problem;
 pub mod remote;
 pub mod settings;
 pub mod sqlite;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -149,20 +149,17 @@ impl Money {
     }
 
     pub fn checked_add(self, other: Money) -> Result<Money, MoneyError> {
-        self.same_currency(&other)?;
-        let minor = self
-            .minor
-            .checked_add(other.minor)
-            .ok_or(MoneyError::Overflow)?;
-        Ok(Money::new(minor, self.currency))
+        self.combine(other, i64::checked_add)
     }
 
     pub fn checked_sub(self, other: Money) -> Result<Money, MoneyError> {
+        self.combine(other, i64::checked_sub)
+    }
+
+    /// `op` on two amounts of the same currency.
+    fn combine(self, other: Money, op: fn(i64, i64) -> Option<i64>) -> Result<Money, MoneyError> {
         self.same_currency(&other)?;
-        let minor = self
-            .minor
-            .checked_sub(other.minor)
-            .ok_or(MoneyError::Overflow)?;
+        let minor = op(self.minor, other.minor).ok_or(MoneyError::Overflow)?;
         Ok(Money::new(minor, self.currency))
     }
 

@@ -399,6 +399,11 @@ const CLAIM_SQL: &str = "UPDATE outbox SET available_at = $1, attempts = attempt
 /// publishing later ones first.
 const PG_CLAIM_LOCK: i64 = 0x6167_6f72_615f_6f62; // "agora_ob"
 
+/// An error as the outbox keeps it: its first 2,000 characters.
+fn kept_error(error: &str) -> String {
+    error.chars().take(2000).collect()
+}
+
 fn to_messages(rows: Vec<(String, i64)>) -> anyhow::Result<Vec<OutboxMessage>> {
     use anyhow::Context;
     let mut messages = Vec::with_capacity(rows.len());
@@ -489,24 +494,31 @@ macro_rules! sql_outbox {
             }
 
             /// The outbox of one module's database.
-            #[derive(Clone)]
-            pub struct Store {
-                pool: $pool,
-            }
+            pub type Store = crate::db::KernelTables<$pool>;
 
-            impl Store {
-                pub fn new(pool: $pool) -> Self {
-                    Self { pool }
-                }
-            }
-
-            fn ids_in(q: &mut sqlx::QueryBuilder<'_, $database>, ids: &[Uuid]) {
-                q.push(" id IN (");
+            /// Run `<set>$1<rest> id IN (…)` with `at` as `$1` and `ids` in the list.
+            async fn update_listed(pool: &$pool, set: &str, at: i64, rest: &str, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+                let mut q = sqlx::QueryBuilder::<$database>::new(set);
+                q.push_bind(at).push(rest).push(" id IN (");
                 let mut list = q.separated(", ");
                 for id in ids {
                     list.push_bind(id.to_string());
                 }
                 list.push_unseparated(")");
+                q.build().execute(pool).await?;
+                Ok(())
+            }
+
+            /// Run `sql` (`UPDATE outbox SET <time> = $1, last_error = $2
+            /// WHERE id = $3`) for row `id`, failed with `error` at `at`.
+            async fn record_error(pool: &$pool, sql: &str, at: DateTime<Utc>, error: &str, id: Uuid) -> Result<(), sqlx::Error> {
+                sqlx::query(sql)
+                    .bind(epoch_ms(at))
+                    .bind(kept_error(error))
+                    .bind(id.to_string())
+                    .execute(pool)
+                    .await?;
+                Ok(())
             }
 
             #[async_trait]
@@ -515,7 +527,7 @@ macro_rules! sql_outbox {
                     let $now = epoch_ms(now);
                     let $until = $now + lease.as_millis() as i64;
                     let $limit = i64::from(limit);
-                    let $p = &self.pool;
+                    let $p = &self.db;
                     let rows: Vec<(String, i64)> = $claim.context("failed to claim outbox rows")?;
                     to_messages(rows)
                 }
@@ -524,32 +536,20 @@ macro_rules! sql_outbox {
                     if ids.is_empty() {
                         return Ok(());
                     }
-                    let mut q = sqlx::QueryBuilder::<$database>::new("UPDATE outbox SET published_at = ");
-                    q.push_bind(epoch_ms(now)).push(", last_error = NULL WHERE");
-                    ids_in(&mut q, ids);
-                    q.build()
-                        .execute(&self.pool)
+                    let (set, rest) = ("UPDATE outbox SET published_at = ", ", last_error = NULL WHERE");
+                    update_listed(&self.db, set, epoch_ms(now), rest, ids)
                         .await
-                        .context("failed to mark outbox rows published")?;
-                    Ok(())
+                        .context("failed to mark outbox rows published")
                 }
 
                 async fn mark_failed(&self, id: Uuid, error: &str, retry_at: DateTime<Utc>, deferred: &[Uuid]) -> anyhow::Result<()> {
-                    let error: String = error.chars().take(2000).collect();
-                    sqlx::query("UPDATE outbox SET available_at = $1, last_error = $2 WHERE id = $3")
-                        .bind(epoch_ms(retry_at))
-                        .bind(error)
-                        .bind(id.to_string())
-                        .execute(&self.pool)
+                    let sql = "UPDATE outbox SET available_at = $1, last_error = $2 WHERE id = $3";
+                    record_error(&self.db, sql, retry_at, error, id)
                         .await
                         .context("failed to record an outbox failure")?;
                     if !deferred.is_empty() {
-                        let mut q = sqlx::QueryBuilder::<$database>::new("UPDATE outbox SET available_at = ");
-                        q.push_bind(epoch_ms(retry_at))
-                            .push(", attempts = attempts - 1 WHERE published_at IS NULL AND");
-                        ids_in(&mut q, deferred);
-                        q.build()
-                            .execute(&self.pool)
+                        let (set, rest) = ("UPDATE outbox SET available_at = ", ", attempts = attempts - 1 WHERE published_at IS NULL AND");
+                        update_listed(&self.db, set, epoch_ms(retry_at), rest, deferred)
                             .await
                             .context("failed to defer outbox rows")?;
                     }
@@ -557,34 +557,27 @@ macro_rules! sql_outbox {
                 }
 
                 async fn mark_dead(&self, id: Uuid, error: &str, now: DateTime<Utc>) -> anyhow::Result<()> {
-                    let error: String = error.chars().take(2000).collect();
-                    sqlx::query("UPDATE outbox SET dead_at = $1, last_error = $2 WHERE id = $3")
-                        .bind(epoch_ms(now))
-                        .bind(error)
-                        .bind(id.to_string())
-                        .execute(&self.pool)
+                    let sql = "UPDATE outbox SET dead_at = $1, last_error = $2 WHERE id = $3";
+                    record_error(&self.db, sql, now, error, id)
                         .await
-                        .context("failed to dead-letter an outbox row")?;
-                    Ok(())
+                        .context("failed to dead-letter an outbox row")
                 }
 
                 async fn backlog(&self) -> anyhow::Result<u64> {
                     let (n,): (i64,) = sqlx::query_as(
                         "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL AND dead_at IS NULL",
                     )
-                    .fetch_one(&self.pool)
+                    .fetch_one(&self.db)
                     .await
                     .context("failed to count the outbox backlog")?;
                     Ok(n.max(0) as u64)
                 }
 
                 async fn purge_published(&self, cutoff: DateTime<Utc>) -> anyhow::Result<u64> {
-                    let done = sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1")
-                        .bind(epoch_ms(cutoff))
-                        .execute(&self.pool)
+                    let sql = "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1";
+                    self.delete_older(sql, cutoff)
                         .await
-                        .context("failed to purge published outbox rows")?;
-                    Ok(done.rows_affected())
+                        .context("failed to purge published outbox rows")
                 }
             }
         }
@@ -632,16 +625,7 @@ pub mod sqlite {
     }
 
     /// The outbox of one module's database.
-    #[derive(Clone)]
-    pub struct Store {
-        db: Sqlite,
-    }
-
-    impl Store {
-        pub fn new(db: Sqlite) -> Self {
-            Self { db }
-        }
-    }
+    pub type Store = crate::db::KernelTables<Sqlite>;
 
     /// Run `s` with `first` as `?1` and `ids` as `?2…`.
     fn execute_with_ids(
@@ -741,7 +725,7 @@ pub mod sqlite {
             retry_at: DateTime<Utc>,
             deferred: &[Uuid],
         ) -> anyhow::Result<()> {
-            let error: String = error.chars().take(2000).collect();
+            let error = kept_error(error);
             let retry_at = epoch_ms(retry_at);
             let deferred = ids(deferred);
             self.db
@@ -770,7 +754,7 @@ pub mod sqlite {
         }
 
         async fn mark_dead(&self, id: Uuid, error: &str, now: DateTime<Utc>) -> anyhow::Result<()> {
-            let error: String = error.chars().take(2000).collect();
+            let error = kept_error(error);
             let now = epoch_ms(now);
             self.db
                 .write(move |tx| {

@@ -642,6 +642,21 @@ pub fn placeholders(from: usize, n: usize) -> String {
 mod tests {
     use super::*;
 
+    /// The one number `sql` answers on `db`.
+    async fn number(db: &Sqlite, sql: &'static str) -> i64 {
+        db.read(move |c| c.query_row(sql, [], |r| r.get::<_, i64>(0)))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn page_size(db: &Sqlite) -> i64 {
+        number(db, "PRAGMA page_size").await
+    }
+
+    async fn count(db: &Sqlite) -> i64 {
+        number(db, "SELECT COUNT(*) FROM t").await
+    }
+
     #[test]
     fn urls_name_a_file_or_memory_and_a_sync_level() {
         let t = parse_url("sqlite://./data/order.db").unwrap_or_else(|e| panic!("{e}"));
@@ -665,14 +680,6 @@ mod tests {
     #[tokio::test]
     async fn new_databases_use_small_pages_and_existing_ones_keep_theirs() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let page_size = |db: &Sqlite| {
-            let db = db.clone();
-            async move {
-                db.read(|c| c.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0)))
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"))
-            }
-        };
         let fresh = Sqlite::open(&format!("sqlite://{}/new.db", dir.path().display()))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -826,14 +833,6 @@ mod tests {
             })
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-            let count = |db: &Sqlite| {
-                let db = db.clone();
-                async move {
-                    db.read(|c| c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<_, i64>(0)))
-                        .await
-                        .unwrap_or_else(|e| panic!("{e}"))
-                }
-            };
             let (mut rows, mut counted) = (0i64, 0u64);
             for i in 0..300i64 {
                 if i == 150 {

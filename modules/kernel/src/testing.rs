@@ -1,25 +1,48 @@
 //! Test support shared by every module's suite (feature `testing`).
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use uuid::Uuid;
 
 use crate::events::{EventEnvelope, EventHandler};
 
 /// Records every event a module's outbox relay publishes: subscribe it to
 /// the bus the module is built with (`bus.subscribe(recorder.clone())`).
+/// It stands in for a consumer too: [`named`](Self::named) gives it a
+/// consumer's name and [`failing_first`](Self::failing_first) makes its first
+/// deliveries fail, as a consumer that is down would.
 pub struct Recorder {
+    name: &'static str,
     sources: [&'static str; 1],
     seen: Mutex<Vec<EventEnvelope>>,
+    failures_left: AtomicUsize,
 }
 
 impl Recorder {
     /// A recorder of the events `module` publishes.
     pub fn of(module: &'static str) -> Self {
         Self {
+            name: "test-recorder",
             sources: [module],
             seen: Mutex::new(Vec::new()),
+            failures_left: AtomicUsize::new(0),
+        }
+    }
+
+    /// The same recorder, subscribed as the consumer `name`.
+    pub fn named(self, name: &'static str) -> Self {
+        Self { name, ..self }
+    }
+
+    /// The same recorder, failing its first `times` deliveries (each is
+    /// still recorded).
+    pub fn failing_first(self, times: usize) -> Self {
+        Self {
+            failures_left: AtomicUsize::new(times),
+            ..self
         }
     }
 
@@ -29,6 +52,11 @@ impl Recorder {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// The ids of every event so far, in the order they were published.
+    pub fn ids(&self) -> Vec<Uuid> {
+        self.events().iter().map(|e| e.id).collect()
     }
 
     /// The events of one type so far.
@@ -43,19 +71,28 @@ impl Recorder {
 #[async_trait]
 impl EventHandler for Recorder {
     fn name(&self) -> &str {
-        "test-recorder"
+        self.name
     }
     fn sources(&self) -> &[&str] {
         &self.sources
     }
-    fn handles(&self, _event_type: &str) -> bool {
-        true
+    /// Every event of its module (`<module>.<name>.v<n>`), as a broker
+    /// subscribed to that module delivers them.
+    fn handles(&self, event_type: &str) -> bool {
+        event_type.split('.').next() == Some(self.sources[0])
     }
     async fn handle(&self, event: &EventEnvelope) -> anyhow::Result<()> {
         self.seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(event.clone());
+        let down = self
+            .failures_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if down {
+            anyhow::bail!("{} is down", self.name);
+        }
         Ok(())
     }
 }
@@ -272,6 +309,89 @@ pub async fn principal_from_test_headers(
         req.extensions_mut().insert(p);
     }
     next.call(req).await
+}
+
+/// The `[section]` of `config/default.toml` with `env` (`AGORA__…`
+/// variables) layered over it, the way the host loads its settings: what a
+/// module's settings suite reads its `Settings` from.
+#[cfg(feature = "testing")]
+pub fn default_settings<T: serde::de::DeserializeOwned>(section: &str, env: &[(&str, &str)]) -> T {
+    let env: std::collections::HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    config::Config::builder()
+        .add_source(config::File::from_str(
+            include_str!("../../../config/default.toml"),
+            config::FileFormat::Toml,
+        ))
+        .add_source(
+            config::Environment::with_prefix("AGORA")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        )
+        .build()
+        .and_then(|raw| raw.get::<T>(section))
+        .unwrap_or_else(|e| panic!("the [{section}] settings do not load: {e}"))
+}
+
+/// A service under test, as `actix_web::test::init_service` builds it: a
+/// suite's `app()` returns `impl TestApp<Body = impl MessageBody>` instead of
+/// spelling out the `Service` bounds.
+pub trait TestApp:
+    actix_web::dev::Service<
+        actix_http::Request,
+        Response = actix_web::dev::ServiceResponse<<Self as TestApp>::Body>,
+        Error = actix_web::Error,
+    >
+{
+    type Body: actix_web::body::MessageBody;
+}
+
+impl<S, B> TestApp for S
+where
+    S: actix_web::dev::Service<
+            actix_http::Request,
+            Response = actix_web::dev::ServiceResponse<B>,
+            Error = actix_web::Error,
+        >,
+    B: actix_web::body::MessageBody,
+{
+    type Body = B;
+}
+
+/// Status, headers and body of an answer, read in full.
+pub struct Answer {
+    pub status: actix_web::http::StatusCode,
+    pub headers: actix_web::http::header::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Answer {
+    /// A header's value, when it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body as JSON; panics when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("the body is not JSON: {e}"))
+    }
+}
+
+/// Send `req` to `app` and read the whole answer.
+pub async fn call(app: &impl TestApp, req: actix_http::Request) -> Answer {
+    let res = actix_web::test::call_service(app, req).await;
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = actix_web::test::read_body(res).await;
+    Answer {
+        status,
+        headers,
+        body,
+    }
 }
 
 #[cfg(test)]

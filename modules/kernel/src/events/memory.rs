@@ -130,53 +130,34 @@ impl EventBus for InMemoryBus {
 mod tests {
     use super::*;
 
-    struct Recorder {
-        name: &'static str,
-        seen: Mutex<Vec<String>>,
-        fail: bool,
-    }
-
-    #[async_trait]
-    impl EventHandler for Recorder {
-        fn name(&self) -> &str {
-            self.name
-        }
-        fn sources(&self) -> &[&str] {
-            &["order"]
-        }
-        fn handles(&self, t: &str) -> bool {
-            t.starts_with("order.")
-        }
-        async fn handle(&self, e: &EventEnvelope) -> anyhow::Result<()> {
-            if let Ok(mut s) = self.seen.lock() {
-                s.push(e.event_type.clone());
-            }
-            if self.fail {
-                anyhow::bail!("boom")
-            }
-            Ok(())
-        }
-    }
+    use crate::testing::Recorder;
 
     fn recorder(name: &'static str, fail: bool) -> Arc<Recorder> {
-        Arc::new(Recorder {
-            name,
-            seen: Mutex::new(vec![]),
-            fail,
+        let recorder = Recorder::of("order").named(name);
+        Arc::new(if fail {
+            recorder.failing_first(usize::MAX)
+        } else {
+            recorder
         })
     }
 
+    /// A bus with `subscribers` on it, in that order.
+    fn bus_with(subscribers: &[&Arc<Recorder>]) -> InMemoryBus {
+        let bus = InMemoryBus::new();
+        for subscriber in subscribers {
+            bus.subscribe(Arc::clone(subscriber) as Arc<dyn EventHandler>);
+        }
+        bus
+    }
+
     fn seen(r: &Recorder) -> Vec<String> {
-        r.seen.lock().map(|s| s.clone()).unwrap_or_default()
+        r.events().into_iter().map(|e| e.event_type).collect()
     }
 
     #[tokio::test]
     async fn publish_reaches_every_interested_subscriber() {
-        let bus = InMemoryBus::new();
-        let a = recorder("a", false);
-        let b = recorder("b", false);
-        bus.subscribe(a.clone());
-        bus.subscribe(b.clone());
+        let (a, b) = (recorder("a", false), recorder("b", false));
+        let bus = bus_with(&[&a, &b]);
         let e = EventEnvelope::new(
             "order.placed.v1",
             "order",
@@ -192,11 +173,8 @@ mod tests {
 
     #[tokio::test]
     async fn one_failing_subscriber_fails_the_publish_but_the_others_still_get_it() {
-        let bus = InMemoryBus::new();
-        let bad = recorder("bad", true);
-        let good = recorder("good", false);
-        bus.subscribe(bad.clone());
-        bus.subscribe(good.clone());
+        let (bad, good) = (recorder("bad", true), recorder("good", false));
+        let bus = bus_with(&[&bad, &good]);
         let e = EventEnvelope::new("order.placed.v1", "order", "req-1", &1).unwrap();
         let err = bus.publish(&e).await;
         assert!(

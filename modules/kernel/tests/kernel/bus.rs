@@ -264,6 +264,13 @@ async fn harness(kind: Kind, consumers: &[Arc<Consumer>]) -> Option<Harness> {
     Some(Harness::start(kind, nats, &nats_namespace("contract"), consumers).await)
 }
 
+/// One consumer named `name` and its harness of `kind` (see [`harness`]).
+async fn harness_of_one(kind: Kind, name: &'static str) -> Option<(Arc<Consumer>, Harness)> {
+    let c = Consumer::new(name).await;
+    let h = harness(kind, std::slice::from_ref(&c)).await?;
+    Some((c, h))
+}
+
 async fn every_subscriber_gets_every_event(kind: Kind) {
     let (a, b) = (Consumer::new("alpha").await, Consumer::new("beta").await);
     let Some(h) = harness(kind, &[a.clone(), b.clone()]).await else {
@@ -276,8 +283,7 @@ async fn every_subscriber_gets_every_event(kind: Kind) {
 }
 
 async fn a_replayed_event_changes_nothing(kind: Kind) {
-    let c = Consumer::new("replay").await;
-    let Some(h) = harness(kind, std::slice::from_ref(&c)).await else {
+    let Some((c, h)) = harness_of_one(kind, "replay").await else {
         return;
     };
     let died = event("x", 1);
@@ -308,8 +314,7 @@ async fn a_replayed_event_changes_nothing(kind: Kind) {
 }
 
 async fn a_failed_delivery_is_delivered_again(kind: Kind) {
-    let c = Consumer::new("flaky").await;
-    let Some(h) = harness(kind, std::slice::from_ref(&c)).await else {
+    let Some((c, h)) = harness_of_one(kind, "flaky").await else {
         return;
     };
     let e = event("x", 1);
@@ -324,8 +329,7 @@ async fn a_failed_delivery_is_delivered_again(kind: Kind) {
 }
 
 async fn events_of_one_aggregate_are_handled_in_the_order_written(kind: Kind) {
-    let c = Consumer::new("ordered").await;
-    let Some(h) = harness(kind, std::slice::from_ref(&c)).await else {
+    let Some((c, h)) = harness_of_one(kind, "ordered").await else {
         return;
     };
     let mut written = Vec::new();
@@ -357,8 +361,7 @@ async fn events_of_one_aggregate_are_handled_in_the_order_written(kind: Kind) {
 }
 
 async fn a_poison_event_is_dead_lettered_and_the_rest_flow(kind: Kind) {
-    let c = Consumer::new("poisoned").await;
-    let Some(h) = harness(kind, std::slice::from_ref(&c)).await else {
+    let Some((c, h)) = harness_of_one(kind, "poisoned").await else {
         return;
     };
     let poison = event("x", 1);

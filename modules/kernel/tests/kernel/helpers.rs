@@ -1,8 +1,11 @@
 //! What every kernel test needs: a fresh SQLite database with the kernel tables,
-//! and a way to wait for something that happens in the background.
+//! a way to wait for something that happens in the background, and the
+//! media type of an HTTP answer.
 
 use std::time::{Duration, Instant};
 
+use actix_web::dev::ServiceResponse;
+use actix_web::http::header;
 use agora_kernel::sqlite::Sqlite;
 use tempfile::TempDir;
 
@@ -37,4 +40,12 @@ pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bo
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The `Content-Type` of an answer, when it has a readable one.
+pub fn content_type<B>(res: &ServiceResponse<B>) -> Option<String> {
+    res.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }

@@ -6,17 +6,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::header;
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpMessage, HttpResponse, test, web};
 use agora_kernel::idempotency::{
     self, Begin, Idempotency, IdempotencyConfig, IdempotencyScope, IdempotencyStore, StoredResponse,
 };
 use agora_kernel::problem::PROBLEM_JSON;
+use agora_kernel::testing::{Answer, TestApp, call};
 use agora_kernel::{Principal, Role};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -98,17 +99,20 @@ fn config() -> IdempotencyConfig {
     }
 }
 
-async fn app(
-    db: &TestDb,
+/// A fresh key store, and the handlers as `things` says behind the middleware
+/// with `config`; the database lives as long as the returned `TestDb`.
+async fn start(
     config: IdempotencyConfig,
-    things: &web::Data<Things>,
-) -> impl Service<
-    actix_http::Request,
-    Response = ServiceResponse<impl MessageBody>,
-    Error = actix_web::Error,
-> {
+    things: Things,
+) -> (
+    TestDb,
+    web::Data<Things>,
+    impl TestApp<Body = impl MessageBody>,
+) {
+    let db = TestDb::new().await;
+    let things = web::Data::new(things);
     let store = Arc::new(idempotency::sqlite::Store::new(db.pool.clone()));
-    test::init_service(
+    let app = test::init_service(
         App::new()
             .wrap(from_fn(principal_from_test_header))
             .app_data(things.clone())
@@ -124,7 +128,8 @@ async fn app(
                     .route(web::post().to(pay_order)),
             ),
     )
-    .await
+    .await;
+    (db, things, app)
 }
 
 /// A POST of `body` to /things by `subject`, with `key` when given.
@@ -140,46 +145,33 @@ fn post(subject: &str, key: Option<&str>, body: &str) -> actix_http::Request {
     req.to_request()
 }
 
-/// Status, headers and body of a response.
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: web::Bytes,
+/// Alice's POST of `body` to /things with the key `order-1`.
+fn alices_order(body: &str) -> actix_http::Request {
+    post("alice", Some("order-1"), body)
 }
 
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
+/// What these tests read off an answer of the middleware.
+trait Idempotent {
+    fn replayed(&self) -> bool;
+    /// The `type` of a problem+json body.
+    fn problem_type(&self) -> String;
+    /// A problem+json answer with `status` and `urn:agora:problem:<name>`.
+    fn assert_problem(&self, status: StatusCode, name: &str);
+}
 
+impl Idempotent for Answer {
     fn replayed(&self) -> bool {
         self.header(idempotency::REPLAYED_HEADER) == Some("true")
     }
 
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-
-    /// The `type` of a problem+json body.
     fn problem_type(&self) -> String {
         assert_eq!(self.header("content-type"), Some(PROBLEM_JSON));
         self.json()["type"].as_str().unwrap_or_default().to_owned()
     }
-}
 
-async fn send<S, B>(app: &S, req: actix_http::Request) -> Answer
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: MessageBody,
-{
-    let res = test::call_service(app, req).await;
-    let status = res.status();
-    let headers = res.headers().clone();
-    let body = test::read_body(res).await;
-    Answer {
-        status,
-        headers,
-        body,
+    fn assert_problem(&self, status: StatusCode, name: &str) {
+        assert_eq!(self.status, status);
+        assert_eq!(self.problem_type(), format!("urn:agora:problem:{name}"));
     }
 }
 
@@ -187,29 +179,24 @@ const BODY: &str = r#"{"name":"kettle"}"#;
 
 #[actix_web::test]
 async fn a_post_without_an_idempotency_key_is_rejected_when_keys_are_required() {
-    let db = TestDb::new().await;
-    let things = web::Data::new(Things::default());
-    let app = app(&db, config(), &things).await;
+    let (_db, things, app) = start(config(), Things::default()).await;
 
-    let answer = send(&app, post("alice", None, BODY)).await;
+    let answer = call(&app, post("alice", None, BODY)).await;
 
-    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
-    assert_eq!(answer.problem_type(), "urn:agora:problem:bad-request");
+    answer.assert_problem(StatusCode::BAD_REQUEST, "bad-request");
     assert_eq!(things.calls(), 0);
 }
 
 #[actix_web::test]
 async fn a_post_without_a_key_runs_unprotected_when_keys_are_optional() {
-    let db = TestDb::new().await;
-    let things = web::Data::new(Things::default());
     let optional = IdempotencyConfig {
         required: false,
         ..config()
     };
-    let app = app(&db, optional, &things).await;
+    let (_db, things, app) = start(optional, Things::default()).await;
 
-    let first = send(&app, post("alice", None, BODY)).await;
-    let second = send(&app, post("alice", None, BODY)).await;
+    let first = call(&app, post("alice", None, BODY)).await;
+    let second = call(&app, post("alice", None, BODY)).await;
 
     assert_eq!(
         (first.status, second.status),
@@ -221,27 +208,23 @@ async fn a_post_without_a_key_runs_unprotected_when_keys_are_optional() {
 
 #[actix_web::test]
 async fn a_key_that_is_too_long_or_not_visible_ascii_is_rejected() {
-    let db = TestDb::new().await;
-    let things = web::Data::new(Things::default());
-    let app = app(&db, config(), &things).await;
+    let (_db, things, app) = start(config(), Things::default()).await;
 
     let too_long = "k".repeat(256);
     for key in [too_long.as_str(), "two words"] {
-        let answer = send(&app, post("alice", Some(key), BODY)).await;
+        let answer = call(&app, post("alice", Some(key), BODY)).await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST, "key {key:?}");
-        assert_eq!(answer.problem_type(), "urn:agora:problem:bad-request");
+        answer.assert_problem(StatusCode::BAD_REQUEST, "bad-request");
     }
     assert_eq!(things.calls(), 0);
 }
 
 #[actix_web::test]
 async fn repeating_a_request_with_the_same_key_and_body_replays_the_first_answer() {
-    let db = TestDb::new().await;
-    let things = web::Data::new(Things::default());
-    let app = app(&db, config(), &things).await;
+    let (_db, things, app) = start(config(), Things::default()).await;
 
-    let first = send(&app, post("alice", Some("order-1"), BODY)).await;
-    let again = send(&app, post("alice", Some("order-1"), BODY)).await;
+    let first = call(&app, alices_order(BODY)).await;
+    let again = call(&app, alices_order(BODY)).await;
 
     assert_eq!(first.status, StatusCode::CREATED);
     assert_eq!(
@@ -260,35 +243,23 @@ async fn repeating_a_request_with_the_same_key_and_body_replays_the_first_answer
 
 #[actix_web::test]
 async fn reusing_a_key_with_a_different_body_is_rejected() {
-    let db = TestDb::new().await;
-    let things = web::Data::new(Things::default());
-    let app = app(&db, config(), &things).await;
+    let (_db, things, app) = start(config(), Things::default()).await;
 
-    let first = send(&app, post("alice", Some("order-1"), BODY)).await;
-    let other = send(
-        &app,
-        post("alice", Some("order-1"), r#"{"name":"toaster"}"#),
-    )
-    .await;
+    let first = call(&app, alices_order(BODY)).await;
+    let other = call(&app, alices_order(r#"{"name":"toaster"}"#)).await;
 
     assert_eq!(first.status, StatusCode::CREATED);
-    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(
-        other.problem_type(),
-        "urn:agora:problem:idempotency-key-reused"
-    );
+    other.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused");
     assert_eq!(things.calls(), 1);
 }
 
 #[actix_web::test]
 async fn the_same_key_sent_by_another_principal_is_another_request() {
-    let db = TestDb::new().await;
-    let things = web::Data::new(Things::default());
-    let app = app(&db, config(), &things).await;
+    let (_db, things, app) = start(config(), Things::default()).await;
 
-    let alices = send(&app, post("alice", Some("order-1"), BODY)).await;
-    let bobs = send(&app, post("bob", Some("order-1"), BODY)).await;
-    let alices_again = send(&app, post("alice", Some("order-1"), BODY)).await;
+    let alices = call(&app, alices_order(BODY)).await;
+    let bobs = call(&app, post("bob", Some("order-1"), BODY)).await;
+    let alices_again = call(&app, alices_order(BODY)).await;
 
     assert_eq!(bobs.status, StatusCode::CREATED);
     assert!(!bobs.replayed());
@@ -304,12 +275,10 @@ async fn the_same_key_sent_by_another_principal_is_another_request() {
 #[actix_web::test]
 async fn reusing_a_key_on_another_resource_of_the_same_route_never_replays_the_first_resources_answer()
  {
-    let db = TestDb::new().await;
-    let things = web::Data::new(Things::default());
-    let app = app(&db, config(), &things).await;
+    let (_db, things, app) = start(config(), Things::default()).await;
 
-    let first = send(&app, pay(1, "pay-1")).await;
-    let other = send(&app, pay(2, "pay-1")).await;
+    let first = call(&app, pay(1, "pay-1")).await;
+    let other = call(&app, pay(2, "pay-1")).await;
 
     assert_eq!(first.status, StatusCode::CREATED);
     assert_eq!(first.json()["order"], 1);
@@ -317,24 +286,21 @@ async fn reusing_a_key_on_another_resource_of_the_same_route_never_replays_the_f
         !other.replayed(),
         "order 2 must not be answered with order 1's payment"
     );
-    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(
-        other.problem_type(),
-        "urn:agora:problem:idempotency-key-reused"
-    );
+    other.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused");
     assert_eq!(things.calls(), 1);
 }
 
 #[actix_web::test]
 async fn a_second_request_while_the_first_is_still_running_gets_409() {
-    let db = TestDb::new().await;
-    let things = web::Data::new(Things::default());
-    things.delay_ms.store(300, Ordering::SeqCst);
-    let app = app(&db, config(), &things).await;
+    let slow = Things {
+        delay_ms: AtomicU64::new(300),
+        ..Things::default()
+    };
+    let (_db, things, app) = start(config(), slow).await;
 
     let (a, b) = futures_util::future::join(
-        send(&app, post("alice", Some("order-1"), BODY)),
-        send(&app, post("alice", Some("order-1"), BODY)),
+        call(&app, alices_order(BODY)),
+        call(&app, alices_order(BODY)),
     )
     .await;
 
@@ -344,28 +310,25 @@ async fn a_second_request_while_the_first_is_still_running_gets_409() {
         (b, a)
     };
     assert_eq!(done.status, StatusCode::CREATED);
-    assert_eq!(busy.status, StatusCode::CONFLICT);
-    assert_eq!(
-        busy.problem_type(),
-        "urn:agora:problem:idempotency-key-in-flight"
-    );
+    busy.assert_problem(StatusCode::CONFLICT, "idempotency-key-in-flight");
     assert_eq!(busy.header("retry-after"), Some("1"));
     assert_eq!(things.calls(), 1);
 
-    let retry = send(&app, post("alice", Some("order-1"), BODY)).await;
+    let retry = call(&app, alices_order(BODY)).await;
     assert!(retry.replayed());
     assert_eq!(retry.body, done.body);
 }
 
 #[actix_web::test]
 async fn a_server_error_releases_the_key_so_a_retry_runs_the_handler_again() {
-    let db = TestDb::new().await;
-    let things = web::Data::new(Things::default());
-    things.fail_next.store(true, Ordering::SeqCst);
-    let app = app(&db, config(), &things).await;
+    let failing = Things {
+        fail_next: AtomicBool::new(true),
+        ..Things::default()
+    };
+    let (_db, things, app) = start(config(), failing).await;
 
-    let failed = send(&app, post("alice", Some("order-1"), BODY)).await;
-    let retried = send(&app, post("alice", Some("order-1"), BODY)).await;
+    let failed = call(&app, alices_order(BODY)).await;
+    let retried = call(&app, alices_order(BODY)).await;
 
     assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(retried.status, StatusCode::CREATED);
@@ -375,13 +338,11 @@ async fn a_server_error_releases_the_key_so_a_retry_runs_the_handler_again() {
 
 #[actix_web::test]
 async fn a_client_error_answer_is_kept_and_replayed_like_any_other() {
-    let db = TestDb::new().await;
-    let things = web::Data::new(Things::default());
-    let app = app(&db, config(), &things).await;
+    let (_db, things, app) = start(config(), Things::default()).await;
     let no_name = r#"{"title":"kettle"}"#;
 
-    let rejected = send(&app, post("alice", Some("order-1"), no_name)).await;
-    let again = send(&app, post("alice", Some("order-1"), no_name)).await;
+    let rejected = call(&app, alices_order(no_name)).await;
+    let again = call(&app, alices_order(no_name)).await;
 
     assert_eq!(rejected.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(again.status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -393,17 +354,15 @@ async fn a_client_error_answer_is_kept_and_replayed_like_any_other() {
 
 #[actix_web::test]
 async fn a_key_older_than_its_ttl_is_forgotten() {
-    let db = TestDb::new().await;
-    let things = web::Data::new(Things::default());
     let short = IdempotencyConfig {
         ttl: Duration::from_millis(50),
         ..config()
     };
-    let app = app(&db, short, &things).await;
+    let (_db, things, app) = start(short, Things::default()).await;
 
-    let first = send(&app, post("alice", Some("order-1"), BODY)).await;
+    let first = call(&app, alices_order(BODY)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let later = send(&app, post("alice", Some("order-1"), BODY)).await;
+    let later = call(&app, alices_order(BODY)).await;
 
     assert_eq!(later.status, StatusCode::CREATED);
     assert!(!later.replayed());
@@ -423,34 +382,45 @@ fn scope(key: &str) -> IdempotencyScope {
 const DAY: Duration = Duration::from_secs(24 * 3600);
 const MINUTE: Duration = Duration::from_secs(60);
 
-#[tokio::test]
-async fn an_unfinished_key_older_than_the_lock_timeout_is_taken_over() {
+/// `store.begin` with a day's TTL: what the store found for `k` at `now`.
+async fn begin(
+    store: &impl IdempotencyStore,
+    k: &IdempotencyScope,
+    hash: &str,
+    now: DateTime<Utc>,
+    lock_timeout: Duration,
+) -> Begin {
+    store.begin(k, hash, now, DAY, lock_timeout).await.unwrap()
+}
+
+/// A fresh SQLite key store; the database lives as long as the `TestDb`.
+async fn key_store() -> (TestDb, idempotency::sqlite::Store) {
     let db = TestDb::new().await;
     let store = idempotency::sqlite::Store::new(db.pool.clone());
+    (db, store)
+}
+
+#[tokio::test]
+async fn an_unfinished_key_older_than_the_lock_timeout_is_taken_over() {
+    let (_db, store) = key_store().await;
     let k = scope("order-1");
 
     assert_eq!(
-        store
-            .begin(&k, "h", Utc::now(), DAY, Duration::ZERO)
-            .await
-            .unwrap(),
+        begin(&store, &k, "h", Utc::now(), Duration::ZERO).await,
         Begin::Started
     );
     assert_eq!(
-        store.begin(&k, "h", Utc::now(), DAY, MINUTE).await.unwrap(),
+        begin(&store, &k, "h", Utc::now(), MINUTE).await,
         Begin::InFlight
     );
 
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(
-        store
-            .begin(&k, "h", Utc::now(), DAY, Duration::ZERO)
-            .await
-            .unwrap(),
+        begin(&store, &k, "h", Utc::now(), Duration::ZERO).await,
         Begin::Started
     );
     assert_eq!(
-        store.begin(&k, "h", Utc::now(), DAY, MINUTE).await.unwrap(),
+        begin(&store, &k, "h", Utc::now(), MINUTE).await,
         Begin::InFlight,
         "the new owner holds the key for a fresh lock timeout"
     );
@@ -458,8 +428,7 @@ async fn an_unfinished_key_older_than_the_lock_timeout_is_taken_over() {
 
 #[tokio::test]
 async fn a_completed_key_replays_its_answer_and_cannot_be_released() {
-    let db = TestDb::new().await;
-    let store = idempotency::sqlite::Store::new(db.pool.clone());
+    let (_db, store) = key_store().await;
     let k = scope("order-1");
     let answer = StoredResponse {
         status: 201,
@@ -469,66 +438,46 @@ async fn a_completed_key_replays_its_answer_and_cannot_be_released() {
     };
 
     assert_eq!(
-        store.begin(&k, "h", Utc::now(), DAY, MINUTE).await.unwrap(),
+        begin(&store, &k, "h", Utc::now(), MINUTE).await,
         Begin::Started
     );
     store.complete(&k, &answer, Utc::now()).await.unwrap();
     store.release(&k).await.unwrap();
 
     assert_eq!(
-        store.begin(&k, "h", Utc::now(), DAY, MINUTE).await.unwrap(),
+        begin(&store, &k, "h", Utc::now(), MINUTE).await,
         Begin::Replay(answer)
     );
     assert_eq!(
-        store
-            .begin(&k, "other", Utc::now(), DAY, MINUTE)
-            .await
-            .unwrap(),
+        begin(&store, &k, "other", Utc::now(), MINUTE).await,
         Begin::Mismatch
     );
 }
 
 #[tokio::test]
 async fn purging_deletes_only_the_keys_created_before_the_cutoff() {
-    let db = TestDb::new().await;
-    let store = idempotency::sqlite::Store::new(db.pool.clone());
+    let (_db, store) = key_store().await;
     let now = Utc::now();
     let (old, new) = (scope("old"), scope("new"));
     let two_hours_ago = now - chrono::Duration::hours(2);
     assert_eq!(
-        store
-            .begin(&old, "h", two_hours_ago, DAY, DAY)
-            .await
-            .unwrap(),
+        begin(&store, &old, "h", two_hours_ago, DAY).await,
         Begin::Started
     );
-    assert_eq!(
-        store.begin(&new, "h", now, DAY, DAY).await.unwrap(),
-        Begin::Started
-    );
+    assert_eq!(begin(&store, &new, "h", now, DAY).await, Begin::Started);
+
+    for (cutoff_hours_ago, purged) in [(3, 0), (1, 1)] {
+        let cutoff = now - chrono::Duration::hours(cutoff_hours_ago);
+        assert_eq!(store.purge_older_than(cutoff).await.unwrap(), purged);
+    }
 
     assert_eq!(
-        store
-            .purge_older_than(now - chrono::Duration::hours(3))
-            .await
-            .unwrap(),
-        0
-    );
-    assert_eq!(
-        store
-            .purge_older_than(now - chrono::Duration::hours(1))
-            .await
-            .unwrap(),
-        1
-    );
-
-    assert_eq!(
-        store.begin(&old, "h", now, DAY, DAY).await.unwrap(),
+        begin(&store, &old, "h", now, DAY).await,
         Begin::Started,
         "the old key is gone"
     );
     assert_eq!(
-        store.begin(&new, "h", now, DAY, DAY).await.unwrap(),
+        begin(&store, &new, "h", now, DAY).await,
         Begin::InFlight,
         "the new key stays"
     );

@@ -5,24 +5,33 @@ use uuid::Uuid;
 
 use crate::helpers::TestDb;
 
-#[tokio::test]
-async fn recording_the_same_event_twice_for_one_consumer_reports_a_duplicate() {
+/// Record one new event for each of `consumers` in turn, in a fresh inbox:
+/// whether each recording was new.
+async fn record_one_event_for(consumers: [&str; 2]) -> [bool; 2] {
     let db = TestDb::new().await;
     let store = inbox::sqlite::Store::new(db.pool.clone());
     let event = Uuid::now_v7();
+    let mut new = [false; 2];
+    for (consumer, new) in consumers.into_iter().zip(&mut new) {
+        *new = store.record_once(consumer, event).await.unwrap();
+    }
+    new
+}
 
-    assert!(store.record_once("notification", event).await.unwrap());
-    assert!(!store.record_once("notification", event).await.unwrap());
+#[tokio::test]
+async fn recording_the_same_event_twice_for_one_consumer_reports_a_duplicate() {
+    assert_eq!(
+        record_one_event_for(["notification", "notification"]).await,
+        [true, false]
+    );
 }
 
 #[tokio::test]
 async fn each_consumer_has_its_own_inbox() {
-    let db = TestDb::new().await;
-    let store = inbox::sqlite::Store::new(db.pool.clone());
-    let event = Uuid::now_v7();
-
-    assert!(store.record_once("notification", event).await.unwrap());
-    assert!(store.record_once("inventory", event).await.unwrap());
+    assert_eq!(
+        record_one_event_for(["notification", "inventory"]).await,
+        [true, true]
+    );
 }
 
 #[tokio::test]

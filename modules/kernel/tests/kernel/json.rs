@@ -2,12 +2,14 @@
 //! problem+json and the status that names it.
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
 use actix_web::{App, HttpResponse, test, web};
 use agora_kernel::problem::{PROBLEM_JSON, Problem};
+use agora_kernel::testing::TestApp;
 use serde::Deserialize;
+
+use crate::helpers::content_type;
 
 const LIMIT: usize = 64;
 
@@ -21,11 +23,7 @@ async fn add_item(item: web::Json<NewItem>) -> HttpResponse {
     HttpResponse::Created().json(serde_json::json!({ "sku": item.sku, "quantity": item.quantity }))
 }
 
-async fn app() -> impl Service<
-    actix_http::Request,
-    Response = ServiceResponse<impl MessageBody>,
-    Error = actix_web::Error,
-> {
+async fn app() -> impl TestApp<Body = impl MessageBody> {
     test::init_service(
         App::new()
             .app_data(agora_kernel::http::json_config(LIMIT))
@@ -47,11 +45,7 @@ async fn problem_for(req: actix_http::Request) -> Problem {
     let app = app().await;
     let res = test::call_service(&app, req).await;
     let status = res.status();
-    let content_type = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let content_type = content_type(&res);
     let problem: Problem = test::read_body_json(res).await;
     assert_eq!(content_type.as_deref(), Some(PROBLEM_JSON));
     assert_eq!(

@@ -4,12 +4,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use actix_web::http::StatusCode;
 use actix_web::http::header::ContentType;
-use actix_web::http::{StatusCode, header};
 use actix_web::{App, HttpResponse, test, web};
 use agora_kernel::http::{NoBody, OptionalJson};
 use agora_kernel::problem::{PROBLEM_JSON, Problem};
 use serde::Deserialize;
+
+use crate::helpers::content_type;
 
 const LIMIT: usize = 64;
 
@@ -51,11 +53,7 @@ async fn call(req: test::TestRequest) -> (StatusCode, Option<String>, String, us
     .await;
     let res = test::call_service(&app, req.to_request()).await;
     let status = res.status();
-    let content_type = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let content_type = content_type(&res);
     let body = String::from_utf8_lossy(&test::read_body(res).await).into_owned();
     (status, content_type, body, runs.load(Ordering::SeqCst))
 }

@@ -2,90 +2,30 @@
 //! transaction reach every subscriber, at least once, and an inbox makes the
 //! second delivery harmless.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agora_kernel::events::{EventEnvelope, EventHandler, InMemoryBus};
 use agora_kernel::inbox;
 use agora_kernel::outbox::{self, OutboxRelay, OutboxStore, RelayConfig};
 use agora_kernel::sqlite::Sqlite;
+use agora_kernel::testing::Recorder;
 use async_trait::async_trait;
 use chrono::Utc;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::helpers::{TestDb, eventually};
 
-/// A subscriber that records what it was given and can fail its first deliveries.
-struct Recorder {
-    name: &'static str,
-    seen: Mutex<Vec<Uuid>>,
-    failures_left: AtomicUsize,
-    delivered: Option<mpsc::UnboundedSender<Uuid>>,
+/// A subscriber to the `order` events that records what it was given.
+fn recorder(name: &'static str) -> Arc<Recorder> {
+    failing(name, 0)
 }
 
-impl Recorder {
-    fn new(name: &'static str) -> Arc<Self> {
-        Self::failing(name, 0)
-    }
-
-    /// Fails its first `times` deliveries.
-    fn failing(name: &'static str, times: usize) -> Arc<Self> {
-        Arc::new(Self {
-            name,
-            seen: Mutex::new(Vec::new()),
-            failures_left: AtomicUsize::new(times),
-            delivered: None,
-        })
-    }
-
-    /// Also reports each delivery on a channel.
-    fn reporting(name: &'static str) -> (Arc<Self>, mpsc::UnboundedReceiver<Uuid>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let recorder = Arc::new(Self {
-            name,
-            seen: Mutex::new(Vec::new()),
-            failures_left: AtomicUsize::new(0),
-            delivered: Some(tx),
-        });
-        (recorder, rx)
-    }
-
-    fn seen(&self) -> Vec<Uuid> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-#[async_trait]
-impl EventHandler for Recorder {
-    fn name(&self) -> &str {
-        self.name
-    }
-
-    fn sources(&self) -> &[&str] {
-        &["order"]
-    }
-
-    fn handles(&self, event_type: &str) -> bool {
-        event_type.starts_with("order.")
-    }
-
-    async fn handle(&self, event: &EventEnvelope) -> anyhow::Result<()> {
-        self.seen.lock().unwrap().push(event.id);
-        if let Some(tx) = &self.delivered {
-            let _ = tx.send(event.id);
-        }
-        let failing = self
-            .failures_left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if failing {
-            anyhow::bail!("{} is down", self.name);
-        }
-        Ok(())
-    }
+/// A recorder that fails its first `times` deliveries.
+fn failing(name: &'static str, times: usize) -> Arc<Recorder> {
+    Arc::new(Recorder::of("order").named(name).failing_first(times))
 }
 
 /// A consumer that records the event in its inbox and writes its own row in the
@@ -211,6 +151,37 @@ fn relay(
     (OutboxRelay::new("test", store.clone(), bus, config), store)
 }
 
+/// A fresh outbox, a relay with `config` publishing it, and the in-process
+/// bus it publishes to, with `subscribers` on it.
+struct Relayed {
+    db: TestDb,
+    bus: Arc<InMemoryBus>,
+    relay: OutboxRelay,
+    store: Arc<outbox::sqlite::Store>,
+}
+
+async fn relayed(subscribers: &[&Arc<Recorder>], config: RelayConfig) -> Relayed {
+    let db = TestDb::new().await;
+    let bus = Arc::new(InMemoryBus::new());
+    for subscriber in subscribers {
+        bus.subscribe((*subscriber).clone());
+    }
+    let (relay, store) = relay(&db.pool, bus.clone(), config);
+    Relayed {
+        db,
+        bus,
+        relay,
+        store,
+    }
+}
+
+fn batches_of(batch_size: u32) -> RelayConfig {
+    RelayConfig {
+        batch_size,
+        ..RelayConfig::default()
+    }
+}
+
 fn quick_retries() -> RelayConfig {
     RelayConfig {
         backoff_base: Duration::from_millis(10),
@@ -220,12 +191,10 @@ fn quick_retries() -> RelayConfig {
 
 #[tokio::test]
 async fn events_of_a_committed_transaction_reach_every_subscriber_once_in_order() {
-    let db = TestDb::new().await;
-    let bus = Arc::new(InMemoryBus::new());
-    let (a, b) = (Recorder::new("a"), Recorder::new("b"));
-    bus.subscribe(a.clone());
-    bus.subscribe(b.clone());
-    let (relay, store) = relay(&db.pool, bus, RelayConfig::default());
+    let (a, b) = (recorder("a"), recorder("b"));
+    let Relayed {
+        db, relay, store, ..
+    } = relayed(&[&a, &b], RelayConfig::default()).await;
     let events: Vec<_> = (1..=3).map(order_confirmed).collect();
     let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
 
@@ -233,8 +202,8 @@ async fn events_of_a_committed_transaction_reach_every_subscriber_once_in_order(
     assert_eq!(store.backlog().await.unwrap(), 3);
 
     assert_eq!(relay.run_once().await.unwrap(), 3);
-    assert_eq!(a.seen(), ids);
-    assert_eq!(b.seen(), ids);
+    assert_eq!(a.ids(), ids);
+    assert_eq!(b.ids(), ids);
     for id in &ids {
         let row = row(&db.pool, *id).await;
         assert!(row.published_at.is_some(), "{id} is marked published");
@@ -244,16 +213,15 @@ async fn events_of_a_committed_transaction_reach_every_subscriber_once_in_order(
     assert_eq!(store.backlog().await.unwrap(), 0);
 
     assert_eq!(relay.run_once().await.unwrap(), 0);
-    assert_eq!(a.seen(), ids, "a published row is never delivered again");
+    assert_eq!(a.ids(), ids, "a published row is never delivered again");
 }
 
 #[tokio::test]
 async fn an_event_of_a_rolled_back_transaction_is_never_written_nor_published() {
-    let db = TestDb::new().await;
-    let bus = Arc::new(InMemoryBus::new());
-    let a = Recorder::new("a");
-    bus.subscribe(a.clone());
-    let (relay, store) = relay(&db.pool, bus, RelayConfig::default());
+    let a = recorder("a");
+    let Relayed {
+        db, relay, store, ..
+    } = relayed(&[&a], RelayConfig::default()).await;
 
     let rolled_back: anyhow::Result<()> = db
         .pool
@@ -269,19 +237,21 @@ async fn an_event_of_a_rolled_back_transaction_is_never_written_nor_published() 
     assert_eq!(outbox_rows(&db.pool).await, 1);
     assert_eq!(store.backlog().await.unwrap(), 1);
     assert_eq!(relay.run_once().await.unwrap(), 1);
-    assert_eq!(a.seen(), vec![kept.id]);
+    assert_eq!(a.ids(), vec![kept.id]);
 }
 
 #[tokio::test]
 async fn a_failed_delivery_is_retried_after_its_back_off_and_the_inbox_makes_the_redelivery_harmless()
  {
-    let db = TestDb::new().await;
-    let bus = Arc::new(InMemoryBus::new());
-    let flaky = Recorder::failing("flaky", 1);
+    let flaky = failing("flaky", 1);
+    let Relayed {
+        db,
+        bus,
+        relay,
+        store,
+    } = relayed(&[&flaky], quick_retries()).await;
     let shipping = Shipping::new(db.pool.clone()).await;
-    bus.subscribe(flaky.clone());
     bus.subscribe(shipping.clone());
-    let (relay, store) = relay(&db.pool, bus, quick_retries());
     let event = order_confirmed(1);
     enqueue_committed(&db.pool, std::slice::from_ref(&event)).await;
 
@@ -318,7 +288,7 @@ async fn a_failed_delivery_is_retried_after_its_back_off_and_the_inbox_makes_the
     assert_eq!(published.last_error, None);
     assert_eq!(store.backlog().await.unwrap(), 0);
 
-    assert_eq!(flaky.seen(), vec![event.id, event.id]);
+    assert_eq!(flaky.ids(), vec![event.id, event.id]);
     assert_eq!(
         shipping.deliveries.load(Ordering::SeqCst),
         2,
@@ -333,20 +303,17 @@ async fn a_failed_delivery_is_retried_after_its_back_off_and_the_inbox_makes_the
 
 #[tokio::test]
 async fn a_failed_delivery_is_not_retried_before_its_back_off_has_passed() {
-    let db = TestDb::new().await;
-    let bus = Arc::new(InMemoryBus::new());
-    let flaky = Recorder::failing("flaky", 1);
-    bus.subscribe(flaky.clone());
+    let flaky = failing("flaky", 1);
     let config = RelayConfig {
         backoff_base: Duration::from_secs(60),
         ..RelayConfig::default()
     };
-    let (relay, _) = relay(&db.pool, bus, config);
+    let Relayed { db, relay, .. } = relayed(&[&flaky], config).await;
     enqueue_committed(&db.pool, &[order_confirmed(1)]).await;
 
     assert_eq!(relay.run_once().await.unwrap(), 0);
     assert_eq!(relay.run_once().await.unwrap(), 0);
-    assert_eq!(flaky.seen().len(), 1);
+    assert_eq!(flaky.ids().len(), 1);
 }
 
 #[tokio::test]
@@ -376,15 +343,14 @@ async fn a_claimed_row_stays_hidden_from_other_relays_until_its_lease_runs_out()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_sharing_one_outbox_never_publish_the_same_event_twice() {
-    let db = TestDb::new().await;
-    let bus = Arc::new(InMemoryBus::new());
-    let a = Recorder::new("a");
-    bus.subscribe(a.clone());
-    let config = RelayConfig {
-        batch_size: 5,
-        ..RelayConfig::default()
-    };
-    let (first, store) = relay(&db.pool, bus.clone(), config.clone());
+    let a = recorder("a");
+    let config = batches_of(5);
+    let Relayed {
+        db,
+        bus,
+        relay: first,
+        store,
+    } = relayed(&[&a], config.clone()).await;
     let (second, _) = relay(&db.pool, bus, config);
     let events: Vec<_> = (1..=60).map(order_confirmed).collect();
     enqueue_committed(&db.pool, &events).await;
@@ -403,7 +369,7 @@ async fn two_relays_sharing_one_outbox_never_publish_the_same_event_twice() {
     );
 
     assert_eq!(x.unwrap() + y.unwrap(), 60);
-    let mut seen = a.seen();
+    let mut seen = a.ids();
     assert_eq!(seen.len(), 60);
     seen.sort();
     seen.dedup();
@@ -412,12 +378,11 @@ async fn two_relays_sharing_one_outbox_never_publish_the_same_event_twice() {
 
 #[tokio::test]
 async fn a_running_relay_stops_promptly_when_cancelled() {
-    let db = TestDb::new().await;
     let config = RelayConfig {
         poll_interval: Duration::from_secs(60),
         ..RelayConfig::default()
     };
-    let (relay, _) = relay(&db.pool, Arc::new(InMemoryBus::new()), config);
+    let Relayed { relay, .. } = relayed(&[], config).await;
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(relay.run(shutdown.clone()));
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -437,15 +402,12 @@ async fn a_running_relay_stops_promptly_when_cancelled() {
 
 #[tokio::test]
 async fn waking_the_relay_publishes_at_once_instead_of_at_the_next_poll() {
-    let db = TestDb::new().await;
-    let bus = Arc::new(InMemoryBus::new());
-    let (a, mut delivered) = Recorder::reporting("a");
-    bus.subscribe(a.clone());
+    let a = recorder("a");
     let config = RelayConfig {
         poll_interval: Duration::from_secs(60),
         ..RelayConfig::default()
     };
-    let (relay, _) = relay(&db.pool, bus, config);
+    let Relayed { db, relay, .. } = relayed(&[&a], config).await;
     let waker = relay.waker();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(relay.run(shutdown.clone()));
@@ -454,15 +416,14 @@ async fn waking_the_relay_publishes_at_once_instead_of_at_the_next_poll() {
 
     let event = order_confirmed(1);
     enqueue_committed(&db.pool, std::slice::from_ref(&event)).await;
-    let unwoken = tokio::time::timeout(Duration::from_millis(300), delivered.recv()).await;
+    let delivered = || a.ids() == [event.id];
     assert!(
-        unwoken.is_err(),
+        !eventually(Duration::from_millis(300), delivered).await,
         "without a wake-up the relay waits for its 60 s poll"
     );
 
     waker.notify_one();
-    let woken = tokio::time::timeout(Duration::from_secs(2), delivered.recv()).await;
-    assert_eq!(woken.ok().flatten(), Some(event.id));
+    assert!(eventually(Duration::from_secs(2), delivered).await);
 
     shutdown.cancel();
     assert!(
@@ -470,7 +431,7 @@ async fn waking_the_relay_publishes_at_once_instead_of_at_the_next_poll() {
             .await
             .is_ok()
     );
-    assert!(eventually(Duration::from_secs(1), || a.seen().len() == 1).await);
+    assert!(eventually(Duration::from_secs(1), || a.ids().len() == 1).await);
 }
 
 /// A running relay drains a backlog larger than a batch: every batch after the
@@ -478,23 +439,22 @@ async fn waking_the_relay_publishes_at_once_instead_of_at_the_next_poll() {
 /// in the end every row is published, once, in order.
 #[tokio::test]
 async fn a_running_relay_drains_batch_after_batch_marking_each_as_it_claims_the_next() {
-    let db = TestDb::new().await;
-    let bus = Arc::new(InMemoryBus::new());
-    let a = Recorder::new("a");
-    bus.subscribe(a.clone());
+    let a = recorder("a");
     let config = RelayConfig {
         batch_size: 3,
         poll_interval: Duration::from_secs(60),
         ..RelayConfig::default()
     };
-    let (relay, store) = relay(&db.pool, bus, config);
+    let Relayed {
+        db, relay, store, ..
+    } = relayed(&[&a], config).await;
     let events: Vec<_> = (1..=10).map(order_confirmed).collect();
     let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
     enqueue_committed(&db.pool, &events).await;
 
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(relay.run(shutdown.clone()));
-    assert!(eventually(Duration::from_secs(5), || a.seen().len() == 10).await);
+    assert!(eventually(Duration::from_secs(5), || a.ids().len() == 10).await);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while store.backlog().await.unwrap() > 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -506,7 +466,7 @@ async fn a_running_relay_drains_batch_after_batch_marking_each_as_it_claims_the_
     );
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), running).await;
-    assert_eq!(a.seen(), ids);
+    assert_eq!(a.ids(), ids);
     for id in &ids {
         let row = row(&db.pool, *id).await;
         assert!(row.published_at.is_some(), "{id} is marked published");
@@ -543,15 +503,9 @@ async fn a_running_relay_drains_batch_after_batch_marking_each_as_it_claims_the_
 /// event it delivered marked published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_under_a_steady_stream_of_events_still_stops_when_cancelled() {
-    let db = TestDb::new().await;
-    let bus = Arc::new(InMemoryBus::new());
-    let a = Recorder::new("a");
-    bus.subscribe(a.clone());
-    let config = RelayConfig {
-        batch_size: 2,
-        ..RelayConfig::default()
-    };
-    let (relay, _) = relay(&db.pool, bus, config);
+    let a = recorder("a");
+    let config = batches_of(2);
+    let Relayed { db, relay, .. } = relayed(&[&a], config).await;
     let waker = relay.waker();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(relay.run(shutdown.clone()));
@@ -568,7 +522,7 @@ async fn a_relay_under_a_steady_stream_of_events_still_stops_when_cancelled() {
             }
         })
     };
-    assert!(eventually(Duration::from_secs(5), || a.seen().len() >= 20).await);
+    assert!(eventually(Duration::from_secs(5), || a.ids().len() >= 20).await);
 
     shutdown.cancel();
     let stopped = tokio::time::timeout(Duration::from_secs(3), running).await;
@@ -578,10 +532,96 @@ async fn a_relay_under_a_steady_stream_of_events_still_stops_when_cancelled() {
         matches!(stopped, Ok(Ok(()))),
         "the relay stopped within 3 s while events kept coming"
     );
-    for id in a.seen() {
+    for id in a.ids() {
         assert!(
             row(&db.pool, id).await.published_at.is_some(),
             "{id} was delivered, so it is marked published"
         );
     }
+}
+
+/// The store's side of failures on `store`, whose outbox holds just `events`
+/// (three, unclaimed): a failed row and the rows deferred behind it wait for
+/// the retry time, a dead row is never claimed again, and published rows are
+/// purged once older than the cutoff.
+async fn failed_dead_and_published_rows(store: &dyn OutboxStore, events: &[EventEnvelope]) {
+    let lease = Duration::from_secs(30);
+    let now = Utc::now();
+    assert_eq!(store.claim(10, lease, now).await.unwrap().len(), 3);
+
+    let retry_at = now + chrono::Duration::minutes(1);
+    let error = "x".repeat(3000);
+    store
+        .mark_failed(events[0].id, &error, retry_at, &[events[1].id])
+        .await
+        .unwrap();
+    store.mark_dead(events[2].id, "poison", now).await.unwrap();
+    assert_eq!(
+        store.backlog().await.unwrap(),
+        2,
+        "a dead row is no backlog"
+    );
+    let after_lease = now + chrono::Duration::seconds(31);
+    assert!(
+        store
+            .claim(10, lease, after_lease)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the failed row and the one deferred behind it wait for the retry"
+    );
+
+    let after_retry = now + chrono::Duration::minutes(2);
+    let retried = store.claim(10, lease, after_retry).await.unwrap();
+    assert_eq!(
+        retried
+            .iter()
+            .map(|m| (m.envelope.id, m.attempts))
+            .collect::<Vec<_>>(),
+        [(events[0].id, 2), (events[1].id, 1)],
+        "a deferred row's claim did not count as an attempt"
+    );
+
+    let published_at = after_retry;
+    store
+        .mark_published(&[events[0].id, events[1].id], published_at)
+        .await
+        .unwrap();
+    assert_eq!(store.backlog().await.unwrap(), 0);
+    let second = chrono::Duration::seconds(1);
+    assert_eq!(
+        store.purge_published(published_at - second).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        store.purge_published(published_at + second).await.unwrap(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn failed_dead_and_published_rows_on_sqlite() {
+    let db = TestDb::new().await;
+    let events: Vec<_> = (1..=3).map(order_confirmed).collect();
+    enqueue_committed(&db.pool, &events).await;
+    failed_dead_and_published_rows(&outbox::sqlite::Store::new(db.pool.clone()), &events).await;
+}
+
+#[tokio::test]
+async fn failed_dead_and_published_rows_on_postgres() {
+    let Some(url) = agora_kernel::testing::fresh_postgres_url().await else {
+        return;
+    };
+    let db = agora_kernel::db::SqlDatabase::connect(&url).await.unwrap();
+    let agora_kernel::db::SqlDatabase::Postgres(pool) = &db else {
+        unreachable!("a postgres:// URL opens PostgreSQL")
+    };
+    let events: Vec<_> = (1..=3).map(order_confirmed).collect();
+    let mut conn = pool.acquire().await.unwrap();
+    for event in &events {
+        outbox::postgres::enqueue(&mut conn, event).await.unwrap();
+    }
+    drop(conn);
+    failed_dead_and_published_rows(&*db.outbox(), &events).await;
+    db.close().await;
 }

@@ -1,11 +1,13 @@
 //! `http::path_config` and `http::query_config`: a path segment that does not
 //! parse names no resource (404); a query string that does not parse is a 422.
 
+use actix_web::dev::ServiceResponse;
 use actix_web::http::StatusCode;
-use actix_web::http::header;
 use actix_web::{App, HttpResponse, test, web};
 use agora_kernel::problem::{PROBLEM_JSON, Problem};
 use serde::Deserialize;
+
+use crate::helpers::content_type;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,7 +19,8 @@ async fn show(id: web::Path<u32>, page: web::Query<Page>) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "id": id.into_inner(), "limit": page.limit }))
 }
 
-async fn problem_for(uri: &str) -> Problem {
+/// A GET of `uri` from an app with the kernel's path and query configs.
+async fn get(uri: &str) -> ServiceResponse {
     let app = test::init_service(
         App::new()
             .app_data(agora_kernel::http::path_config())
@@ -25,33 +28,18 @@ async fn problem_for(uri: &str) -> Problem {
             .route("/things/{id}", web::get().to(show)),
     )
     .await;
-    let res = test::call_service(&app, test::TestRequest::get().uri(uri).to_request()).await;
-    let content_type = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    assert_eq!(content_type.as_deref(), Some(PROBLEM_JSON));
+    test::call_service(&app, test::TestRequest::get().uri(uri).to_request()).await
+}
+
+async fn problem_for(uri: &str) -> Problem {
+    let res = get(uri).await;
+    assert_eq!(content_type(&res).as_deref(), Some(PROBLEM_JSON));
     test::read_body_json(res).await
 }
 
 #[actix_web::test]
 async fn a_path_and_query_that_parse_reach_the_handler() {
-    let app = test::init_service(
-        App::new()
-            .app_data(agora_kernel::http::path_config())
-            .app_data(agora_kernel::http::query_config())
-            .route("/things/{id}", web::get().to(show)),
-    )
-    .await;
-
-    let res = test::call_service(
-        &app,
-        test::TestRequest::get()
-            .uri("/things/7?limit=5")
-            .to_request(),
-    )
-    .await;
+    let res = get("/things/7?limit=5").await;
 
     assert_eq!(res.status(), StatusCode::OK);
     let body: serde_json::Value = test::read_body_json(res).await;

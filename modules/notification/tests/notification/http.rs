@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::middleware::from_fn;
 use actix_web::{App, test};
 use agora_kernel::Module;
 use agora_kernel::problem::PROBLEM_JSON;
+use agora_kernel::testing::TestApp;
 use agora_notification::NotificationModule;
 use agora_notification::domain::ports::DeliveryError;
 use serde_json::Value;
@@ -18,13 +18,7 @@ use uuid::Uuid;
 
 use crate::helpers::{FakeChannel, TestModule};
 
-async fn app(
-    module: Arc<NotificationModule>,
-) -> impl Service<
-    actix_http::Request,
-    Response = ServiceResponse<impl MessageBody>,
-    Error = actix_web::Error,
-> {
+async fn app(module: Arc<NotificationModule>) -> impl TestApp<Body = impl MessageBody> {
     test::init_service(
         App::new()
             .wrap(from_fn(agora_kernel::testing::principal_from_test_headers))
@@ -40,25 +34,12 @@ struct Answer {
     body: Value,
 }
 
-async fn call<S, B>(app: &S, req: test::TestRequest) -> Answer
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: MessageBody,
-{
-    let res = test::call_service(app, req.to_request()).await;
-    let status = res.status();
-    let content_type = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let bytes = test::read_body(res).await;
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+async fn call(app: &impl TestApp, req: test::TestRequest) -> Answer {
+    let answer = agora_kernel::testing::call(app, req.to_request()).await;
     Answer {
-        status,
-        content_type,
-        body,
+        status: answer.status,
+        content_type: answer.header("content-type").unwrap_or("").to_owned(),
+        body: serde_json::from_slice(&answer.body).unwrap_or(Value::Null),
     }
 }
 
@@ -94,14 +75,7 @@ fn assert_problem(a: &Answer, status: u16) {
 
 /// A module with notifications: alice 3 (confirmed, shipped, delivered), bob 1;
 /// and the app serving it (keep the module: it owns the database).
-async fn seeded() -> (
-    TestModule,
-    impl Service<
-        actix_http::Request,
-        Response = ServiceResponse<impl MessageBody>,
-        Error = actix_web::Error,
-    >,
-) {
+async fn seeded() -> (TestModule, impl TestApp<Body = impl MessageBody>) {
     let m = TestModule::with_fake(&FakeChannel::new()).await;
     for (event_type, customer) in [
         ("order.confirmed.v1", "alice"),

@@ -2,29 +2,11 @@
 //! `AGORA__NOTIFICATION__*` variables deserialise into [`Settings`] the way the
 //! host loads them (same `config` layering).
 
-use std::collections::HashMap;
-
 use agora_notification::Settings;
 use secrecy::ExposeSecret;
 
 fn load(env: &[(&str, &str)]) -> Settings {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/default.toml");
-    let env: HashMap<String, String> = env
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    let raw = config::Config::builder()
-        .add_source(config::File::from(std::path::Path::new(path)).format(config::FileFormat::Toml))
-        .add_source(
-            config::Environment::with_prefix("AGORA")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(env)),
-        )
-        .build()
-        .unwrap();
-    raw.get::<Settings>("notification").unwrap()
+    agora_kernel::testing::default_settings("notification", env)
 }
 
 #[test]

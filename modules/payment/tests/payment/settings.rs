@@ -2,32 +2,11 @@
 //! overrides deserialise into [`Settings`], and bad values are refused naming
 //! the variable to fix.
 
-use std::collections::HashMap;
-
 use agora_payment::{ProviderKind, Settings};
 use secrecy::ExposeSecret;
 
 fn load(env: &[(&str, &str)]) -> Settings {
-    let env: HashMap<String, String> = env
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    config::Config::builder()
-        .add_source(config::File::from_str(
-            include_str!("../../../../config/default.toml"),
-            config::FileFormat::Toml,
-        ))
-        .add_source(
-            config::Environment::with_prefix("AGORA")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(env)),
-        )
-        .build()
-        .unwrap()
-        .get::<Settings>("payment")
-        .unwrap()
+    agora_kernel::testing::default_settings("payment", env)
 }
 
 #[test]
