@@ -270,18 +270,18 @@ impl Settings {
                 env_name("admin.addr")
             )));
         }
-        if self.http.body_limit_bytes == 0 {
-            return Err(invalid("http.body_limit_bytes", "must be at least 1"));
-        }
-        if self.rate_limit.per_second == 0 {
-            return Err(invalid("rate_limit.per_second", "must be at least 1"));
-        }
-        if self.rate_limit.burst == 0 {
-            return Err(invalid("rate_limit.burst", "must be at least 1"));
-        }
-        if self.rate_limit.evict_every_secs == 0 {
-            return Err(invalid("rate_limit.evict_every_secs", "must be at least 1"));
-        }
+        agora_kernel::settings::at_least_one(&[
+            ("http.body_limit_bytes", self.http.body_limit_bytes as u64),
+            (
+                "rate_limit.per_second",
+                u64::from(self.rate_limit.per_second),
+            ),
+            ("rate_limit.burst", u64::from(self.rate_limit.burst)),
+            (
+                "rate_limit.evict_every_secs",
+                self.rate_limit.evict_every_secs,
+            ),
+        ])?;
         for (i, r) in self.rate_limit.routes.iter().enumerate() {
             if r.per_second == 0 || r.burst == 0 || !r.route.starts_with('/') || r.method.is_empty()
             {
@@ -518,12 +518,10 @@ impl Settings {
                 "must be 1 to 64 letters, digits, _ or -",
             ));
         }
-        if b.max_deliver == 0 {
-            return Err(invalid("bus.max_deliver", "must be at least 1"));
-        }
-        if b.retry_base_ms == 0 {
-            return Err(invalid("bus.retry_base_ms", "must be at least 1"));
-        }
+        agora_kernel::settings::at_least_one(&[
+            ("bus.max_deliver", u64::from(b.max_deliver)),
+            ("bus.retry_base_ms", b.retry_base_ms),
+        ])?;
         if b.retry_max_ms < b.retry_base_ms {
             return Err(invalid(
                 "bus.retry_max_ms",
@@ -974,7 +972,9 @@ mod tests {
             s.as_ref().ok().map(Settings::hosted),
             Some(MODULES.to_vec())
         );
-        let refusals: [(&[(&str, &str)], &[&str]); 5] = [
+        // The variables set, and the names the refusal must mention.
+        type Refusal<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let refusals: [Refusal; 5] = [
             (
                 &[("AGORA__MODULES", "order,shipping")],
                 &["AGORA__MODULES", "shipping"],

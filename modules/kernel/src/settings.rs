@@ -25,6 +25,18 @@ pub fn env_name(key: &str) -> String {
     format!("AGORA__{}", key.replace('.', "__").to_ascii_uppercase())
 }
 
+/// Each of `counts` (a count, a period, a size) is at least 1; the first
+/// that is not, refused.
+///
+/// # Errors
+/// The first zero.
+pub fn at_least_one(counts: &[(&'static str, u64)]) -> Result<(), InvalidSetting> {
+    match counts.iter().find(|(_, value)| *value == 0) {
+        Some((key, _)) => Err(InvalidSetting::new(key, "must be at least 1")),
+        None => Ok(()),
+    }
+}
+
 /// A setting that names one of a closed set: the value `raw` names, or why
 /// not, naming the values it takes ("must be json or pretty, not `fancy`";
 /// serde's own enum message names none).
@@ -47,6 +59,15 @@ pub fn one_of<T: Copy>(raw: &str, named: &[(&str, T)]) -> Result<T, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn at_least_one_refuses_the_first_zero() {
+        assert_eq!(at_least_one(&[("a.b", 1), ("a.c", 5)]), Ok(()));
+        assert_eq!(
+            at_least_one(&[("a.b", 1), ("a.c", 0), ("a.d", 0)]),
+            Err(InvalidSetting::new("a.c", "must be at least 1"))
+        );
+    }
 
     #[test]
     fn one_of_takes_a_name_and_lists_them_all_when_refusing() {

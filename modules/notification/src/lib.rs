@@ -157,7 +157,7 @@ impl Settings {
     /// # Errors
     /// The first invalid key.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        let positive = [
+        agora_kernel::settings::at_least_one(&[
             ("notification.max_attempts", u64::from(self.max_attempts)),
             ("notification.retry_base_ms", self.retry_base_ms),
             ("notification.retry_max_ms", self.retry_max_ms),
@@ -166,12 +166,7 @@ impl Settings {
             ("notification.smtp.timeout_ms", self.smtp.timeout_ms),
             ("notification.sms.timeout_ms", self.sms.timeout_ms),
             ("notification.push.timeout_ms", self.push.timeout_ms),
-        ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(InvalidSetting::new(key, "must be at least 1"));
-            }
-        }
+        ])?;
         for (key, url) in [
             ("notification.sms.url", &self.sms.url),
             ("notification.push.url", &self.push.url),

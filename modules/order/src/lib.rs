@@ -90,19 +90,10 @@ impl Settings {
                 format!("must be between 1 and {max_deadline}"),
             ));
         }
-        if self.lease_secs == 0 {
-            return Err(InvalidSetting::new(
-                "order.lease_secs",
-                "must be at least 1",
-            ));
-        }
-        if self.recovery_every_ms == 0 {
-            return Err(InvalidSetting::new(
-                "order.recovery_every_ms",
-                "must be at least 1",
-            ));
-        }
-        Ok(())
+        agora_kernel::settings::at_least_one(&[
+            ("order.lease_secs", self.lease_secs),
+            ("order.recovery_every_ms", self.recovery_every_ms),
+        ])
     }
 
     fn saga(&self) -> SagaConfig {

@@ -145,7 +145,7 @@ impl Settings {
                 );
             }
         }
-        for (key, value) in [
+        agora_kernel::settings::at_least_one(&[
             ("payment.provider_timeout_ms", self.provider_timeout_ms),
             (
                 "payment.breaker.failure_threshold",
@@ -155,12 +155,7 @@ impl Settings {
                 "payment.breaker.recovery_timeout_secs",
                 self.breaker.recovery_timeout_secs,
             ),
-        ] {
-            if value == 0 {
-                return Err(InvalidSetting::new(key, "must be at least 1"));
-            }
-        }
-        Ok(())
+        ])
     }
 }
 
