@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agora_inventory::InventoryApi;
 use agora_inventory::domain::models as inv;
 use agora_inventory::domain::ports::{ReadError, ReservationError, ReserveError};
+use agora_inventory::{InventoryApi, ReservationStep};
 use agora_kernel::{CallContext, Money};
 use agora_order::domain::models::{OrderId, Sku};
 use agora_order::domain::ports::{
@@ -41,16 +41,27 @@ fn reservation_id(id: &str) -> Result<inv::ReservationId, PortError> {
         .map_err(refused)
 }
 
-/// A transition that already happened counts as done (every call is retried).
-fn transition_result(
-    r: Result<agora_inventory::ReservationState, ReservationError>,
-    done: inv::ReservationStatus,
-) -> Result<(), PortError> {
-    match r {
-        Ok(_) => Ok(()),
-        Err(ReservationError::InvalidTransition { from, .. }) if from == done.as_str() => Ok(()),
-        Err(ReservationError::Unexpected(e)) => Err(unavailable("inventory", &e)),
-        Err(e) => Err(refused(e)),
+impl InventoryPorts {
+    /// Ask inventory for `step`. A step that already happened counts as done
+    /// (every call is retried).
+    async fn transition(
+        &self,
+        ctx: &CallContext,
+        id: &str,
+        step: ReservationStep,
+    ) -> Result<(), PortError> {
+        match self.0.transition(ctx, reservation_id(id)?, step).await {
+            Ok(_) => Ok(()),
+            // Never reserved (a rejected order): nothing to give back.
+            Err(ReservationError::NotFound(_)) if step == ReservationStep::Release => Ok(()),
+            Err(ReservationError::InvalidTransition { from, .. })
+                if from == step.target().as_str() =>
+            {
+                Ok(())
+            }
+            Err(ReservationError::Unexpected(e)) => Err(unavailable("inventory", &e)),
+            Err(e) => Err(refused(e)),
+        }
     }
 }
 
@@ -125,25 +136,15 @@ impl StockReservations for InventoryPorts {
     }
 
     async fn confirm(&self, ctx: &CallContext, id: &str) -> Result<(), PortError> {
-        transition_result(
-            self.0.confirm(ctx, reservation_id(id)?).await,
-            inv::ReservationStatus::Confirmed,
-        )
+        self.transition(ctx, id, ReservationStep::Confirm).await
     }
 
     async fn commit(&self, ctx: &CallContext, id: &str) -> Result<(), PortError> {
-        transition_result(
-            self.0.commit(ctx, reservation_id(id)?).await,
-            inv::ReservationStatus::Committed,
-        )
+        self.transition(ctx, id, ReservationStep::Commit).await
     }
 
     async fn release(&self, ctx: &CallContext, id: &str) -> Result<(), PortError> {
-        match self.0.release(ctx, reservation_id(id)?).await {
-            // Never reserved (a rejected order): nothing to give back.
-            Err(ReservationError::NotFound(_)) => Ok(()),
-            other => transition_result(other, inv::ReservationStatus::Released),
-        }
+        self.transition(ctx, id, ReservationStep::Release).await
     }
 }
 

@@ -69,6 +69,8 @@ async fn build_modules(
         })?;
     }
     let url = |m: &str| settings.database_url(m);
+    // What every hosted module is built with: its own database, the one bus.
+    let wiring = |m: &str| agora_kernel::Wiring::new(url(m), bus.clone());
     for m in &hosted {
         tracing::info!(module = m, database = %redact_url(&url(m)), "connecting module store");
     }
@@ -89,13 +91,9 @@ async fn build_modules(
     };
     let mut modules: Vec<Arc<dyn Module>> = Vec::new();
     let inventory: Arc<dyn agora_inventory::InventoryApi> = if settings.hosts("inventory") {
-        let m = agora_inventory::InventoryModule::build(
-            &settings.inventory,
-            &url("inventory"),
-            bus.clone(),
-        )
-        .await
-        .context("inventory module")?;
+        let m = agora_inventory::InventoryModule::build(&settings.inventory, wiring("inventory"))
+            .await
+            .context("inventory module")?;
         let local = Arc::new(m.api());
         modules.push(Arc::new(m));
         // Its route may send a share of the calls to remote instances (a
@@ -109,10 +107,9 @@ async fn build_modules(
         Arc::new(agora_inventory::RemoteInventory::new(remote("inventory")?))
     };
     let payment: Arc<dyn agora_payment::PaymentApi> = if settings.hosts("payment") {
-        let m =
-            agora_payment::PaymentModule::build(&settings.payment, &url("payment"), bus.clone())
-                .await
-                .context("payment module")?;
+        let m = agora_payment::PaymentModule::build(&settings.payment, wiring("payment"))
+            .await
+            .context("payment module")?;
         let local = Arc::new(m.api());
         modules.push(Arc::new(m));
         Arc::new(RoutedPayments {
@@ -126,8 +123,7 @@ async fn build_modules(
     if settings.hosts("notification") {
         let m = agora_notification::NotificationModule::build(
             &settings.notification,
-            &url("notification"),
-            bus.clone(),
+            wiring("notification"),
         )
         .await
         .context("notification module")?;
@@ -141,7 +137,7 @@ async fn build_modules(
             stock,
             payments: Arc::new(adapters::PaymentPorts(payment)),
         };
-        let m = agora_order::OrderModule::build(&settings.order, &url("order"), bus.clone(), ports)
+        let m = agora_order::OrderModule::build(&settings.order, wiring("order"), ports)
             .await
             .context("order module")?;
         modules.insert(0, Arc::new(m));

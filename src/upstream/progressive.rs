@@ -17,7 +17,7 @@ use actix_web::middleware::Next;
 use actix_web::web;
 use agora_inventory::domain::models as inv;
 use agora_inventory::domain::ports::{ReadError, ReservationError, ReserveError};
-use agora_inventory::{InventoryApi, Quote, ReservationState};
+use agora_inventory::{InventoryApi, Quote, ReservationState, ReservationStep};
 use agora_kernel::CallContext;
 use agora_payment::domain::models as pay;
 use agora_payment::domain::service::{ChargeError, GetPaymentError, RefundError};
@@ -65,28 +65,15 @@ impl InventoryApi for RoutedInventory {
         self.by(Some(&key)).reserve(ctx, r).await
     }
 
-    async fn confirm(
+    async fn transition(
         &self,
         ctx: &CallContext,
         id: inv::ReservationId,
+        step: ReservationStep,
     ) -> Result<ReservationState, ReservationError> {
-        self.by(Some(&id.0.to_string())).confirm(ctx, id).await
-    }
-
-    async fn commit(
-        &self,
-        ctx: &CallContext,
-        id: inv::ReservationId,
-    ) -> Result<ReservationState, ReservationError> {
-        self.by(Some(&id.0.to_string())).commit(ctx, id).await
-    }
-
-    async fn release(
-        &self,
-        ctx: &CallContext,
-        id: inv::ReservationId,
-    ) -> Result<ReservationState, ReservationError> {
-        self.by(Some(&id.0.to_string())).release(ctx, id).await
+        self.by(Some(&id.0.to_string()))
+            .transition(ctx, id, step)
+            .await
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use agora::Settings;
 use agora::upstream::Upstreams;
 use agora_inventory::domain::models as inv;
-use agora_inventory::domain::ports::{ReservationError, ReserveError};
+use agora_inventory::domain::ports::{ReservationError, ReservationStep, ReserveError};
 use agora_inventory::{InventoryApi, InventoryService};
 use agora_kernel::testing::{NatsServer, nats_namespace};
 use agora_kernel::{CallContext, Currency, InMemoryBus, Money, Principal, Role};
@@ -34,12 +34,12 @@ fn eur(minor: i64) -> Money {
 
 /// How a side puts products and stock in place (not part of the trait).
 #[async_trait]
-trait Catalogue: Send + Sync {
+pub trait Catalogue: Send + Sync {
     async fn product(&self, sku: &str, price_minor: i64, units: i64);
     async fn deactivate(&self, sku: &str);
 }
 
-struct ServiceCatalogue(InventoryService);
+pub struct ServiceCatalogue(pub InventoryService);
 
 #[async_trait]
 impl Catalogue for ServiceCatalogue {
@@ -110,14 +110,7 @@ impl Catalogue for RestCatalogue {
             )
             .await;
         assert_eq!(s, 201, "{b}");
-        let (s, b) = api
-            .post(
-                &api.staff,
-                "/api/v1/stock/receipts",
-                json!({"sku": sku, "warehouse": "BER", "quantity": units}),
-            )
-            .await;
-        assert_eq!(s, 201, "{b}");
+        api.receive(sku, units).await;
     }
 
     async fn deactivate(&self, sku: &str) {
@@ -289,17 +282,15 @@ async fn inventory_contract(api: &dyn InventoryApi, shop: &dyn Catalogue) {
 
     // Transitions: confirm (twice: idempotent), commit; release a held one;
     // what does not apply says where the reservation stands.
-    let confirmed = api.confirm(&service(), id).await.unwrap();
-    assert_eq!(confirmed.status, inv::ReservationStatus::Confirmed);
-    assert_eq!(
-        api.confirm(&service(), id).await.unwrap().status,
-        inv::ReservationStatus::Confirmed
-    );
-    assert_eq!(
-        api.commit(&service(), id).await.unwrap().status,
-        inv::ReservationStatus::Committed
-    );
-    match api.release(&service(), id).await {
+    use ReservationStep::{Commit, Confirm, Release};
+    use inv::ReservationStatus::{Committed, Confirmed, Released};
+    // The status `step` leaves a reservation in.
+    let take =
+        |id, step| async move { api.transition(&service(), id, step).await.map(|r| r.status) };
+    assert_eq!(take(id, Confirm).await.unwrap(), Confirmed);
+    assert_eq!(take(id, Confirm).await.unwrap(), Confirmed);
+    assert_eq!(take(id, Commit).await.unwrap(), Committed);
+    match take(id, Release).await {
         Err(ReservationError::InvalidTransition { from, to, .. }) => {
             assert_eq!((from, to), ("committed", "released"));
         }
@@ -309,11 +300,8 @@ async fn inventory_contract(api: &dyn InventoryApi, shop: &dyn Catalogue) {
     api.reserve(&service(), request(held, 4, vec![line("TEE", 1)]))
         .await
         .unwrap();
-    assert_eq!(
-        api.release(&service(), held).await.unwrap().status,
-        inv::ReservationStatus::Released
-    );
-    match api.confirm(&service(), held).await {
+    assert_eq!(take(held, Release).await.unwrap(), Released);
+    match take(held, Confirm).await {
         Err(ReservationError::InvalidTransition { from, .. }) => assert_eq!(from, "released"),
         other => panic!("expected InvalidTransition, got {other:?}"),
     }
@@ -322,10 +310,9 @@ async fn inventory_contract(api: &dyn InventoryApi, shop: &dyn Catalogue) {
         .reserve(&service(), request(held, 4, vec![line("TEE", 1)]))
         .await
         .unwrap();
-    assert_eq!(replay.status, inv::ReservationStatus::Released);
+    assert_eq!(replay.status, Released);
     assert!(matches!(
-        api.confirm(&service(), inv::ReservationId(uuid::Uuid::now_v7()))
-            .await,
+        take(inv::ReservationId(uuid::Uuid::now_v7()), Confirm).await,
         Err(ReservationError::NotFound(_))
     ));
 }
@@ -336,8 +323,7 @@ async fn inventory_api_in_process() {
     let url = format!("sqlite://{}/inventory.db", dir.path().display());
     let module = agora_inventory::InventoryModule::build(
         &agora_inventory::Settings::with_url(&url),
-        &url,
-        Arc::new(InMemoryBus::new()),
+        agora_kernel::Wiring::new(&url, Arc::new(InMemoryBus::new())),
     )
     .await
     .unwrap();
@@ -488,8 +474,7 @@ async fn payment_api_in_process() {
     let url = format!("sqlite://{}/payment.db", dir.path().display());
     let module = agora_payment::PaymentModule::build(
         &agora_payment::Settings::with_url(&url),
-        &url,
-        Arc::new(InMemoryBus::new()),
+        agora_kernel::Wiring::new(&url, Arc::new(InMemoryBus::new())),
     )
     .await
     .unwrap();

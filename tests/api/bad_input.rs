@@ -2,51 +2,30 @@
 //! body or optional query parameters refuses what it cannot read (400 / 415 /
 //! 422 problem+json), and nothing changes.
 
-use std::time::Duration;
-
 use agora_kernel::Role;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::assert_problem;
-use crate::orders::Shop;
+use crate::orders::{Shop, address, payment_path};
 
 const JSON: &str = "application/json";
 
 impl Shop {
-    /// A request with a raw body (`None`: no body at all).
-    async fn raw(
+    /// Each of `bodies` (content type, body, status) sent to `path` is
+    /// refused with its status.
+    async fn refuses(
         &self,
         token: &str,
         method: reqwest::Method,
         path: &str,
-        body: Option<(&str, &str)>,
-    ) -> reqwest::Response {
-        let mut req = self
-            .app
-            .client
-            .request(method, self.app.url(path))
-            .bearer_auth(token);
-        if let Some((content_type, body)) = body {
-            req = req
-                .header("content-type", content_type)
-                .body(body.to_owned());
+        bodies: &[(&str, &str, u16)],
+    ) {
+        for &(content_type, body, status) in bodies {
+            let res = self
+                .raw(token, method.clone(), path, Some((content_type, body)))
+                .await;
+            assert_problem(res, status).await;
         }
-        req.send().await.unwrap()
-    }
-
-    /// A confirmed order of `quantity` MUGs for `token`; returns it.
-    async fn confirmed_order(&self, token: &str, quantity: i64) -> Value {
-        let res = self
-            .place(
-                token,
-                json!([{"sku": "MUG", "quantity": quantity}]),
-                "tok_visa",
-            )
-            .await;
-        assert_eq!(res.status(), 201);
-        let order: Value = res.json().await.unwrap();
-        assert_eq!(order["status"], "confirmed");
-        order
     }
 }
 
@@ -61,33 +40,16 @@ const UNREADABLE: [(&str, &str, u16); 5] = [
 
 #[tokio::test]
 async fn a_cancel_with_a_body_it_cannot_read_is_refused_and_the_order_stays_confirmed() {
-    let shop = Shop::open(|_| {}).await;
-    shop.stock_item("MUG", 850, 5).await;
-    let alice = shop.customer("alice");
-    let order = shop.confirmed_order(&alice, 2).await;
+    let (shop, alice, order) = Shop::with_an_order(2).await;
     let id = order["id"].as_str().unwrap();
     let path = format!("/api/v1/orders/{id}/cancel");
-    for (content_type, body, status) in UNREADABLE {
-        let res = shop
-            .raw(
-                &alice,
-                reqwest::Method::POST,
-                &path,
-                Some((content_type, body)),
-            )
-            .await;
-        assert_problem(res, status).await;
-    }
+    shop.refuses(&alice, reqwest::Method::POST, &path, &UNREADABLE)
+        .await;
     let (_, now) = shop.get(&alice, &format!("/api/v1/orders/{id}")).await;
     assert_eq!(now["status"], "confirmed", "{now}");
     assert_eq!(now["version"], order["version"]);
     assert_eq!(shop.available("MUG").await, 3, "the stock stays reserved");
-    let (_, payment) = shop
-        .get(
-            &shop.staff,
-            &format!("/api/v1/payments/{}", order["payment_id"].as_str().unwrap()),
-        )
-        .await;
+    let (_, payment) = shop.get(&shop.staff, &payment_path(&order)).await;
     assert_eq!(payment["status"], "succeeded", "nothing was refunded");
     // No body at all is still a cancel.
     let res = shop.raw(&alice, reqwest::Method::POST, &path, None).await;
@@ -97,27 +59,17 @@ async fn a_cancel_with_a_body_it_cannot_read_is_refused_and_the_order_stays_conf
 
 #[tokio::test]
 async fn ship_and_deliver_take_no_body_and_refuse_one_they_cannot_read() {
-    let shop = Shop::open(|_| {}).await;
-    shop.stock_item("MUG", 850, 5).await;
-    let order = shop.confirmed_order(&shop.customer("alice"), 1).await;
+    let (shop, _, order) = Shop::with_an_order(1).await;
     let id = order["id"].as_str().unwrap();
     for step in ["ship", "deliver"] {
         let path = format!("/api/v1/orders/{id}/{step}");
-        for (content_type, body, status) in [
+        let unreadable = [
             (JSON, "{", 400),
             (JSON, r#"{"carrier":"dhl"}"#, 422),
             ("text/plain", "now", 415),
-        ] {
-            let res = shop
-                .raw(
-                    &shop.staff,
-                    reqwest::Method::POST,
-                    &path,
-                    Some((content_type, body)),
-                )
-                .await;
-            assert_problem(res, status).await;
-        }
+        ];
+        shop.refuses(&shop.staff, reqwest::Method::POST, &path, &unreadable)
+            .await;
         let (_, now) = shop.get(&shop.staff, &format!("/api/v1/orders/{id}")).await;
         let before = if step == "ship" {
             "confirmed"
@@ -138,27 +90,21 @@ async fn ship_and_deliver_take_no_body_and_refuse_one_they_cannot_read() {
 
 #[tokio::test]
 async fn deleting_a_product_with_a_body_it_cannot_read_leaves_it_active() {
-    let shop = Shop::open(|_| {}).await;
-    shop.stock_item("MUG", 850, 5).await;
-    for (content_type, body, status) in [(JSON, "{", 400), (JSON, r#"{"hard":true}"#, 422)] {
-        let res = shop
-            .raw(
-                &shop.staff,
-                reqwest::Method::DELETE,
-                "/api/v1/products/MUG",
-                Some((content_type, body)),
-            )
-            .await;
-        assert_problem(res, status).await;
-    }
+    let shop = Shop::with_mugs(5).await;
+    shop.refuses(
+        &shop.staff,
+        reqwest::Method::DELETE,
+        "/api/v1/products/MUG",
+        &[(JSON, "{", 400), (JSON, r#"{"hard":true}"#, 422)],
+    )
+    .await;
     let (_, product) = shop.get(&shop.staff, "/api/v1/products/MUG").await;
     assert_eq!(product["active"], true, "{product}");
 }
 
 #[tokio::test]
 async fn reservation_actions_refuse_bodies_they_cannot_read() {
-    let shop = Shop::open(|_| {}).await;
-    shop.stock_item("MUG", 850, 5).await;
+    let shop = Shop::with_mugs(5).await;
     let service = shop.app.token("service:order", &[Role::Service]);
     let id = uuid::Uuid::now_v7().to_string();
     let reservation = json!({"reservation_id": id, "order_id": uuid::Uuid::now_v7().to_string(), "lines": [{"sku": "MUG", "quantity": 2}]});
@@ -166,12 +112,9 @@ async fn reservation_actions_refuse_bodies_they_cannot_read() {
         .await;
     for action in ["confirm", "commit", "release"] {
         let path = format!("/api/v1/reservations/{id}/{action}");
-        for (body, status) in [("{", 400), (r#"{"force":true}"#, 422)] {
-            let res = shop
-                .raw(&service, reqwest::Method::POST, &path, Some((JSON, body)))
-                .await;
-            assert_problem(res, status).await;
-        }
+        let unreadable = [(JSON, "{", 400), (JSON, r#"{"force":true}"#, 422)];
+        shop.refuses(&service, reqwest::Method::POST, &path, &unreadable)
+            .await;
     }
     let (_, now) = shop
         .get(&service, &format!("/api/v1/reservations/{id}"))
@@ -192,38 +135,16 @@ async fn reservation_actions_refuse_bodies_they_cannot_read() {
 
 #[tokio::test]
 async fn retrying_a_notification_with_a_body_it_cannot_read_changes_nothing() {
-    let shop = Shop::open(|_| {}).await;
-    shop.stock_item("MUG", 850, 5).await;
-    let alice = shop.customer("alice");
-    shop.confirmed_order(&alice, 1).await;
+    let (shop, alice, _) = Shop::with_an_order(1).await;
     // Wait until the (log channel) delivery is done, so nothing else moves it.
-    let mut notification = Value::Null;
-    for _ in 0..200 {
-        let (_, list) = shop.get(&alice, "/api/v1/notifications").await;
-        if let Some(n) = list["items"]
-            .as_array()
-            .and_then(|i| i.iter().find(|n| n["status"] == "sent"))
-        {
-            notification = n.clone();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let notification = shop.notification(&alice, |n| n["status"] == "sent").await;
     let id = notification["id"]
         .as_str()
         .expect("no notification was sent");
     let path = format!("/api/v1/notifications/{id}/retry");
-    for (body, status) in [("{", 400), (r#"{"now":true}"#, 422)] {
-        let res = shop
-            .raw(
-                &shop.staff,
-                reqwest::Method::POST,
-                &path,
-                Some((JSON, body)),
-            )
-            .await;
-        assert_problem(res, status).await;
-    }
+    let unreadable = [(JSON, "{", 400), (JSON, r#"{"now":true}"#, 422)];
+    shop.refuses(&shop.staff, reqwest::Method::POST, &path, &unreadable)
+        .await;
     let (_, after) = shop
         .get(&shop.staff, &format!("/api/v1/notifications/{id}"))
         .await;
@@ -241,8 +162,7 @@ async fn retrying_a_notification_with_a_body_it_cannot_read_changes_nothing() {
 
 #[tokio::test]
 async fn list_endpoints_refuse_unknown_or_repeated_query_parameters() {
-    let shop = Shop::open(|_| {}).await;
-    shop.stock_item("MUG", 850, 5).await;
+    let shop = Shop::with_mugs(5).await;
     for (path, field) in [
         ("/api/v1/orders?stauts=confirmed", "stauts"),
         ("/api/v1/orders?limit=5&limit=6", "limit"),
@@ -264,8 +184,7 @@ async fn list_endpoints_refuse_unknown_or_repeated_query_parameters() {
 
 #[tokio::test]
 async fn request_bodies_with_an_unknown_field_are_refused_and_change_nothing() {
-    let shop = Shop::open(|_| {}).await;
-    shop.stock_item("MUG", 850, 5).await;
+    let shop = Shop::with_mugs(5).await;
     let alice = shop.customer("alice");
     let (_, prefs_before) = shop.get(&alice, "/api/v1/notifications/preferences").await;
     let cases = [
@@ -311,18 +230,14 @@ async fn request_bodies_with_an_unknown_field_are_refused_and_change_nothing() {
         let problem = assert_problem(res, 422).await;
         assert!(problem["errors"][field].is_array(), "{path}: {problem}");
     }
+    let coupon = json!({
+        "items": [{"sku": "MUG", "quantity": 1}],
+        "shipping_address": address(),
+        "payment_method": "tok_visa",
+        "coupon": "FREE",
+    });
     let res = shop
-        .app
-        .client
-        .post(shop.app.url("/api/v1/orders"))
-        .bearer_auth(&alice)
-        .header("idempotency-key", "k-coupon")
-        .json(&json!({
-            "items": [{"sku": "MUG", "quantity": 1}],
-            "shipping_address": {"name": "Alice", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"},
-            "payment_method": "tok_visa",
-            "coupon": "FREE",
-        }))
+        .order_request(&alice, "k-coupon", &coupon)
         .send()
         .await
         .unwrap();
@@ -342,8 +257,7 @@ async fn request_bodies_with_an_unknown_field_are_refused_and_change_nothing() {
 #[tokio::test]
 async fn a_payment_method_that_is_neither_a_test_token_nor_a_payment_method_id_is_refused_before_anything_is_reserved()
  {
-    let shop = Shop::open(|_| {}).await;
-    shop.stock_item("MUG", 850, 5).await;
+    let shop = Shop::with_mugs(5).await;
     let alice = shop.customer("alice");
     for method in ["visa", "tok_", "pm_", "card_4242"] {
         let res = shop

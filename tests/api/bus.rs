@@ -62,20 +62,33 @@ async fn assert_each_order_notified_once(api: &Api, orders: &[Value]) {
     );
 }
 
-async fn wait_for_backlog_zero(agora: &Agora) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+/// Scrape `agora` every 200 ms until `done` holds for its metrics; that
+/// scrape. After `within`, fail saying `what`, with the last scrape.
+async fn metrics_until(
+    agora: &Agora,
+    what: &str,
+    within: Duration,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         let m = agora.metrics().await;
-        let backlog = metric_sum(&m, "agora_outbox_backlog", &[]);
-        if backlog == 0.0 && m.contains("agora_outbox_backlog") {
-            return;
+        if done(&m) {
+            return m;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the outbox backlog is still {backlog}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "{what}:\n{m}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+async fn wait_for_backlog_zero(agora: &Agora) {
+    metrics_until(
+        agora,
+        "the outbox backlog is still not 0",
+        Duration::from_secs(60),
+        |m| metric_sum(m, "agora_outbox_backlog", &[]) == 0.0 && m.contains("agora_outbox_backlog"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,18 +194,13 @@ async fn nats_stopped_mid_load_delays_events_but_loses_and_repeats_none() {
     place(&api, 30..60, 0).await;
     // The gauge is refreshed by the relays, which may be waiting on a
     // publish's acknowledgement when the outage begins: poll, don't sleep.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let backlog = metric_sum(&agora.metrics().await, "agora_outbox_backlog", &[]);
-        if backlog > 0.0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "events wait in the outboxes while NATS is down"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    metrics_until(
+        &agora,
+        "events wait in the outboxes while NATS is down",
+        Duration::from_secs(15),
+        |m| metric_sum(m, "agora_outbox_backlog", &[]) > 0.0,
+    )
+    .await;
 
     nats.restart();
     let orders = api
@@ -222,19 +230,14 @@ async fn nats_stopped_mid_load_delays_events_but_loses_and_repeats_none() {
         published >= 60.0 && consumed >= 60.0,
         "{published} / {consumed}"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let m = agora.metrics().await;
-        let lag = r#"agora_bus_consumer_pending{consumer="notification@order"}"#;
-        if m.lines().any(|l| l.starts_with(lag) && l.ends_with(" 0")) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "consumer lag is not 0:\n{m}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let lag = r#"agora_bus_consumer_pending{consumer="notification@order"}"#;
+    metrics_until(
+        &agora,
+        "consumer lag is not 0",
+        Duration::from_secs(15),
+        |m| m.lines().any(|l| l.starts_with(lag) && l.ends_with(" 0")),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,27 +1,25 @@
 //! The binary itself: settings errors stop start-up with one line naming the
 //! key, `agora token` mints usable tokens, SIGTERM shuts down cleanly.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_agora");
+use crate::helpers::{AgoraProcess, agora_command, run_ok};
 
-fn agora(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(dir)
-        .env_remove("AGORA_ENV")
-        .env("AGORA__HTTP__ADDR", "127.0.0.1:0")
-        .env("AGORA__ADMIN__ADDR", "127.0.0.1:0")
-        .env("AGORA__DATA_DIR", dir.join("data"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("AGORA__")) {
-        cmd.env_remove(k);
-    }
-    cmd
+/// Serve with `cmd` (its stdout discarded) until it listens.
+fn serve(mut cmd: Command) -> AgoraProcess {
+    cmd.stdout(Stdio::null());
+    AgoraProcess::start(cmd)
 }
 
-fn fails_naming(dir: &std::path::Path, env: &[(&str, &str)], keys: &[&str], secret: Option<&str>) {
-    let out = agora(dir).envs(env.iter().copied()).output().unwrap();
+/// Starting with `env` (in a fresh directory) fails with one line on stderr
+/// naming each of `keys` and not showing `secret`.
+fn fails_naming(env: &[(&str, &str)], keys: &[&str], secret: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = agora_command(dir.path())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
@@ -36,51 +34,27 @@ fn fails_naming(dir: &std::path::Path, env: &[(&str, &str)], keys: &[&str], secr
 
 #[test]
 fn invalid_settings_stop_start_up_with_a_message_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
+    for (key, value) in [
+        ("AGORA__RATE_LIMIT__PER_SECOND", "abc"),
+        ("AGORA__RATE_LIMIT__BURST", "0"),
+        ("AGORA__HTTP__ADDR", "localhost"),
+        ("AGORA__AUTH__ALGORITHM", "HS512"),
+        ("AGORA__ORDER__DATABASE_URL", "mysql://x/y"),
+    ] {
+        fails_naming(&[(key, value)], &[key], None);
+    }
+    fails_naming(&[("AGORA__LOG__FORMAT", "xml")], &["log"], None);
     fails_naming(
-        dir.path(),
-        &[("AGORA__RATE_LIMIT__PER_SECOND", "abc")],
-        &["AGORA__RATE_LIMIT__PER_SECOND"],
-        None,
-    );
-    fails_naming(
-        dir.path(),
-        &[("AGORA__RATE_LIMIT__BURST", "0")],
-        &["AGORA__RATE_LIMIT__BURST"],
-        None,
-    );
-    fails_naming(
-        dir.path(),
-        &[("AGORA__HTTP__ADDR", "localhost")],
-        &["AGORA__HTTP__ADDR"],
-        None,
-    );
-    fails_naming(dir.path(), &[("AGORA__LOG__FORMAT", "xml")], &["log"], None);
-    fails_naming(
-        dir.path(),
         &[("AGORA__AUTH__HS256_SECRET", "tiny-secret")],
         &["AGORA__AUTH__HS256_SECRET"],
         Some("tiny-secret"),
     );
     fails_naming(
-        dir.path(),
-        &[("AGORA__AUTH__ALGORITHM", "HS512")],
-        &["AGORA__AUTH__ALGORITHM"],
-        None,
-    );
-    fails_naming(
-        dir.path(),
         &[
             ("AGORA__AUTH__ALGORITHM", "RS256"),
             ("AGORA__AUTH__PUBLIC_KEY_PEM", "not a pem"),
         ],
         &["AGORA__AUTH__PUBLIC_KEY_PEM"],
-        None,
-    );
-    fails_naming(
-        dir.path(),
-        &[("AGORA__ORDER__DATABASE_URL", "mysql://x/y")],
-        &["AGORA__ORDER__DATABASE_URL"],
         None,
     );
 }
@@ -90,43 +64,22 @@ fn serving_the_development_secret_beyond_loopback_is_refused_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
     // What the Docker image does: 0.0.0.0 with the secret from the repository.
     fails_naming(
-        dir.path(),
         &[("AGORA__HTTP__ADDR", "0.0.0.0:0")],
         &["AGORA__AUTH__HS256_SECRET"],
         Some(agora::settings::DEFAULT_HS256_SECRET),
     );
     // A demo says so explicitly, and then it serves.
-    let mut child = agora(dir.path())
-        .env("AGORA__HTTP__ADDR", "0.0.0.0:0")
-        .env("AGORA__AUTH__ALLOW_DEVELOPMENT_SECRET", "true")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("agora exited before listening")
-            .unwrap();
-        if let Some(rest) = line.split("agora listening on http://").nth(1) {
-            let addr = rest.split_whitespace().next().unwrap();
-            break addr.rsplit(':').next().unwrap().parse::<u16>().unwrap();
-        }
-    };
-    assert_eq!(reqwest::blocking_get(port), 200);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    let mut cmd = agora_command(dir.path());
+    cmd.env("AGORA__HTTP__ADDR", "0.0.0.0:0")
+        .env("AGORA__AUTH__ALLOW_DEVELOPMENT_SECRET", "true");
+    let mut agora = serve(cmd);
+    assert_eq!(agora.get_live(), 200);
+    assert!(agora.stop().success());
 }
 
 #[test]
 fn two_modules_on_one_database_are_refused_without_leaking_the_password() {
-    let dir = tempfile::tempdir().unwrap();
     fails_naming(
-        dir.path(),
         &[
             (
                 "AGORA__ORDER__DATABASE_URL",
@@ -144,7 +97,6 @@ fn two_modules_on_one_database_are_refused_without_leaking_the_password() {
         Some("pa55word"),
     );
     fails_naming(
-        dir.path(),
         &[("AGORA__PAYMENT__DATABASE_URL", "sqlite://./data/order.db")],
         &["AGORA__ORDER__DATABASE_URL", "AGORA__PAYMENT__DATABASE_URL"],
         None,
@@ -154,27 +106,19 @@ fn two_modules_on_one_database_are_refused_without_leaking_the_password() {
 #[test]
 fn the_token_command_mints_a_token_and_refuses_bad_arguments() {
     let dir = tempfile::tempdir().unwrap();
-    let out = agora(dir.path())
-        .args([
-            "token",
-            "--sub",
-            "alice",
-            "--role",
-            "customer",
-            "--role",
-            "staff",
-            "--email",
-            "alice@example.com",
-            "--ttl",
-            "2h",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(agora_command(dir.path()).args([
+        "token",
+        "--sub",
+        "alice",
+        "--role",
+        "customer",
+        "--role",
+        "staff",
+        "--email",
+        "alice@example.com",
+        "--ttl",
+        "2h",
+    ]));
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let settings = crate::helpers::test_settings(dir.path());
     let principal = tokio::runtime::Runtime::new()
@@ -196,7 +140,7 @@ fn the_token_command_mints_a_token_and_refuses_bad_arguments() {
             "token", "--sub", "alice", "--role", "customer", "--ttl", "forever",
         ],
     ] {
-        let out = agora(dir.path()).args(&bad).output().unwrap();
+        let out = agora_command(dir.path()).args(&bad).output().unwrap();
         assert!(!out.status.success(), "{bad:?} should fail");
     }
 }
@@ -204,59 +148,14 @@ fn the_token_command_mints_a_token_and_refuses_bad_arguments() {
 #[test]
 fn sigterm_drains_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = agora(dir.path())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("agora exited before listening")
-            .unwrap();
-        if let Some(rest) = line.split("agora listening on http://").nth(1) {
-            let addr = rest.split_whitespace().next().unwrap();
-            break addr.rsplit(':').next().unwrap().parse::<u16>().unwrap();
-        }
-    };
-    let live = reqwest::blocking_get(port);
-    assert_eq!(live, 200);
+    let mut agora = serve(agora_command(dir.path()));
+    assert_eq!(agora.get_live(), 200);
     assert!(
         dir.path().join("data/order.db").exists(),
         "the SQLite default was not created"
     );
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit status {status:?}");
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "agora did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-mod reqwest {
-    /// A tiny blocking GET without pulling reqwest's blocking feature.
-    pub fn blocking_get(port: u16) -> u16 {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).unwrap();
-        buf.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
+    let status = agora.stop();
+    assert!(status.success(), "exit status {status:?}");
 }
 
 #[test]
@@ -298,40 +197,14 @@ fn with_an_otlp_endpoint_set_spans_are_exported_over_http() {
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let mut child = agora(dir.path())
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{collector_port}"),
-        )
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("agora exited before listening")
-            .unwrap();
-        if let Some(rest) = line.split("agora listening on http://").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .rsplit(':')
-                .next()
-                .unwrap()
-                .parse::<u16>()
-                .unwrap();
-        }
-    };
-    assert_eq!(reqwest::blocking_get(port), 200);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success());
+    let mut cmd = agora_command(dir.path());
+    cmd.env(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        format!("http://127.0.0.1:{collector_port}"),
+    );
+    let mut agora = serve(cmd);
+    assert_eq!(agora.get_live(), 200);
+    assert!(agora.stop().success());
     let got = received.lock().unwrap().clone();
     assert!(
         got.iter().any(|(path, ct, len)| path == "/v1/traces"
@@ -343,9 +216,7 @@ fn with_an_otlp_endpoint_set_spans_are_exported_over_http() {
 
 #[test]
 fn a_malformed_or_unreachable_bus_url_stops_start_up_naming_it() {
-    let dir = tempfile::tempdir().unwrap();
     fails_naming(
-        dir.path(),
         &[("AGORA__BUS__URL", "http://127.0.0.1:4222")],
         &["AGORA__BUS__URL"],
         None,
@@ -355,7 +226,6 @@ fn a_malformed_or_unreachable_bus_url_stops_start_up_naming_it() {
     let url = format!("nats://agora:s3cret@127.0.0.1:{port}");
     let started = std::time::Instant::now();
     fails_naming(
-        dir.path(),
         &[("AGORA__BUS__URL", &url)],
         &["AGORA__BUS__URL", "unreachable"],
         Some("s3cret"),

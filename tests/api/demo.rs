@@ -10,7 +10,7 @@ use agora::demo::{PRODUCTS, WAREHOUSES};
 use agora_kernel::Role;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, agora_command, spawn_app_with};
+use crate::helpers::{TestApp, agora_command, spawn_app_with, spawn_app_with_rate_limit};
 
 /// Run the binary's `agora demo` with `args` and extra `env` (off the async
 /// runtime: the app under test serves on it).
@@ -128,18 +128,12 @@ async fn check_the_catalogue(app: &TestApp) {
     let low: Vec<&str> = {
         let mut low = vec![];
         for p in PRODUCTS.iter().filter(|p| p.active) {
-            let product: Value = app
-                .get_as(&format!("/api/v1/products/{}", p.sku), &staff)
-                .await
-                .json()
-                .await
-                .unwrap();
-            let stock: Value = app
-                .get_as(&format!("/api/v1/stock/{}", p.sku), &staff)
-                .await
-                .json()
-                .await
-                .unwrap();
+            let product = app
+                .get_json_as(&format!("/api/v1/products/{}", p.sku), &staff)
+                .await;
+            let stock = app
+                .get_json_as(&format!("/api/v1/stock/{}", p.sku), &staff)
+                .await;
             if stock["available"].as_i64() < product["low_stock_threshold"].as_i64() {
                 low.push(p.sku);
             }
@@ -156,11 +150,7 @@ async fn check_the_catalogue(app: &TestApp) {
 
 #[tokio::test]
 async fn the_demo_loads_over_the_http_api_and_a_second_run_duplicates_nothing() {
-    let app = spawn_app_with(|s| {
-        s.rate_limit.per_second = 10_000;
-        s.rate_limit.burst = 10_000;
-    })
-    .await;
+    let app = spawn_app_with_rate_limit(10_000, 10_000).await;
     let dir = tempfile::tempdir().unwrap();
     let url = app.address.clone();
     let first = demo(dir.path(), &["--url", &url], &[]).await;
@@ -183,12 +173,7 @@ async fn the_demo_loads_over_the_http_api_and_a_second_run_duplicates_nothing() 
         ("STAFF_TOKEN", "staff", "sam"),
         ("ADMIN_TOKEN", "admin", "ada"),
     ] {
-        let me: Value = app
-            .get_as("/api/v1/me", &tokens[name])
-            .await
-            .json()
-            .await
-            .unwrap();
+        let me = app.get_json_as("/api/v1/me", &tokens[name]).await;
         assert_eq!(
             (me["subject"].as_str(), me["roles"][0].as_str()),
             (Some(sub), Some(role)),

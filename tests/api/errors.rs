@@ -1,26 +1,14 @@
 //! Every error class answers RFC 9457 problem+json with the right status.
 
-use crate::helpers::{assert_problem, spawn_app};
+use crate::helpers::{assert_problem, each, header, spawn_app};
 use agora_kernel::Role;
 
 #[tokio::test]
 async fn an_unknown_route_is_a_404_problem() {
     let app = spawn_app().await;
-    let res = app
-        .client
-        .get(app.url("/no/such/thing"))
-        .send()
-        .await
-        .unwrap();
-    let body = assert_problem(res, 404).await;
+    let body = assert_problem(app.get("/no/such/thing").await, 404).await;
     assert!(body["detail"].as_str().unwrap().contains("/no/such/thing"));
-    let res = app
-        .client
-        .get(app.url("/api/v1/nothing-here"))
-        .send()
-        .await
-        .unwrap();
-    assert_problem(res, 404).await;
+    assert_problem(app.get("/api/v1/nothing-here").await, 404).await;
 }
 
 #[tokio::test]
@@ -47,15 +35,8 @@ async fn a_wrong_method_is_a_405_problem() {
 #[tokio::test]
 async fn a_missing_token_is_a_401_problem_with_a_challenge() {
     let app = spawn_app().await;
-    let res = app.client.get(app.url("/api/v1/me")).send().await.unwrap();
-    assert!(
-        res.headers()
-            .get("www-authenticate")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .starts_with("Bearer")
-    );
+    let res = app.get("/api/v1/me").await;
+    assert!(header(&res, "www-authenticate").starts_with("Bearer"));
     assert_problem(res, 401).await;
 }
 
@@ -71,20 +52,11 @@ async fn a_missing_role_is_a_403_problem() {
     let res = app.get_as("/api/v1/system/modules", &admin).await;
     assert_eq!(res.status(), 200);
     let body: serde_json::Value = res.json().await.unwrap();
-    let names: Vec<&str> = body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["order", "inventory", "payment", "notification"]);
-    assert!(
-        body["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|m| m["store"] == "sqlite")
+    assert_eq!(
+        each(&body, "name"),
+        ["order", "inventory", "payment", "notification"]
     );
+    assert!(each(&body, "store").iter().all(|s| *s == "sqlite"));
 }
 
 /// The body error classes, through a real JSON endpoint (`POST /api/v1/products`).

@@ -8,7 +8,24 @@ use std::collections::BTreeMap;
 use agora_kernel::Role;
 use serde_json::Value;
 
-use crate::helpers::spawn_app_with;
+use crate::helpers::spawn_app_with_rate_limit;
+
+/// The generated OpenAPI document.
+fn spec() -> Value {
+    serde_json::to_value(agora::openapi::spec()).unwrap()
+}
+
+/// Every operation of `spec`: its path, its method and the operation.
+fn operations(spec: &Value) -> impl Iterator<Item = (&String, &String, &Value)> {
+    spec["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            let ops = item.as_object().unwrap();
+            ops.iter().map(move |(method, op)| (path, method, op))
+        })
+}
 
 /// The example of a request body: on the media type, or on the schema it
 /// refers to (also through `oneOf` / `allOf`, as `Option<T>` bodies have).
@@ -32,11 +49,7 @@ fn request_example(spec: &Value, content: &Value) -> Option<Value> {
 
 #[tokio::test]
 async fn every_documented_request_example_succeeds_against_demo_data() {
-    let app = spawn_app_with(|s| {
-        s.rate_limit.per_second = 10_000;
-        s.rate_limit.burst = 10_000;
-    })
-    .await;
+    let app = spawn_app_with_rate_limit(10_000, 10_000).await;
     let demo =
         agora::demo::Tokens::mint(&app.settings, std::time::Duration::from_secs(600)).unwrap();
     agora::demo::load(&app.address, &demo.staff).await.unwrap();
@@ -46,7 +59,7 @@ async fn every_documented_request_example_succeeds_against_demo_data() {
         "alice",
         &[Role::Customer, Role::Staff, Role::Admin, Role::Service],
     );
-    let spec = serde_json::to_value(agora::openapi::spec()).unwrap();
+    let spec = spec();
 
     // The latest resource each collection created (`{id}` of later paths).
     let mut created: BTreeMap<String, Value> = BTreeMap::new();
@@ -153,31 +166,29 @@ async fn every_documented_request_example_succeeds_against_demo_data() {
 /// What Swagger UI shows for an error is an example of that very status.
 #[test]
 fn each_error_response_shows_an_example_of_its_own_status() {
-    let spec = serde_json::to_value(agora::openapi::spec()).unwrap();
+    let spec = spec();
     let mut seen = std::collections::BTreeSet::new();
-    for (path, item) in spec["paths"].as_object().unwrap() {
-        for (method, op) in item.as_object().unwrap() {
-            for (status, response) in op["responses"].as_object().unwrap() {
-                assert!(
-                    !response["description"].as_str().unwrap_or("").is_empty(),
-                    "{method} {path} {status} has no description"
-                );
-                if !(status.starts_with('4') || status.starts_with('5')) {
-                    continue;
-                }
-                let example = &response["content"]["application/problem+json"]["example"];
-                assert_eq!(
-                    example["status"].as_u64().map(|s| s.to_string()).as_deref(),
-                    Some(status.as_str()),
-                    "{method} {path} {status}: {example}"
-                );
-                assert!(
-                    example["type"]
-                        .as_str()
-                        .is_some_and(|t| t.starts_with("urn:agora:problem:"))
-                );
-                seen.insert(status.clone());
+    for (path, method, op) in operations(&spec) {
+        for (status, response) in op["responses"].as_object().unwrap() {
+            assert!(
+                !response["description"].as_str().unwrap_or("").is_empty(),
+                "{method} {path} {status} has no description"
+            );
+            if !(status.starts_with('4') || status.starts_with('5')) {
+                continue;
             }
+            let example = &response["content"]["application/problem+json"]["example"];
+            assert_eq!(
+                example["status"].as_u64().map(|s| s.to_string()).as_deref(),
+                Some(status.as_str()),
+                "{method} {path} {status}: {example}"
+            );
+            assert!(
+                example["type"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("urn:agora:problem:"))
+            );
+            seen.insert(status.clone());
         }
     }
     assert!(seen.len() >= 8, "{seen:?}");
@@ -188,14 +199,12 @@ fn each_error_response_shows_an_example_of_its_own_status() {
 
 #[test]
 fn operation_ids_are_unique_and_the_spec_names_its_server() {
-    let spec = serde_json::to_value(agora::openapi::spec()).unwrap();
+    let spec = spec();
     let mut ids = std::collections::BTreeMap::new();
-    for (path, item) in spec["paths"].as_object().unwrap() {
-        for (method, op) in item.as_object().unwrap() {
-            let id = op["operationId"].as_str().unwrap().to_owned();
-            if let Some(other) = ids.insert(id.clone(), format!("{method} {path}")) {
-                panic!("operationId {id} is used by {other} and {method} {path}");
-            }
+    for (path, method, op) in operations(&spec) {
+        let id = op["operationId"].as_str().unwrap().to_owned();
+        if let Some(other) = ids.insert(id.clone(), format!("{method} {path}")) {
+            panic!("operationId {id} is used by {other} and {method} {path}");
         }
     }
     assert!(spec["servers"][0]["url"].is_string());

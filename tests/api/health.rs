@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use crate::helpers::{assert_problem, fresh_postgres_database, spawn_app, spawn_app_with};
+use crate::helpers::{assert_problem, each, fresh_postgres_database, spawn_app, spawn_app_with};
 
 /// A TCP proxy to PostgreSQL that the test can cut and restore.
 struct Proxy {
@@ -57,22 +57,9 @@ impl Proxy {
 #[tokio::test]
 async fn liveness_and_readiness_answer_on_the_embedded_default() {
     let app = spawn_app().await;
-    let live: serde_json::Value = app
-        .client
-        .get(app.url("/health/live"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let live: serde_json::Value = app.get("/health/live").await.json().await.unwrap();
     assert_eq!(live["status"], "up");
-    let res = app
-        .client
-        .get(app.url("/health/ready"))
-        .send()
-        .await
-        .unwrap();
+    let res = app.get("/health/ready").await;
     assert_eq!(res.status(), 200);
     let ready: serde_json::Value = res.json().await.unwrap();
     assert_eq!(ready["modules"]["order"], "up");
@@ -88,22 +75,10 @@ async fn readiness_names_a_module_whose_postgres_is_gone_and_recovers_without_re
     let via_proxy = db_url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
     let app = spawn_app_with(|s| s.payment.database_url = via_proxy.into()).await;
 
-    let res = app
-        .client
-        .get(app.url("/health/ready"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    assert_eq!(app.get("/health/ready").await.status(), 200);
 
     proxy.cut().await;
-    let res = app
-        .client
-        .get(app.url("/health/ready"))
-        .send()
-        .await
-        .unwrap();
-    let body = assert_problem(res, 503).await;
+    let body = assert_problem(app.get("/health/ready").await, 503).await;
     let detail = body["detail"].as_str().unwrap();
     assert!(
         detail.contains("payment") && !detail.contains("order"),
@@ -113,15 +88,7 @@ async fn readiness_names_a_module_whose_postgres_is_gone_and_recovers_without_re
     proxy.restore();
     let mut recovered = false;
     for _ in 0..20 {
-        if app
-            .client
-            .get(app.url("/health/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
-        {
+        if app.get("/health/ready").await.status() == 200 {
             recovered = true;
             break;
         }
@@ -148,26 +115,10 @@ async fn modules_run_on_postgres_when_configured() {
     })
     .await;
     let admin = app.token("root", &[agora_kernel::Role::Admin]);
-    let body: serde_json::Value = app
-        .get_as("/api/v1/system/modules", &admin)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let stores: Vec<&str> = body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["store"].as_str().unwrap())
-        .collect();
-    assert_eq!(stores, ["postgres", "sqlite", "postgres", "postgres"]);
+    let body = app.get_json_as("/api/v1/system/modules", &admin).await;
     assert_eq!(
-        app.client
-            .get(app.url("/health/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
+        each(&body, "store"),
+        ["postgres", "sqlite", "postgres", "postgres"]
     );
+    assert_eq!(app.get("/health/ready").await.status(), 200);
 }

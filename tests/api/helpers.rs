@@ -35,6 +35,16 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// An app whose default rate limit admits `per_second` requests a second
+/// per caller, after a burst of `burst`.
+pub async fn spawn_app_with_rate_limit(per_second: u32, burst: u32) -> TestApp {
+    spawn_app_with(|s| {
+        s.rate_limit.per_second = per_second;
+        s.rate_limit.burst = burst;
+    })
+    .await
+}
+
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     agora::telemetry::init_for_tests();
     let data = tempfile::tempdir().expect("temp dir");
@@ -80,6 +90,17 @@ impl TestApp {
         .unwrap()
     }
 
+    /// An anonymous GET.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// A GET with one extra header.
+    pub async fn get_with(&self, path: &str, (name, value): (&str, &str)) -> reqwest::Response {
+        let req = self.client.get(self.url(path)).header(name, value);
+        req.send().await.unwrap()
+    }
+
     pub async fn get_as(&self, path: &str, token: &str) -> reqwest::Response {
         self.client
             .get(self.url(path))
@@ -89,28 +110,64 @@ impl TestApp {
             .unwrap()
     }
 
-    pub async fn metrics(&self) -> String {
-        self.client
-            .get(format!("{}/metrics", self.admin_address))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+    /// The JSON body of a GET as `token`, whatever its status.
+    pub async fn get_json_as(&self, path: &str, token: &str) -> serde_json::Value {
+        self.get_as(path, token).await.json().await.unwrap()
     }
+
+    pub async fn metrics(&self) -> String {
+        scrape(&self.client, &self.admin_address).await
+    }
+}
+
+/// The Prometheus text an admin listener serves.
+pub async fn scrape(client: &reqwest::Client, admin_address: &str) -> String {
+    client
+        .get(format!("{admin_address}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// A header of `res` that must be there, as text.
+pub fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
+    res.headers()[name].to_str().unwrap()
+}
+
+/// `field` of every item of a list page (`{"items": [...]}`).
+pub fn each<'a>(page: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item[field].as_str().unwrap())
+        .collect()
+}
+
+/// Run `cmd` to completion; it must succeed (its stderr says why not).
+pub fn run_ok(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// Assert a problem+json response with this status; returns the body.
 pub async fn assert_problem(res: reqwest::Response, status: u16) -> serde_json::Value {
     assert_eq!(res.status().as_u16(), status, "unexpected status");
-    let ct = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    assert_eq!(ct, "application/problem+json", "not a problem body");
+    assert_eq!(
+        res.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json"),
+        "not a problem body"
+    );
     assert!(res.headers().contains_key("x-request-id"), "no request id");
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["status"], status);
@@ -158,7 +215,15 @@ pub struct AgoraProcess {
 
 impl AgoraProcess {
     /// Spawn `cmd` (stderr is taken over) and wait for its "agora listening" line.
-    pub fn start(mut cmd: std::process::Command) -> AgoraProcess {
+    pub fn start(cmd: std::process::Command) -> AgoraProcess {
+        Self::start_with_stderr(cmd, |_| {})
+    }
+
+    /// [`AgoraProcess::start`], handing each later stderr line to `on_line`.
+    pub fn start_with_stderr(
+        mut cmd: std::process::Command,
+        mut on_line: impl FnMut(&str) + Send + 'static,
+    ) -> AgoraProcess {
         use std::io::BufRead;
         let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
         let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
@@ -180,7 +245,11 @@ impl AgoraProcess {
             }
         };
         // Keep draining stderr so the process never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                on_line(&line);
+            }
+        });
         AgoraProcess {
             child,
             port,
@@ -192,12 +261,40 @@ impl AgoraProcess {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    /// SIGTERM and wait; true when it exited cleanly.
-    pub fn stop(&mut self) -> bool {
-        let _ = std::process::Command::new("kill")
+    /// `GET /health/live` over a bare connection (no async runtime needed);
+    /// the status code.
+    pub fn get_live(&self) -> u16 {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).unwrap();
+        buf.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    pub async fn metrics(&self, client: &reqwest::Client) -> String {
+        scrape(client, &format!("http://127.0.0.1:{}", self.admin_port)).await
+    }
+
+    /// SIGTERM and wait (20 s at most); how it exited.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let kill = std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        self.child.wait().is_ok_and(|s| s.success())
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "agora did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

@@ -2,43 +2,27 @@
 
 use agora_kernel::Role;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{header, spawn_app};
+use crate::process::token;
 
 #[tokio::test]
 async fn a_given_request_id_is_returned_and_a_missing_one_is_generated() {
     let app = spawn_app().await;
     let res = app
-        .client
-        .get(app.url("/health/live"))
-        .header("x-request-id", "req-abc-123")
-        .send()
-        .await
-        .unwrap();
+        .get_with("/health/live", ("x-request-id", "req-abc-123"))
+        .await;
     assert_eq!(res.headers()["x-request-id"], "req-abc-123");
 
-    let res = app
-        .client
-        .get(app.url("/nowhere"))
-        .header(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )
-        .send()
-        .await
-        .unwrap();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let res = app.get_with("/nowhere", ("traceparent", traceparent)).await;
     assert_eq!(res.status(), 404);
     assert_eq!(
         res.headers()["x-request-id"],
         "4bf92f3577b34da6a3ce929d0e0e4736"
     );
 
-    let res = app
-        .client
-        .get(app.url("/health/live"))
-        .send()
-        .await
-        .unwrap();
-    let id = res.headers()["x-request-id"].to_str().unwrap();
+    let res = app.get("/health/live").await;
+    let id = header(&res, "x-request-id");
     assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
 }
 
@@ -68,15 +52,7 @@ async fn requests_show_up_in_the_prometheus_metrics() {
     let app = spawn_app().await;
     let token = app.token("alice", &[Role::Customer]);
     assert_eq!(app.get_as("/api/v1/me", &token).await.status(), 200);
-    assert_eq!(
-        app.client
-            .get(app.url("/api/v1/me"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(app.get("/api/v1/me").await.status(), 401);
     let m = app.metrics().await;
     for needle in [
         "agora_http_requests_total{module=\"host\",route=\"/api/v1/me\",method=\"GET\",status=\"200\"}",
@@ -94,31 +70,18 @@ async fn requests_show_up_in_the_prometheus_metrics() {
         .send()
         .await
         .unwrap();
-    assert!(
-        res.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
+    assert!(header(&res, "content-type").starts_with("text/plain"));
 }
 
 #[tokio::test]
 async fn swagger_ui_and_the_spec_are_served_offline() {
     let app = spawn_app().await;
-    let res = app
-        .client
-        .get(app.url("/swagger-ui/"))
-        .send()
-        .await
-        .unwrap();
+    let res = app.get("/swagger-ui/").await;
     assert_eq!(res.status(), 200);
     assert!(res.text().await.unwrap().contains("swagger"));
     let spec: serde_json::Value = app
-        .client
-        .get(app.url("/api-docs/openapi.json"))
-        .send()
+        .get("/api-docs/openapi.json")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -133,7 +96,7 @@ async fn swagger_ui_and_the_spec_are_served_offline() {
 async fn the_root_and_swagger_ui_without_a_slash_redirect_to_swagger_ui() {
     let app = spawn_app().await;
     for path in ["/", "/swagger-ui"] {
-        let res = app.client.get(app.url(path)).send().await.unwrap();
+        let res = app.get(path).await;
         assert_eq!(res.status(), 302, "{path}");
         assert_eq!(res.headers()["location"], "/swagger-ui/", "{path}");
     }
@@ -147,15 +110,7 @@ async fn the_root_and_swagger_ui_without_a_slash_redirect_to_swagger_ui() {
 #[tokio::test]
 async fn stopping_the_application_drains_and_returns() {
     let app = spawn_app().await;
-    assert_eq!(
-        app.client
-            .get(app.url("/health/live"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get("/health/live").await.status(), 200);
     let url = app.url("/health/live");
     app.stop.cancel();
     let result = tokio::time::timeout(std::time::Duration::from_secs(15), app.handle).await;
@@ -175,18 +130,10 @@ async fn every_log_line_written_inside_a_request_carries_its_request_id() {
     let mut cmd = crate::helpers::agora_command(dir.path());
     cmd.stdout(std::fs::File::create(&log).unwrap());
     let mut agora = crate::helpers::AgoraProcess::start(cmd);
-    let settings = crate::helpers::test_settings(dir.path());
-    let mint = |sub: &str, role: Role| {
-        agora::gateway::auth::mint(
-            &settings.auth,
-            sub,
-            &[role],
-            Some("alice@example.com"),
-            std::time::Duration::from_secs(600),
-        )
-        .unwrap()
-    };
-    let (staff, alice) = (mint("sam", Role::Staff), mint("alice", Role::Customer));
+    let (staff, alice) = (
+        token("sam", &[Role::Staff]),
+        token("alice", &[Role::Customer]),
+    );
     let client = reqwest::Client::new();
     let post = |token: &str, path: &str, body: serde_json::Value, request_id: &str| {
         client
@@ -230,7 +177,7 @@ async fn every_log_line_written_inside_a_request_carries_its_request_id() {
     let order: serde_json::Value = res.json().await.unwrap();
     assert_eq!(order["status"], "confirmed");
     let order_id = order["id"].as_str().unwrap();
-    assert!(agora.stop());
+    assert!(agora.stop().success());
 
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
         .unwrap()
@@ -275,14 +222,8 @@ fn pretty_logs_carry_no_colour_codes_when_stdout_is_not_a_terminal() {
     cmd.env("AGORA__LOG__FORMAT", "pretty")
         .stdout(std::fs::File::create(&log).unwrap());
     let mut agora = crate::helpers::AgoraProcess::start(cmd);
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", agora.port)).unwrap();
-    std::io::Write::write_all(
-        &mut s,
-        b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
-    std::io::Read::read_to_end(&mut s, &mut Vec::new()).unwrap();
-    assert!(agora.stop());
+    agora.get_live();
+    assert!(agora.stop().success());
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("request completed"), "{text}");
     assert!(!text.contains('\u{1b}'), "ANSI escapes in a file:\n{text}");

@@ -10,11 +10,16 @@ use agora::Settings;
 use agora_kernel::Role;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_problem, spawn_app_with};
+use crate::helpers::{TestApp, assert_problem, each, header, spawn_app_with};
 
 fn generous(s: &mut Settings) {
     s.rate_limit.per_second = 100_000;
     s.rate_limit.burst = 100_000;
+}
+
+/// Where alice's orders go.
+pub fn address() -> Value {
+    json!({"name": "Alice", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"})
 }
 
 pub struct Shop {
@@ -41,6 +46,22 @@ impl Shop {
         shop
     }
 
+    /// A shop of five MUGs where alice has a confirmed order of `quantity`:
+    /// the shop, alice's token and the order.
+    pub async fn with_an_order(quantity: i64) -> (Shop, String, Value) {
+        let shop = Shop::with_mugs(5).await;
+        let alice = shop.customer("alice");
+        let order = shop.confirmed_order(&alice, quantity).await;
+        (shop, alice, order)
+    }
+
+    /// A shop with `units` MUGs (8.50 EUR) in stock.
+    pub async fn with_mugs(units: i64) -> Shop {
+        let shop = Shop::open(|_| {}).await;
+        shop.stock_item("MUG", 850, units).await;
+        shop
+    }
+
     pub async fn post(&self, token: &str, path: &str, body: Value, status: u16) -> Value {
         let res = self
             .app
@@ -57,6 +78,34 @@ impl Shop {
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
 
+    /// A request with a raw body (`None`: no body at all).
+    pub async fn raw(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(&str, &str)>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .app
+            .client
+            .request(method, self.app.url(path))
+            .bearer_auth(token);
+        if let Some((content_type, body)) = body {
+            req = req
+                .header("content-type", content_type)
+                .body(body.to_owned());
+        }
+        req.send().await.unwrap()
+    }
+
+    /// `action` (ship, deliver, cancel) on order `id` with an empty body,
+    /// answered with `status`; the body.
+    pub async fn act(&self, token: &str, id: &str, action: &str, status: u16) -> Value {
+        let path = format!("/api/v1/orders/{id}/{action}");
+        self.post(token, &path, json!({}), status).await
+    }
+
     pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
         let res = self.app.get_as(path, token).await;
         let status = res.status().as_u16();
@@ -71,10 +120,15 @@ impl Shop {
             .await;
     }
 
+    /// `sku`'s stock as (on hand, reserved, available).
+    pub async fn levels(&self, sku: &str) -> (i64, i64, i64) {
+        let stock = self.stock(sku).await;
+        let level = |field: &str| stock[field].as_i64().unwrap();
+        (level("on_hand"), level("reserved"), level("available"))
+    }
+
     pub async fn available(&self, sku: &str) -> i64 {
-        let (status, stock) = self.get(&self.staff, &format!("/api/v1/stock/{sku}")).await;
-        assert_eq!(status, 200, "{stock}");
-        stock["available"].as_i64().unwrap()
+        self.stock(sku).await["available"].as_i64().unwrap()
     }
 
     pub fn customer(&self, sub: &str) -> String {
@@ -105,18 +159,58 @@ impl Shop {
     ) -> reqwest::Response {
         let body = json!({
             "items": items,
-            "shipping_address": {"name": "Alice", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"},
+            "shipping_address": address(),
             "payment_method": payment_method,
         });
+        self.order_request(token, key, &body).send().await.unwrap()
+    }
+
+    /// `POST /api/v1/orders` as `token` with idempotency key `key`, not sent.
+    pub fn order_request(&self, token: &str, key: &str, body: &Value) -> reqwest::RequestBuilder {
         self.app
             .client
             .post(self.app.url("/api/v1/orders"))
             .bearer_auth(token)
             .header("idempotency-key", key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+            .json(body)
+    }
+
+    /// `sku`'s stock levels, as staff.
+    pub async fn stock(&self, sku: &str) -> Value {
+        let (status, stock) = self.get(&self.staff, &format!("/api/v1/stock/{sku}")).await;
+        assert_eq!(status, 200, "{stock}");
+        stock
+    }
+
+    /// Place an order of one line that is taken (201, whatever its
+    /// outcome); its body.
+    pub async fn placed(&self, token: &str, sku: &str, quantity: i64, method: &str) -> Value {
+        let items = json!([{"sku": sku, "quantity": quantity}]);
+        let res = self.place(token, items, method).await;
+        assert_eq!(res.status(), 201);
+        res.json().await.unwrap()
+    }
+
+    /// A confirmed order of `quantity` MUGs for `token`; returns it.
+    pub async fn confirmed_order(&self, token: &str, quantity: i64) -> Value {
+        let order = self.placed(token, "MUG", quantity, "tok_visa").await;
+        assert_eq!(order["status"], "confirmed");
+        order
+    }
+
+    /// Poll `token`'s notifications until one is `wanted`; it, or `Null`.
+    pub async fn notification(&self, token: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..200 {
+            let (_, list) = self.get(token, "/api/v1/notifications").await;
+            if let Some(n) = list["items"]
+                .as_array()
+                .and_then(|items| items.iter().find(|n| wanted(n)))
+            {
+                return n.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Value::Null
     }
 
     /// Poll an order until `done` holds (the recovery worker runs every 50 ms in tests).
@@ -132,6 +226,11 @@ impl Shop {
         }
         panic!("order {id} never reached the expected state: {last}");
     }
+}
+
+/// Where `order`'s payment is.
+pub fn payment_path(order: &Value) -> String {
+    format!("/api/v1/payments/{}", order["payment_id"].as_str().unwrap())
 }
 
 fn fast_saga(s: &mut Settings) {
@@ -152,7 +251,7 @@ async fn happy_path_to_delivered(shop: &Shop) {
         )
         .await;
     assert_eq!(res.status(), 201);
-    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    let location = header(&res, "location").to_owned();
     let order: Value = res.json().await.unwrap();
     assert_eq!(order["status"], "confirmed");
     assert_eq!(order["customer_id"], "alice");
@@ -165,56 +264,25 @@ async fn happy_path_to_delivered(shop: &Shop) {
     assert_eq!(shop.available("TSHIRT").await, 8);
 
     // The payment exists and is the order's.
-    let payment_id = order["payment_id"].as_str().unwrap();
-    let (status, payment) = shop
-        .get(&alice, &format!("/api/v1/payments/{payment_id}"))
-        .await;
+    let (status, payment) = shop.get(&alice, &payment_path(&order)).await;
     assert_eq!(status, 200, "{payment}");
     assert_eq!(payment["status"], "succeeded");
     assert_eq!(payment["amount_minor"], order["total_minor"]);
 
-    shop.post(&alice, &format!("/api/v1/orders/{id}/ship"), json!({}), 403)
-        .await;
-    let shipped = shop
-        .post(
-            &shop.staff,
-            &format!("/api/v1/orders/{id}/ship"),
-            json!({}),
-            200,
-        )
-        .await;
+    shop.act(&alice, &id, "ship", 403).await;
+    let shipped = shop.act(&shop.staff, &id, "ship", 200).await;
     assert_eq!(shipped["status"], "shipped");
     // Shipping twice is an illegal transition.
-    let url = format!("/api/v1/orders/{id}/ship");
-    shop.post(&shop.staff, &url, json!({}), 409).await;
-    shop.post(
-        &alice,
-        &format!("/api/v1/orders/{id}/cancel"),
-        json!({}),
-        409,
-    )
-    .await;
-    let delivered = shop
-        .post(
-            &shop.staff,
-            &format!("/api/v1/orders/{id}/deliver"),
-            json!({}),
-            200,
-        )
-        .await;
+    shop.act(&shop.staff, &id, "ship", 409).await;
+    shop.act(&alice, &id, "cancel", 409).await;
+    let delivered = shop.act(&shop.staff, &id, "deliver", 200).await;
     assert_eq!(delivered["status"], "delivered");
 
     let (_, history) = shop
         .get(&alice, &format!("/api/v1/orders/{id}/history"))
         .await;
-    let steps: Vec<&str> = history["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["to"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        steps,
+        each(&history, "to"),
         [
             "pending",
             "awaiting_payment",
@@ -226,11 +294,7 @@ async fn happy_path_to_delivered(shop: &Shop) {
     assert!(history["items"][0]["from"].is_null());
     assert_eq!(history["items"][3]["actor"], "sam");
     // Shipping committed the stock: on hand drops, nothing stays reserved.
-    let (_, stock) = shop.get(&shop.staff, "/api/v1/stock/TSHIRT").await;
-    assert_eq!(
-        (stock["on_hand"].as_i64(), stock["reserved"].as_i64()),
-        (Some(8), Some(0))
-    );
+    assert_eq!(shop.levels("TSHIRT").await, (8, 0, 8));
 }
 
 #[tokio::test]
@@ -260,14 +324,8 @@ async fn an_order_goes_from_placed_to_delivered_on_the_production_stores() {
     .await;
     let admin = shop.app.token("root", &[Role::Admin]);
     let (_, modules) = shop.get(&admin, "/api/v1/system/modules").await;
-    let stores: Vec<&str> = modules["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["store"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        stores,
+        each(&modules, "store"),
         ["order", "inventory", "payment", "notification"].map(|m| if m == "inventory" {
             "mongodb"
         } else {
@@ -284,17 +342,9 @@ fn mongo_url() -> Option<String> {
 
 #[tokio::test]
 async fn a_declined_card_fails_the_order_and_gives_the_stock_back() {
-    let shop = Shop::open(|_| {}).await;
-    shop.stock_item("MUG", 850, 5).await;
-    let res = shop
-        .place(
-            &shop.customer("alice"),
-            json!([{"sku": "MUG", "quantity": 3}]),
-            "tok_chargeDeclined",
-        )
-        .await;
-    assert_eq!(res.status(), 201);
-    let order: Value = res.json().await.unwrap();
+    let shop = Shop::with_mugs(5).await;
+    let alice = shop.customer("alice");
+    let order = shop.placed(&alice, "MUG", 3, "tok_chargeDeclined").await;
     assert_eq!(order["status"], "payment_failed");
     assert!(
         order["failure_reason"]
@@ -308,16 +358,9 @@ async fn a_declined_card_fails_the_order_and_gives_the_stock_back() {
 
 #[tokio::test]
 async fn an_order_short_of_stock_is_rejected() {
-    let shop = Shop::open(|_| {}).await;
-    shop.stock_item("MUG", 850, 1).await;
-    let res = shop
-        .place(
-            &shop.customer("alice"),
-            json!([{"sku": "MUG", "quantity": 2}]),
-            "tok_visa",
-        )
-        .await;
-    let order: Value = res.json().await.unwrap();
+    let shop = Shop::with_mugs(1).await;
+    let alice = shop.customer("alice");
+    let order = shop.placed(&alice, "MUG", 2, "tok_visa").await;
     assert_eq!(order["status"], "rejected");
     assert!(order["payment_id"].is_null());
     assert_eq!(shop.available("MUG").await, 1);
@@ -325,8 +368,7 @@ async fn an_order_short_of_stock_is_rejected() {
 
 #[tokio::test]
 async fn bad_orders_are_422_with_field_errors_and_a_missing_key_is_400() {
-    let shop = Shop::open(|_| {}).await;
-    shop.stock_item("MUG", 850, 1).await;
+    let shop = Shop::with_mugs(1).await;
     let alice = shop.customer("alice");
     let res = shop
         .place(
@@ -343,15 +385,15 @@ async fn bad_orders_are_422_with_field_errors_and_a_missing_key_is_400() {
     let res = shop.place(&alice, json!([]), "tok_visa").await;
     let body = assert_problem(res, 422).await;
     assert!(body["errors"]["items"].is_array(), "{body}");
+    // Without an idempotency key it is 400.
     let res = shop
-        .app
-        .client
-        .post(shop.app.url("/api/v1/orders"))
-        .bearer_auth(&alice)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+        .raw(
+            &alice,
+            reqwest::Method::POST,
+            "/api/v1/orders",
+            Some(("application/json", "{}")),
+        )
+        .await;
     assert_problem(res, 400).await;
     // Without a token it is 401, key or not.
     for key in [None, Some("k-anon")] {
@@ -385,15 +427,7 @@ async fn bad_orders_are_422_with_field_errors_and_a_missing_key_is_400() {
 
 #[tokio::test]
 async fn cancelling_a_confirmed_order_refunds_it_and_releases_the_stock() {
-    let shop = Shop::open(|_| {}).await;
-    shop.stock_item("MUG", 850, 5).await;
-    let alice = shop.customer("alice");
-    let order: Value = shop
-        .place(&alice, json!([{"sku": "MUG", "quantity": 2}]), "tok_visa")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let (shop, alice, order) = Shop::with_an_order(2).await;
     let id = order["id"].as_str().unwrap();
     assert_eq!(shop.available("MUG").await, 3);
     let cancelled = shop
@@ -406,62 +440,31 @@ async fn cancelling_a_confirmed_order_refunds_it_and_releases_the_stock() {
         .await;
     assert_eq!(cancelled["status"], "cancelled");
     assert_eq!(shop.available("MUG").await, 5);
-    let (_, payment) = shop
-        .get(
-            &shop.staff,
-            &format!("/api/v1/payments/{}", order["payment_id"].as_str().unwrap()),
-        )
-        .await;
+    let (_, payment) = shop.get(&shop.staff, &payment_path(&order)).await;
     assert_eq!(payment["status"], "refunded", "{payment}");
     assert_eq!(payment["refunded_minor"], order["total_minor"]);
     // Twice is a no-op.
-    let again = shop
-        .post(
-            &alice,
-            &format!("/api/v1/orders/{id}/cancel"),
-            json!({}),
-            200,
-        )
-        .await;
+    let again = shop.act(&alice, id, "cancel", 200).await;
     assert_eq!(again["version"], cancelled["version"]);
 }
 
 #[tokio::test]
 async fn the_same_idempotency_key_replays_the_order_and_another_body_is_refused() {
-    let shop = Shop::open(|_| {}).await;
-    shop.stock_item("MUG", 850, 5).await;
+    let shop = Shop::with_mugs(5).await;
     let alice = shop.customer("alice");
-    let first = shop
-        .place_with_key(
-            &alice,
-            json!([{"sku": "MUG", "quantity": 1}]),
-            "tok_visa",
-            "key-1",
-        )
-        .await;
+    let mugs = |quantity: i64| {
+        let items = json!([{"sku": "MUG", "quantity": quantity}]);
+        shop.place_with_key(&alice, items, "tok_visa", "key-1")
+    };
+    let first = mugs(1).await;
     assert_eq!(first.status(), 201);
     let first: Value = first.json().await.unwrap();
-    let replay = shop
-        .place_with_key(
-            &alice,
-            json!([{"sku": "MUG", "quantity": 1}]),
-            "tok_visa",
-            "key-1",
-        )
-        .await;
+    let replay = mugs(1).await;
     assert_eq!(replay.status(), 201);
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     let replay: Value = replay.json().await.unwrap();
     assert_eq!(replay["id"], first["id"]);
-    let other = shop
-        .place_with_key(
-            &alice,
-            json!([{"sku": "MUG", "quantity": 2}]),
-            "tok_visa",
-            "key-1",
-        )
-        .await;
-    assert_problem(other, 422).await;
+    assert_problem(mugs(2).await, 422).await;
     assert_eq!(shop.available("MUG").await, 4, "charged and reserved once");
     let (_, list) = shop.get(&alice, "/api/v1/orders").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
@@ -469,16 +472,8 @@ async fn the_same_idempotency_key_replays_the_order_and_another_body_is_refused(
 
 #[tokio::test]
 async fn another_customer_cannot_read_cancel_or_list_an_order() {
-    let shop = Shop::open(|_| {}).await;
-    shop.stock_item("MUG", 850, 5).await;
-    let alice = shop.customer("alice");
+    let (shop, alice, order) = Shop::with_an_order(1).await;
     let bob = shop.customer("bob");
-    let order: Value = shop
-        .place(&alice, json!([{"sku": "MUG", "quantity": 1}]), "tok_visa")
-        .await
-        .json()
-        .await
-        .unwrap();
     let id = order["id"].as_str().unwrap();
     for path in [
         format!("/api/v1/orders/{id}"),
@@ -487,14 +482,8 @@ async fn another_customer_cannot_read_cancel_or_list_an_order() {
         let res = shop.app.get_as(&path, &bob).await;
         assert_problem(res, 404).await;
     }
-    let res = shop
-        .app
-        .client
-        .post(shop.app.url(&format!("/api/v1/orders/{id}/cancel")))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap();
+    let cancel = format!("/api/v1/orders/{id}/cancel");
+    let res = shop.raw(&bob, reqwest::Method::POST, &cancel, None).await;
     assert_problem(res, 404).await;
     let (_, list) = shop.get(&bob, "/api/v1/orders").await;
     assert_eq!(list["items"], json!([]));
@@ -505,27 +494,13 @@ async fn another_customer_cannot_read_cancel_or_list_an_order() {
         .await;
     assert_eq!(all["items"].as_array().unwrap().len(), 1);
     // And bob cannot see alice's payment either.
-    let res = shop
-        .app
-        .get_as(
-            &format!("/api/v1/payments/{}", order["payment_id"].as_str().unwrap()),
-            &bob,
-        )
-        .await;
+    let res = shop.app.get_as(&payment_path(&order), &bob).await;
     assert_problem(res, 404).await;
 }
 
 #[tokio::test]
 async fn the_address_changes_with_if_match_and_a_stale_version_is_412() {
-    let shop = Shop::open(|_| {}).await;
-    shop.stock_item("MUG", 850, 5).await;
-    let alice = shop.customer("alice");
-    let order: Value = shop
-        .place(&alice, json!([{"sku": "MUG", "quantity": 1}]), "tok_visa")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let (shop, alice, order) = Shop::with_an_order(1).await;
     let id = order["id"].as_str().unwrap();
     let version = order["version"].as_i64().unwrap();
     let body = json!({"shipping_address": {"name": "Alice", "line1": "2 Side St", "city": "Hamburg", "postal_code": "20095", "country": "DE"}});
@@ -609,17 +584,12 @@ async fn with_the_provider_down_an_order_waits_and_is_confirmed_once_it_is_back(
     let alice = shop.customer("alice");
     let body = json!({
         "items": [{"sku": "MUG", "quantity": 1}],
-        "shipping_address": {"name": "Alice", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"},
+        "shipping_address": address(),
         "payment_method": "pm_card_visa",
     });
     let res = shop
-        .app
-        .client
-        .post(shop.app.url("/api/v1/orders"))
-        .bearer_auth(&alice)
-        .header("idempotency-key", "k-down")
+        .order_request(&alice, "k-down", &body)
         .header("x-request-id", "req-provider-down")
-        .json(&body)
         .send()
         .await
         .unwrap();
@@ -666,16 +636,7 @@ async fn past_the_payment_deadline_an_unpaid_order_fails_and_its_stock_comes_bac
     .await;
     shop.stock_item("MUG", 850, 5).await;
     let alice = shop.customer("alice");
-    let order: Value = shop
-        .place(
-            &alice,
-            json!([{"sku": "MUG", "quantity": 2}]),
-            "pm_card_visa",
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let order = shop.placed(&alice, "MUG", 2, "pm_card_visa").await;
     assert_eq!(order["status"], "awaiting_payment");
     assert_eq!(shop.available("MUG").await, 3);
     let failed = shop
@@ -702,15 +663,7 @@ async fn two_hundred_concurrent_orders_for_fifty_units_never_oversell() {
         let shop = shop.clone();
         tasks.push(tokio::spawn(async move {
             let token = shop.customer(&format!("c{i}"));
-            let res = shop
-                .place(
-                    &token,
-                    json!([{"sku": "LIMITED", "quantity": 1}]),
-                    "tok_visa",
-                )
-                .await;
-            assert_eq!(res.status(), 201);
-            let order: Value = res.json().await.unwrap();
+            let order = shop.placed(&token, "LIMITED", 1, "tok_visa").await;
             order["status"].as_str().unwrap().to_owned()
         }));
     }
@@ -724,43 +677,21 @@ async fn two_hundred_concurrent_orders_for_fifty_units_never_oversell() {
         }
     }
     assert_eq!((confirmed, rejected), (50, 150));
-    let (_, stock) = shop.get(&shop.staff, "/api/v1/stock/LIMITED").await;
-    assert_eq!(
-        (stock["available"].as_i64(), stock["reserved"].as_i64()),
-        (Some(0), Some(50))
-    );
+    assert_eq!(shop.levels("LIMITED").await, (50, 50, 0));
 }
 
 #[tokio::test]
 async fn a_confirmed_order_notifies_its_customer() {
-    let shop = Shop::open(|_| {}).await;
-    shop.stock_item("MUG", 850, 5).await;
-    let alice = shop.customer("alice");
-    let order: Value = shop
-        .place(&alice, json!([{"sku": "MUG", "quantity": 1}]), "tok_visa")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let mut found = Value::Null;
-    for _ in 0..100 {
-        let (_, list) = shop.get(&alice, "/api/v1/notifications").await;
-        if let Some(n) = list["items"]
-            .as_array()
-            .and_then(|items| items.iter().find(|n| n["template"] == "order_confirmed"))
-        {
-            found = n.clone();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (shop, alice, _) = Shop::with_an_order(1).await;
+    let found = shop
+        .notification(&alice, |n| n["template"] == "order_confirmed")
+        .await;
     assert_eq!(
         found["customer_id"], "alice",
         "no order_confirmed notification"
     );
     assert_eq!(found["recipient"], "alice@example.com");
     assert_eq!(found["channel"], "email");
-    let _ = order;
     // Bob sees none of it.
     let (_, list) = shop
         .get(&shop.customer("bob"), "/api/v1/notifications")
@@ -824,17 +755,7 @@ async fn an_order_placed_over_http_sends_an_email_that_a_real_smtp_server_receiv
     })
     .await;
     shop.stock_item("MUG", 850, 5).await;
-    let order: Value = shop
-        .place(
-            &shop.customer("alice"),
-            json!([{"sku": "MUG", "quantity": 2}]),
-            "tok_visa",
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(order["status"], "confirmed");
+    let order = shop.confirmed_order(&shop.customer("alice"), 2).await;
     let id = order["id"].as_str().unwrap().to_owned();
     let mut mails = Vec::new();
     for _ in 0..200 {

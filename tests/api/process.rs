@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -109,13 +109,8 @@ impl Agora {
     /// Start it (again) on the same ports, data and settings.
     pub fn restart(&mut self) {
         self.kill();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_agora"));
-        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("AGORA__")) {
-            cmd.env_remove(k);
-        }
-        cmd.env_remove("AGORA_ENV")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .current_dir(&self.dir)
+        let mut cmd = crate::helpers::agora_command(&self.dir);
+        cmd.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -230,29 +225,30 @@ impl Api {
         }
     }
 
-    pub async fn post(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
-        let res = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+    /// Send `req` as `token`; the status and the JSON body (`Null` if none).
+    async fn call(&self, req: reqwest::RequestBuilder, token: &str) -> (u16, Value) {
+        let res = req.bearer_auth(token).send().await.unwrap();
         let status = res.status().as_u16();
         (status, res.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn post(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        let req = self.client.post(format!("{}{path}", self.base)).json(&body);
+        self.call(req, token).await
+    }
+
     pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
-        let res = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .send()
+        self.call(self.client.get(format!("{}{path}", self.base)), token)
             .await
-            .unwrap();
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Receive `units` of `sku` into the BER warehouse.
+    pub async fn receive(&self, sku: &str, units: i64) {
+        let receipt = json!({"sku": sku, "warehouse": "BER", "quantity": units});
+        let (s, body) = self
+            .post(&self.staff, "/api/v1/stock/receipts", receipt)
+            .await;
+        assert_eq!(s, 201, "{body}");
     }
 
     /// A warehouse, and each sku at 850 EUR with `units` in stock (if any).
@@ -275,14 +271,7 @@ impl Api {
                 .await;
             assert!(s == 201 || s == 409, "{s} {body}");
             if units > 0 {
-                let (s, body) = self
-                    .post(
-                        &self.staff,
-                        "/api/v1/stock/receipts",
-                        json!({"sku": sku, "warehouse": "BER", "quantity": units}),
-                    )
-                    .await;
-                assert_eq!(s, 201, "{body}");
+                self.receive(sku, units).await;
             }
         }
     }
@@ -296,21 +285,22 @@ impl Api {
         payment_method: &str,
         key: &str,
     ) -> (u16, Value) {
-        let res = self
+        let req = self
             .client
             .post(format!("{}/api/v1/orders", self.base))
-            .bearer_auth(customer)
             .header("idempotency-key", key)
             .json(&json!({
                 "items": [{"sku": sku, "quantity": quantity}],
                 "shipping_address": address(),
                 "payment_method": payment_method,
-            }))
-            .send()
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
+            }));
+        self.call(req, customer).await
+    }
+
+    /// A new customer `name` orders one MUG by card, keyed by the name.
+    pub async fn one_mug_for(&self, name: &str) -> (u16, Value) {
+        let customer = token(name, &[Role::Customer]);
+        self.order(&customer, "MUG", 1, "tok_visa", name).await
     }
 
     /// Every item of a collection, following cursors (as staff).
@@ -347,6 +337,25 @@ impl Api {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// Poll `f` every 100 ms until it returns `Some`, or panic after `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -5,34 +5,26 @@ use std::time::Duration;
 use agora::settings::RouteQuota;
 use agora_kernel::Role;
 
-use crate::helpers::{assert_problem, spawn_app_with};
+use crate::helpers::{assert_problem, header, spawn_app_with, spawn_app_with_rate_limit};
 
 #[tokio::test]
 async fn the_burst_is_admitted_then_429_with_headers_then_it_recovers() {
-    let app = spawn_app_with(|s| {
-        s.rate_limit.per_second = 1;
-        s.rate_limit.burst = 3;
-    })
-    .await;
+    let app = spawn_app_with_rate_limit(1, 3).await;
     let token = app.token("alice", &[Role::Customer]);
     for remaining in [2, 1, 0] {
         let res = app.get_as("/api/v1/me", &token).await;
         assert_eq!(res.status(), 200);
         assert_eq!(res.headers()["ratelimit-policy"], "\"default\";q=3;w=3");
-        let rl = res.headers()["ratelimit"].to_str().unwrap().to_owned();
+        let rl = header(&res, "ratelimit");
         assert!(
             rl.starts_with(&format!("\"default\";r={remaining};t=")),
             "{rl}"
         );
     }
     let res = app.get_as("/api/v1/me", &token).await;
-    let retry_after: u64 = res.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after: u64 = header(&res, "retry-after").parse().unwrap();
     assert!((1..=2).contains(&retry_after));
-    assert!(res.headers()["ratelimit"].to_str().unwrap().contains("r=0"));
+    assert!(header(&res, "ratelimit").contains("r=0"));
     assert!(res.headers().contains_key("ratelimit-policy"));
     assert_problem(res, 429).await;
 
@@ -67,25 +59,19 @@ async fn anonymous_callers_are_limited_by_ip_and_routes_can_have_their_own_quota
     .await;
     // Anonymous: keyed by IP, even though each answer is a 401.
     for _ in 0..2 {
-        let res = app.client.get(app.url("/api/v1/me")).send().await.unwrap();
+        let res = app.get("/api/v1/me").await;
         assert_eq!(res.status(), 401);
         assert_eq!(
             res.headers()["ratelimit-policy"],
             "\"GET /api/v1/me\";q=2;w=2"
         );
     }
-    let res = app.client.get(app.url("/api/v1/me")).send().await.unwrap();
-    assert_problem(res, 429).await;
+    assert_problem(app.get("/api/v1/me").await, 429).await;
     // The route's quota does not touch other routes.
     let admin = app.token("root", &[Role::Admin]);
     let res = app.get_as("/api/v1/system/modules", &admin).await;
     assert_eq!(res.status(), 200);
-    assert!(
-        res.headers()["ratelimit-policy"]
-            .to_str()
-            .unwrap()
-            .starts_with("\"default\"")
-    );
+    assert!(header(&res, "ratelimit-policy").starts_with("\"default\""));
 }
 
 /// `agora_rate_limit_keys` follows the key table as requests arrive (a
@@ -99,18 +85,10 @@ async fn the_key_gauge_is_live_and_not_only_set_at_eviction() {
         .env("AGORA__RATE_LIMIT__EVICT_EVERY_SECS", "3600")
         .stdout(std::process::Stdio::null());
     let mut agora = crate::helpers::AgoraProcess::start(cmd);
-    let settings = crate::helpers::test_settings(dir.path());
     let client = reqwest::Client::new();
     let mut rejected = 0;
     for sub in ["alice", "bob", "carol"] {
-        let token = agora::gateway::auth::mint(
-            &settings.auth,
-            sub,
-            &[Role::Customer],
-            None,
-            Duration::from_secs(600),
-        )
-        .unwrap();
+        let token = crate::process::token(sub, &[Role::Customer]);
         for _ in 0..20 {
             let res = client
                 .get(agora.url("/api/v1/me"))
@@ -122,18 +100,11 @@ async fn the_key_gauge_is_live_and_not_only_set_at_eviction() {
         }
     }
     assert!(rejected >= 3 * 17, "the limiter refused only {rejected}");
-    let metrics = client
-        .get(format!("http://127.0.0.1:{}/metrics", agora.admin_port))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = agora.metrics(&client).await;
     let keys = metrics
         .lines()
         .find_map(|l| l.strip_prefix("agora_rate_limit_keys "))
         .unwrap_or("missing");
     assert_eq!(keys, "3", "{metrics}");
-    assert!(agora.stop(), "agora did not stop cleanly");
+    assert!(agora.stop().success(), "agora did not stop cleanly");
 }

@@ -95,31 +95,51 @@ async fn shop(
     })
 }
 
-/// Forwarded reads of the payment API by many callers (each its own `sub`,
-/// so they spread over the split), four at a time, until told to stop.
-fn keep_reading(api: &Api, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<usize> {
-    let api = api.clone();
+/// `workers` tasks, each running `step(worker, i)` for i = 0, 1, … until
+/// told to stop; all their results.
+fn until_stopped<T, F, Fut>(
+    workers: usize,
+    stop: Arc<AtomicBool>,
+    step: F,
+) -> tokio::task::JoinHandle<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = T> + Send,
+{
     tokio::spawn(async move {
-        let workers: Vec<_> = (0..4)
+        let tasks: Vec<_> = (0..workers)
             .map(|w| {
-                let (api, stop) = (api.clone(), stop.clone());
+                let (step, stop) = (step.clone(), stop.clone());
                 tokio::spawn(async move {
-                    let mut n = 0;
+                    let mut done = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
-                        let c = token(&format!("reader{w}-{n}"), &[Role::Customer]);
-                        let (s, b) = api.get(&c, "/api/v1/payments?limit=1").await;
-                        assert_eq!(s, 200, "{b}");
-                        n += 1;
+                        done.push(step(w, done.len()).await);
                     }
-                    n
+                    done
                 })
             })
             .collect();
-        let mut total = 0;
-        for w in workers {
-            total += w.await.unwrap_or_default();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap_or_default());
         }
-        total
+        all
+    })
+}
+
+/// Forwarded reads of the payment API by many callers (each its own `sub`,
+/// so they spread over the split), four at a time, until told to stop; one
+/// entry per read.
+fn keep_reading(api: &Api, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<()>> {
+    let api = api.clone();
+    until_stopped(4, stop, move |w, n| {
+        let api = api.clone();
+        async move {
+            let c = token(&format!("reader{w}-{n}"), &[Role::Customer]);
+            let (s, b) = api.get(&c, "/api/v1/payments?limit=1").await;
+            assert_eq!(s, 200, "{b}");
+        }
     })
 }
 
@@ -127,33 +147,16 @@ fn keep_reading(api: &Api, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<usi
 /// their statuses at placement.
 fn keep_ordering(api: &Api, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<String>> {
     let api = api.clone();
-    tokio::spawn(async move {
-        let workers: Vec<_> = (0..8)
-            .map(|w| {
-                let (api, stop) = (api.clone(), stop.clone());
-                tokio::spawn(async move {
-                    let mut statuses = Vec::new();
-                    let mut i = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        let name = format!("flow{w}-{i}");
-                        let c = token(&name, &[Role::Customer]);
-                        let (s, body) = api.order(&c, "MUG", 1, "tok_visa", &name).await;
-                        statuses.push(if s == 201 {
-                            body["status"].as_str().unwrap_or("?").to_owned()
-                        } else {
-                            format!("http {s}")
-                        });
-                        i += 1;
-                    }
-                    statuses
-                })
-            })
-            .collect();
-        let mut all = Vec::new();
-        for w in workers {
-            all.extend(w.await.unwrap_or_default());
+    until_stopped(8, stop, move |w, i| {
+        let api = api.clone();
+        async move {
+            let (s, body) = api.one_mug_for(&format!("flow{w}-{i}")).await;
+            if s == 201 {
+                body["status"].as_str().unwrap_or("?").to_owned()
+            } else {
+                format!("http {s}")
+            }
         }
-        all
     })
 }
 
@@ -280,7 +283,7 @@ async fn a_healthy_canary_is_promoted_step_by_step_and_its_pool_becomes_stable()
     let done = settled(&s.shop, "payment", Duration::from_secs(60)).await;
     stop.store(true, Ordering::Relaxed);
     let statuses = load.await.unwrap();
-    assert!(reads.await.unwrap() > 0);
+    assert!(!reads.await.unwrap().is_empty());
     assert_eq!(done["state"], "promoted", "{done}");
     assert_eq!(done["weight"], 100);
     assert_eq!(done["canary_urls"], json!([canary]), "echoed as given");
@@ -306,15 +309,7 @@ async fn a_healthy_canary_is_promoted_step_by_step_and_its_pool_becomes_stable()
     // The canary's pool is the stable one now: the old instance can go.
     s.payments[0].kill();
     let before = charges_served(&s.payments[1]).await;
-    let (st, o) = api
-        .order(
-            &token("after", &[Role::Customer]),
-            "MUG",
-            1,
-            "tok_visa",
-            "after",
-        )
-        .await;
+    let (st, o) = api.one_mug_for("after").await;
     assert_eq!((st, o["status"].as_str()), (201, Some("confirmed")), "{o}");
     assert!(charges_served(&s.payments[1]).await > before);
     let m = s.shop.metrics().await;
@@ -412,9 +407,7 @@ async fn blue_green_switches_all_traffic_rolls_back_and_refuses_a_green_that_fai
         let api = api.clone();
         let n = n.to_owned();
         async move {
-            let (st, o) = api
-                .order(&token(&n, &[Role::Customer]), "MUG", 1, "tok_visa", &n)
-                .await;
+            let (st, o) = api.one_mug_for(&n).await;
             assert_eq!((st, o["status"].as_str()), (201, Some("confirmed")), "{o}");
         }
     };
@@ -563,20 +556,12 @@ async fn a_module_hosted_here_is_canaried_to_remote_instances_and_extracted() {
     let done = settled(&s.shop, "payment", Duration::from_secs(60)).await;
     stop.store(true, Ordering::Relaxed);
     let statuses = load.await.unwrap();
-    assert!(reads.await.unwrap() > 0);
+    assert!(!reads.await.unwrap().is_empty());
     assert_eq!(done["state"], "promoted", "{done}");
     assert!(statuses.iter().all(|st| st == "confirmed"), "{statuses:?}");
     // Served remotely now: charges and forwarded reads both go there.
     let before = charges_served(remote).await;
-    let (st, o) = api
-        .order(
-            &token("extracted", &[Role::Customer]),
-            "MUG",
-            1,
-            "tok_visa",
-            "extracted",
-        )
-        .await;
+    let (st, o) = api.one_mug_for("extracted").await;
     assert_eq!((st, o["status"].as_str()), (201, Some("confirmed")));
     assert!(charges_served(remote).await > before);
     let reads = |m: String| {
@@ -594,15 +579,7 @@ async fn a_module_hosted_here_is_canaried_to_remote_instances_and_extracted() {
     let (st, v) = admin_post(&s.shop, "/admin/rollouts/payment/rollback", json!({})).await;
     assert_eq!((st, v["state"].as_str()), (200, Some("rolled_back")));
     let before = charges_served(remote).await;
-    let (_, o) = api
-        .order(
-            &token("back", &[Role::Customer]),
-            "MUG",
-            1,
-            "tok_visa",
-            "back",
-        )
-        .await;
+    let (_, o) = api.one_mug_for("back").await;
     assert_eq!(o["status"], "confirmed");
     assert_eq!(charges_served(remote).await, before, "local again");
 }

@@ -7,84 +7,74 @@ use std::time::Duration;
 use agora_kernel::db::{SqlDatabase, epoch_ms};
 use agora_kernel::idempotency::{Begin, IdempotencyScope, StoredResponse};
 use agora_kernel::outbox::{OutboxRelay, RelayConfig};
+use agora_kernel::testing::Recorder;
 use agora_kernel::{EventBus, EventEnvelope, EventHandler, InMemoryBus};
-use async_trait::async_trait;
 
+use crate::api_contracts::{Catalogue, ServiceCatalogue};
 use crate::helpers::fresh_postgres_database;
 
-struct Counter(std::sync::atomic::AtomicUsize);
-
-#[async_trait]
-impl EventHandler for Counter {
-    fn name(&self) -> &str {
-        "counter"
-    }
-    fn sources(&self) -> &[&str] {
-        &["order", "inventory", "payment"]
-    }
-    fn handles(&self, _: &str) -> bool {
-        true
-    }
-    async fn handle(&self, _: &EventEnvelope) -> anyhow::Result<()> {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-#[tokio::test]
-async fn the_postgres_outbox_publishes_each_committed_event_once() {
-    let Some(url) = fresh_postgres_database().await else {
-        return;
-    };
+/// A fresh PostgreSQL database and its pool; `None` (skip) outside CI.
+async fn postgres() -> Option<(SqlDatabase, sqlx::PgPool)> {
+    let url = fresh_postgres_database().await?;
     let db = SqlDatabase::connect(&url).await.unwrap();
     let SqlDatabase::Postgres(pool) = &db else {
         panic!("expected postgres")
     };
+    let pool = pool.clone();
+    Some((db, pool))
+}
+
+/// Write a `test.happened.v1` event carrying `n` to the outbox in `tx`.
+async fn enqueue(tx: &mut sqlx::PgConnection, n: i32) -> EventEnvelope {
+    let e = EventEnvelope::new("test.happened.v1", "test", "corr", &n).unwrap();
+    agora_kernel::outbox::postgres::enqueue(tx, &e)
+        .await
+        .unwrap();
+    e
+}
+
+/// An in-memory bus that delivers to `handler`.
+fn bus_to(handler: Arc<dyn EventHandler>) -> Arc<dyn EventBus> {
+    let bus = Arc::new(InMemoryBus::new());
+    bus.subscribe(handler);
+    bus
+}
+
+/// A relay of `db`'s outbox to `bus`, `batch_size` events a run.
+fn relay(db: &SqlDatabase, bus: Arc<dyn EventBus>, batch_size: u32) -> OutboxRelay {
+    let config = RelayConfig {
+        batch_size,
+        ..RelayConfig::default()
+    };
+    OutboxRelay::new("test", db.outbox(), bus, config)
+}
+
+#[tokio::test]
+async fn the_postgres_outbox_publishes_each_committed_event_once() {
+    let Some((db, pool)) = postgres().await else {
+        return;
+    };
     let mut tx = pool.begin().await.unwrap();
     for i in 0..5 {
-        let e = EventEnvelope::new("test.happened.v1", "test", "corr", &i).unwrap();
-        agora_kernel::outbox::postgres::enqueue(&mut tx, &e)
-            .await
-            .unwrap();
+        enqueue(&mut tx, i).await;
     }
     tx.commit().await.unwrap();
     let mut tx = pool.begin().await.unwrap();
-    let e = EventEnvelope::new("test.happened.v1", "test", "corr", &99).unwrap();
-    agora_kernel::outbox::postgres::enqueue(&mut tx, &e)
-        .await
-        .unwrap();
+    enqueue(&mut tx, 99).await;
     tx.rollback().await.unwrap();
 
-    let bus = Arc::new(InMemoryBus::new());
-    let counter = Arc::new(Counter(Default::default()));
-    bus.subscribe(counter.clone());
-    let bus: Arc<dyn EventBus> = bus;
+    let recorder = Arc::new(Recorder::of("test"));
+    let bus = bus_to(recorder.clone());
     // Two relays racing over the same table never deliver a row twice.
-    let a = OutboxRelay::new(
-        "test",
-        db.outbox(),
-        bus.clone(),
-        RelayConfig {
-            batch_size: 2,
-            ..RelayConfig::default()
-        },
-    );
-    let b = OutboxRelay::new(
-        "test",
-        db.outbox(),
-        bus,
-        RelayConfig {
-            batch_size: 2,
-            ..RelayConfig::default()
-        },
-    );
+    let a = relay(&db, bus.clone(), 2);
+    let b = relay(&db, bus, 2);
     let mut total = 0;
     for _ in 0..5 {
         let (x, y) = tokio::join!(a.run_once(), b.run_once());
         total += x.unwrap() + y.unwrap();
     }
     assert_eq!(total, 5);
-    assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 5);
+    assert_eq!(recorder.events().len(), 5);
     assert_eq!(db.outbox().backlog().await.unwrap(), 0);
 }
 
@@ -171,76 +161,34 @@ async fn the_postgres_inbox_and_idempotency_stores_keep_their_promises() {
     db.close().await;
 }
 
-/// Records the order events arrive in.
-struct InOrder(std::sync::Mutex<Vec<uuid::Uuid>>);
-
-#[async_trait]
-impl EventHandler for InOrder {
-    fn name(&self) -> &str {
-        "in_order"
-    }
-    fn sources(&self) -> &[&str] {
-        &["test"]
-    }
-    fn handles(&self, _: &str) -> bool {
-        true
-    }
-    async fn handle(&self, e: &EventEnvelope) -> anyhow::Result<()> {
-        self.0.lock().unwrap().push(e.id);
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_on_one_postgres_outbox_publish_each_event_once_and_in_order() {
-    let Some(url) = fresh_postgres_database().await else {
+    let Some((db, pool)) = postgres().await else {
         return;
-    };
-    let db = SqlDatabase::connect(&url).await.unwrap();
-    let SqlDatabase::Postgres(pool) = &db else {
-        panic!("expected postgres")
     };
     let mut written = Vec::new();
     for chunk in 0..20 {
         let mut tx = pool.begin().await.unwrap();
         for i in 0..10 {
-            let e =
-                EventEnvelope::new("test.happened.v1", "test", "corr", &(chunk * 10 + i)).unwrap();
-            written.push(e.id);
-            agora_kernel::outbox::postgres::enqueue(&mut tx, &e)
-                .await
-                .unwrap();
+            written.push(enqueue(&mut tx, chunk * 10 + i).await.id);
         }
         tx.commit().await.unwrap();
     }
-    let bus = Arc::new(InMemoryBus::new());
-    let seen = Arc::new(InOrder(Default::default()));
-    bus.subscribe(seen.clone());
-    let bus: Arc<dyn EventBus> = bus;
+    let seen = Arc::new(Recorder::of("test"));
+    let bus = bus_to(seen.clone());
     // Two instances of a module, each with its relay, racing over one table.
-    let relay = || {
-        OutboxRelay::new(
-            "test",
-            db.outbox(),
-            bus.clone(),
-            RelayConfig {
-                batch_size: 7,
-                ..RelayConfig::default()
-            },
-        )
-    };
     let drain = |r: OutboxRelay, store: Arc<dyn agora_kernel::outbox::OutboxStore>| async move {
         while store.backlog().await.unwrap() > 0 {
             r.run_once().await.unwrap();
         }
     };
     let (x, y) = tokio::join!(
-        tokio::spawn(drain(relay(), db.outbox())),
-        tokio::spawn(drain(relay(), db.outbox()))
+        tokio::spawn(drain(relay(&db, bus.clone(), 7), db.outbox())),
+        tokio::spawn(drain(relay(&db, bus, 7), db.outbox()))
     );
     x.unwrap();
     y.unwrap();
-    assert_eq!(*seen.0.lock().unwrap(), written, "each once, in order");
+    assert_eq!(seen.ids(), written, "each once, in order");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,10 +200,10 @@ async fn two_inventory_instances_on_one_mongodb_release_an_expired_reservation_o
     };
     let settings = agora_inventory::Settings::with_url(&url);
     let bus = || -> Arc<dyn EventBus> { Arc::new(InMemoryBus::new()) };
-    let a = InventoryModule::build(&settings, &url, bus())
+    let a = InventoryModule::build(&settings, agora_kernel::Wiring::new(&url, bus()))
         .await
         .unwrap();
-    let b = InventoryModule::build(&settings, &url, bus())
+    let b = InventoryModule::build(&settings, agora_kernel::Wiring::new(&url, bus()))
         .await
         .unwrap();
     let staff = agora_kernel::CallContext::new(
@@ -263,38 +211,7 @@ async fn two_inventory_instances_on_one_mongodb_release_an_expired_reservation_o
         "t",
     );
     let api = a.api();
-    api.create_warehouse(
-        &staff,
-        inv::NewWarehouse {
-            code: inv::WarehouseCode::parse("BER").unwrap(),
-            name: inv::ProductName::parse("Berlin").unwrap(),
-        },
-    )
-    .await
-    .unwrap();
-    api.create_product(
-        &staff,
-        inv::NewProduct {
-            sku: inv::Sku::parse("MUG").unwrap(),
-            name: inv::ProductName::parse("Mug").unwrap(),
-            description: None,
-            price: agora_kernel::Money::new(850, agora_kernel::Currency::parse("EUR").unwrap()),
-            low_stock_threshold: inv::Threshold::new(1).unwrap(),
-        },
-    )
-    .await
-    .unwrap();
-    api.receive(
-        &staff,
-        inv::Receipt {
-            sku: inv::Sku::parse("MUG").unwrap(),
-            warehouse: inv::WarehouseCode::parse("BER").unwrap(),
-            quantity: inv::Quantity::new(5).unwrap(),
-            reference: None,
-        },
-    )
-    .await
-    .unwrap();
+    ServiceCatalogue(api.clone()).product("MUG", 850, 5).await;
     let service = agora_kernel::CallContext::service("order", "t");
     for n in 0..4 {
         api.reserve(

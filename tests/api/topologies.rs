@@ -16,7 +16,7 @@ use agora_kernel::testing::{NatsServer, nats_namespace};
 use serde_json::{Value, json};
 
 use crate::helpers::fresh_postgres_database;
-use crate::process::{Agora, Api, in_flight, metric_sum, token};
+use crate::process::{Agora, Api, eventually, in_flight, metric_sum, token};
 
 const MODULES: [&str; 4] = ["order", "inventory", "payment", "notification"];
 
@@ -155,25 +155,6 @@ pub async fn split(order_instances: usize, extra: &[(&'static str, String)]) -> 
     })
 }
 
-/// Poll `f` every 100 ms until it returns `Some`, or panic after `within`.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn notified(api: &Api, customer: &str, template: &str) {
     eventually(
         &format!("{customer} is sent {template}"),
@@ -202,14 +183,7 @@ async fn payment_of(api: &Api, order_id: &str) -> Vec<Value> {
 pub async fn the_suite(api: &Api) {
     api.seed(&["MUG", "LIMITED", "RARE"], 0).await;
     for (sku, units) in [("MUG", 100), ("LIMITED", 50), ("RARE", 1)] {
-        let (s, b) = api
-            .post(
-                &api.staff,
-                "/api/v1/stock/receipts",
-                json!({"sku": sku, "warehouse": "BER", "quantity": units}),
-            )
-            .await;
-        assert_eq!(s, 201, "{b}");
+        api.receive(sku, units).await;
     }
 
     // Placed → confirmed → notified.
@@ -435,15 +409,7 @@ async fn with_the_payment_process_killed_orders_wait_and_are_confirmed_once_it_r
     };
     let api = t.api();
     api.seed(&["MUG"], 500).await;
-    let (s, _) = api
-        .order(
-            &token("warm", &[Role::Customer]),
-            "MUG",
-            1,
-            "tok_visa",
-            "warm",
-        )
-        .await;
+    let (s, _) = api.one_mug_for("warm").await;
     assert_eq!(s, 201);
 
     t.proc("payment").kill();

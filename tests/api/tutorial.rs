@@ -90,7 +90,7 @@ fn run_against_a_real_agora(blocks: &[String], page: &str) {
         .env("AGORA__HTTP__ADDR", format!("127.0.0.1:{}", agora.port))
         .output()
         .unwrap();
-    let stopped = agora.stop();
+    let stopped = agora.stop().success();
     assert!(
         out.status.success(),
         "{page} failed ({}).\n--- stdout\n{}\n--- stderr (bash -x)\n{}",

@@ -19,7 +19,7 @@ use agora_inventory::domain::models::{
 };
 use agora_inventory::{InventoryModule, Settings};
 use agora_kernel::testing::with_database;
-use agora_kernel::{CallContext, Currency, InMemoryBus, Money, Principal, Role};
+use agora_kernel::{CallContext, Currency, InMemoryBus, Money, Principal, Role, Wiring};
 use uuid::Uuid;
 
 fn ctx(role: Role) -> CallContext {
@@ -27,10 +27,12 @@ fn ctx(role: Role) -> CallContext {
 }
 
 async fn run(url: &str, reservations: usize, callers: usize) -> f64 {
-    let module =
-        InventoryModule::build(&Settings::with_url(url), url, Arc::new(InMemoryBus::new()))
-            .await
-            .expect("the module builds");
+    let module = InventoryModule::build(
+        &Settings::with_url(url),
+        Wiring::new(url, Arc::new(InMemoryBus::new())),
+    )
+    .await
+    .expect("the module builds");
     let api = module.api();
     let sku = Sku::parse("BENCH-1").unwrap();
     let wh = WarehouseCode::parse("W1").unwrap();

@@ -2,13 +2,13 @@
 //! with two implementations shipped here — in process ([`InventoryService`])
 //! and over HTTP ([`crate::remote::RemoteInventory`], a client of this
 //! module's own REST API for when it runs in another process). One contract
-//! suite (`tests/api/inventory_api.rs` at the root) runs against both.
+//! suite (`tests/api/api_contracts.rs` at the root) runs against both.
 
 use agora_kernel::{CallContext, Money};
 use async_trait::async_trait;
 
 use crate::domain::models::{NewReservation, Reservation, ReservationId, ReservationStatus, Sku};
-use crate::domain::ports::{ReadError, ReservationError, ReserveError};
+use crate::domain::ports::{ReadError, ReservationError, ReservationStep, ReserveError};
 use crate::domain::service::InventoryService;
 
 /// A catalogue price.
@@ -58,34 +58,17 @@ pub trait InventoryApi: Send + Sync {
         request: NewReservation,
     ) -> Result<ReservationState, ReserveError>;
 
-    /// Held → confirmed (it stops expiring).
+    /// Take `step` on a reservation (service): confirm (it stops expiring),
+    /// commit (the stock leaves) or release (the units become available
+    /// again). A step already taken answers where the reservation stands.
     ///
     /// # Errors
     /// [`ReservationError`]; `InvalidTransition` names the current status.
-    async fn confirm(
+    async fn transition(
         &self,
         ctx: &CallContext,
         id: ReservationId,
-    ) -> Result<ReservationState, ReservationError>;
-
-    /// The stock leaves (shipment).
-    ///
-    /// # Errors
-    /// [`ReservationError`].
-    async fn commit(
-        &self,
-        ctx: &CallContext,
-        id: ReservationId,
-    ) -> Result<ReservationState, ReservationError>;
-
-    /// The units become available again.
-    ///
-    /// # Errors
-    /// [`ReservationError`].
-    async fn release(
-        &self,
-        ctx: &CallContext,
-        id: ReservationId,
+        step: ReservationStep,
     ) -> Result<ReservationState, ReservationError>;
 }
 
@@ -112,30 +95,13 @@ impl InventoryApi for InventoryService {
         Ok(ReservationState::of(&outcome.reservation, outcome.created))
     }
 
-    async fn confirm(
+    async fn transition(
         &self,
         ctx: &CallContext,
         id: ReservationId,
+        step: ReservationStep,
     ) -> Result<ReservationState, ReservationError> {
-        let r = InventoryService::confirm(self, ctx, id).await?;
-        Ok(ReservationState::of(&r, false))
-    }
-
-    async fn commit(
-        &self,
-        ctx: &CallContext,
-        id: ReservationId,
-    ) -> Result<ReservationState, ReservationError> {
-        let r = InventoryService::commit(self, ctx, id).await?;
-        Ok(ReservationState::of(&r, false))
-    }
-
-    async fn release(
-        &self,
-        ctx: &CallContext,
-        id: ReservationId,
-    ) -> Result<ReservationState, ReservationError> {
-        let r = InventoryService::release(self, ctx, id).await?;
+        let r = InventoryService::transition(self, ctx, id, step).await?;
         Ok(ReservationState::of(&r, false))
     }
 }

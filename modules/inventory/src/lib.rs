@@ -13,7 +13,7 @@ use std::time::Duration;
 use agora_kernel::db::{Backend, SqlDatabase};
 use agora_kernel::outbox::{OutboxRelay, OutboxStore, RelayConfig};
 use agora_kernel::{
-    BackgroundTask, EventBus, InvalidSetting, Module, ModuleInfo, Round, periodically,
+    BackgroundTask, InvalidSetting, Module, ModuleInfo, Round, Wiring, periodically,
 };
 use anyhow::Context;
 use async_trait::async_trait;
@@ -27,7 +27,7 @@ pub mod remote;
 
 pub use api::{InventoryApi, Quote, ReservationState};
 pub use domain::models::MAX_TTL_SECS;
-pub use domain::ports::{Clock, ManualClock, SystemClock};
+pub use domain::ports::{Clock, ManualClock, ReservationStep, SystemClock};
 pub use domain::service::InventoryService;
 pub use remote::RemoteInventory;
 
@@ -67,13 +67,10 @@ impl Settings {
                 format!("must be between 1 and {MAX_TTL_SECS} seconds"),
             ));
         }
-        if self.sweep_interval_secs == 0 {
-            return Err(InvalidSetting::new(
-                "inventory.sweep_interval_secs",
-                "must be at least 1",
-            ));
-        }
-        Ok(())
+        agora_kernel::settings::at_least_one(&[(
+            "inventory.sweep_interval_secs",
+            self.sweep_interval_secs,
+        )])
     }
 
     /// Settings for a given URL with every other key at its default (tests, tools).
@@ -114,25 +111,9 @@ impl InventoryModule {
     ///
     /// # Errors
     /// Invalid settings, an unreachable database, a failed migration.
-    pub async fn build(
-        settings: &Settings,
-        database_url: &str,
-        bus: Arc<dyn EventBus>,
-    ) -> anyhow::Result<Self> {
-        Self::build_with_clock(settings, database_url, bus, Arc::new(SystemClock)).await
-    }
-
-    /// [`InventoryModule::build`] with a clock of the caller's (tests drive a [`ManualClock`]).
-    ///
-    /// # Errors
-    /// See [`InventoryModule::build`].
-    pub async fn build_with_clock(
-        settings: &Settings,
-        database_url: &str,
-        bus: Arc<dyn EventBus>,
-        clock: Arc<dyn Clock>,
-    ) -> anyhow::Result<Self> {
+    pub async fn build(settings: &Settings, wiring: Wiring) -> anyhow::Result<Self> {
         settings.validate()?;
+        let database_url = wiring.database_url.as_str();
         let ttl = domain::models::Ttl::from_secs(settings.reservation_ttl_secs as i64)
             .map_err(|e| InvalidSetting::new("inventory.reservation_ttl_secs", e.to_string()))?;
         let (store, port, outbox): (
@@ -158,9 +139,9 @@ impl InventoryModule {
                 "the inventory module stores its data in sqlite: or mongodb:// databases"
             ),
         };
-        let relay = OutboxRelay::new(NAME, outbox, bus, RelayConfig::default());
+        let relay = OutboxRelay::new(NAME, outbox, wiring.bus, RelayConfig::default());
         Ok(Self {
-            api: InventoryService::new(port, clock, ttl),
+            api: InventoryService::new(port, wiring.clock, ttl),
             relay,
             store,
             sweep_every: Duration::from_secs(settings.sweep_interval_secs),

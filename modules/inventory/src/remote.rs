@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::api::{InventoryApi, Quote, ReservationState};
 use crate::domain::models::{NewReservation, ReservationId, ReservationStatus, Shortage, Sku};
-use crate::domain::ports::{ReadError, ReservationError, ReserveError};
+use crate::domain::ports::{ReadError, ReservationError, ReservationStep, ReserveError};
 
 /// The inventory module over HTTP.
 pub struct RemoteInventory {
@@ -70,59 +70,6 @@ fn state(r: &RemoteResponse, created: bool) -> anyhow::Result<ReservationState> 
             .ok_or_else(|| anyhow::anyhow!("unknown reservation status `{}`", v.status))?,
         created,
     })
-}
-
-impl RemoteInventory {
-    async fn transition(
-        &self,
-        ctx: &CallContext,
-        id: ReservationId,
-        action: &str,
-    ) -> Result<ReservationState, ReservationError> {
-        let request = RemoteRequest::post(format!("/reservations/{}/{action}", id.0), json!({}))
-            .affinity(id.0.to_string());
-        let r = self
-            .transport
-            .send(ctx, request)
-            .await
-            .map_err(|e| ReservationError::Unexpected(e.into()))?;
-        if r.is_success() {
-            return state(&r, false).map_err(ReservationError::Unexpected);
-        }
-        match (r.status, r.problem_type().as_deref()) {
-            (403, _) => Err(ReservationError::Forbidden(
-                r.problem().map(|p| p.detail).unwrap_or_default(),
-            )),
-            (404, _) => Err(ReservationError::NotFound(id)),
-            (409, Some("reservation-expired")) => Err(ReservationError::Expired(id)),
-            (409, _) => {
-                let from = r
-                    .problem()
-                    .and_then(|p| {
-                        p.extensions
-                            .get("reservation_status")?
-                            .as_str()
-                            .and_then(ReservationStatus::parse)
-                    })
-                    .ok_or_else(|| {
-                        ReservationError::Unexpected(unexpected(
-                            "a transition (no reservation_status)",
-                            &r,
-                        ))
-                    })?;
-                Err(ReservationError::InvalidTransition {
-                    id,
-                    from: from.as_str(),
-                    to: match action {
-                        "confirm" => "confirmed",
-                        "commit" => "committed",
-                        _ => "released",
-                    },
-                })
-            }
-            _ => Err(ReservationError::Unexpected(unexpected("a transition", &r))),
-        }
-    }
 }
 
 #[async_trait]
@@ -237,27 +184,50 @@ impl InventoryApi for RemoteInventory {
         }
     }
 
-    async fn confirm(
+    async fn transition(
         &self,
         ctx: &CallContext,
         id: ReservationId,
+        step: ReservationStep,
     ) -> Result<ReservationState, ReservationError> {
-        self.transition(ctx, id, "confirm").await
-    }
-
-    async fn commit(
-        &self,
-        ctx: &CallContext,
-        id: ReservationId,
-    ) -> Result<ReservationState, ReservationError> {
-        self.transition(ctx, id, "commit").await
-    }
-
-    async fn release(
-        &self,
-        ctx: &CallContext,
-        id: ReservationId,
-    ) -> Result<ReservationState, ReservationError> {
-        self.transition(ctx, id, "release").await
+        let path = format!("/reservations/{}/{}", id.0, step.as_str());
+        let request = RemoteRequest::post(path, json!({})).affinity(id.0.to_string());
+        let r = self
+            .transport
+            .send(ctx, request)
+            .await
+            .map_err(|e| ReservationError::Unexpected(e.into()))?;
+        if r.is_success() {
+            return state(&r, false).map_err(ReservationError::Unexpected);
+        }
+        match (r.status, r.problem_type().as_deref()) {
+            (403, _) => Err(ReservationError::Forbidden(
+                r.problem().map(|p| p.detail).unwrap_or_default(),
+            )),
+            (404, _) => Err(ReservationError::NotFound(id)),
+            (409, Some("reservation-expired")) => Err(ReservationError::Expired(id)),
+            (409, _) => {
+                let from = r
+                    .problem()
+                    .and_then(|p| {
+                        p.extensions
+                            .get("reservation_status")?
+                            .as_str()
+                            .and_then(ReservationStatus::parse)
+                    })
+                    .ok_or_else(|| {
+                        ReservationError::Unexpected(unexpected(
+                            "a transition (no reservation_status)",
+                            &r,
+                        ))
+                    })?;
+                Err(ReservationError::InvalidTransition {
+                    id,
+                    from: from.as_str(),
+                    to: step.target().as_str(),
+                })
+            }
+            _ => Err(ReservationError::Unexpected(unexpected("a transition", &r))),
+        }
     }
 }

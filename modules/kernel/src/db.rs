@@ -271,20 +271,19 @@ pub struct SqlModuleBase {
 }
 
 impl SqlModuleBase {
-    /// Connect the module's database and set up its outbox relay on `bus`.
+    /// Connect the module's database and set up its outbox relay on the bus.
     ///
     /// # Errors
     /// See [`SqlDatabase::connect`].
     pub async fn connect(
         name: &'static str,
-        url: &str,
-        bus: std::sync::Arc<dyn crate::events::EventBus>,
+        wiring: &crate::module::Wiring,
     ) -> anyhow::Result<Self> {
-        let db = SqlDatabase::connect(url).await?;
+        let db = SqlDatabase::connect(&wiring.database_url).await?;
         let relay = crate::outbox::OutboxRelay::new(
             name,
             db.outbox(),
-            bus,
+            wiring.bus.clone(),
             crate::outbox::RelayConfig::default(),
         );
         Ok(Self { name, db, relay })

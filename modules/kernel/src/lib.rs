@@ -29,7 +29,7 @@ pub mod testing;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::{CallContext, RequestId};
 pub use events::{DeliveryPolicy, EventBus, EventEnvelope, EventHandler, InMemoryBus};
-pub use module::{BackgroundTask, Module, ModuleInfo, Round, periodically};
+pub use module::{BackgroundTask, Module, ModuleInfo, Round, Wiring, periodically};
 pub use money::{Currency, Money, MoneyError};
 pub use principal::{Denied, Principal, Role};
 pub use problem::{FieldErrors, Problem};

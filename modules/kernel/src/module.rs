@@ -7,6 +7,39 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
+/// What the host hands every module it builds: where the module's own
+/// database is, the event bus, and the clock its rules read. Every module's
+/// `build(settings, wiring, …)` takes one, so one is built like the next.
+#[derive(Clone)]
+pub struct Wiring {
+    /// The module's database (`sqlite:`, `postgres://`, `mongodb://`).
+    pub database_url: String,
+    pub bus: std::sync::Arc<dyn crate::events::EventBus>,
+    /// The wall clock (tests drive a [`crate::clock::ManualClock`]).
+    pub clock: std::sync::Arc<dyn crate::clock::Clock>,
+}
+
+impl Wiring {
+    /// A module on `database_url` and `bus`, reading the system clock.
+    pub fn new(
+        database_url: impl Into<String>,
+        bus: std::sync::Arc<dyn crate::events::EventBus>,
+    ) -> Self {
+        Self {
+            database_url: database_url.into(),
+            bus,
+            clock: std::sync::Arc::new(crate::clock::SystemClock),
+        }
+    }
+
+    /// The same, reading `clock` instead.
+    #[must_use]
+    pub fn with_clock(mut self, clock: std::sync::Arc<dyn crate::clock::Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
 /// A long-running task (outbox relay, sweeper, worker) stopped by the token.
 pub struct BackgroundTask {
     pub name: String,

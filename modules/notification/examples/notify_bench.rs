@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agora_kernel::{EventBus, EventEnvelope, InMemoryBus, Module};
+use agora_kernel::{EventBus, EventEnvelope, InMemoryBus, Module, Wiring};
 use agora_notification::{NotificationModule, Settings};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -63,8 +63,11 @@ async fn main() -> anyhow::Result<()> {
     settings.poll_interval_ms = 10;
     settings.batch_size = 64;
     let bus = Arc::new(InMemoryBus::new());
-    let module =
-        NotificationModule::build(&settings, &url, bus.clone() as Arc<dyn EventBus>).await?;
+    let module = NotificationModule::build(
+        &settings,
+        Wiring::new(&url, bus.clone() as Arc<dyn EventBus>),
+    )
+    .await?;
     let store = module.service().store().clone();
 
     let events: Vec<EventEnvelope> = (0..n).map(event).collect();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agora_kernel::db::SqlModuleBase;
-use agora_kernel::{BackgroundTask, EventBus, InvalidSetting, Module, ModuleInfo};
+use agora_kernel::{BackgroundTask, InvalidSetting, Module, ModuleInfo, Wiring};
 use anyhow::Context;
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
@@ -265,14 +265,10 @@ impl NotificationModule {
     ///
     /// # Errors
     /// Invalid settings, an unreachable database, a failed migration.
-    pub async fn build(
-        settings: &Settings,
-        database_url: &str,
-        bus: Arc<dyn EventBus>,
-    ) -> anyhow::Result<Self> {
+    pub async fn build(settings: &Settings, wiring: Wiring) -> anyhow::Result<Self> {
         settings.validate()?;
         let channels = settings.channels()?;
-        Self::build_with_channels(settings, database_url, bus, channels).await
+        Self::build_with_channels(settings, wiring, channels).await
     }
 
     /// [`NotificationModule::build`] with the given channel senders (tests, tools).
@@ -281,24 +277,23 @@ impl NotificationModule {
     /// See [`NotificationModule::build`].
     pub async fn build_with_channels(
         settings: &Settings,
-        database_url: &str,
-        bus: Arc<dyn EventBus>,
+        wiring: Wiring,
         channels: Channels,
     ) -> anyhow::Result<Self> {
         settings.validate()?;
-        let base = SqlModuleBase::connect(NAME, database_url, bus.clone()).await?;
+        let base = SqlModuleBase::connect(NAME, &wiring).await?;
         outbound::sql::migrate(&base.db).await?;
         let store = outbound::sql::store_for(&base.db);
-        let service = Arc::new(NotificationService::new(
-            store,
-            channels,
-            settings.policy(),
-        )?);
-        bus.subscribe(Arc::new(inbound::events::NotificationEvents::new(
-            service.clone(),
-        )))
-        .await
-        .context("failed to subscribe to the order and payment events")?;
+        let service = Arc::new(
+            NotificationService::new(store, channels, settings.policy())?.with_clock(wiring.clock),
+        );
+        wiring
+            .bus
+            .subscribe(Arc::new(inbound::events::NotificationEvents::new(
+                service.clone(),
+            )))
+            .await
+            .context("failed to subscribe to the order and payment events")?;
         Ok(Self { base, service })
     }
 

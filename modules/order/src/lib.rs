@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agora_kernel::db::SqlModuleBase;
-use agora_kernel::{BackgroundTask, EventBus, InvalidSetting, Module, ModuleInfo};
+use agora_kernel::{BackgroundTask, InvalidSetting, Module, ModuleInfo, Wiring};
 use async_trait::async_trait;
 use serde::Deserialize;
 use utoipa::OpenApi;
@@ -132,11 +132,10 @@ impl OrderModule {
     /// The database is unreachable or cannot be migrated.
     pub async fn build(
         settings: &Settings,
-        database_url: &str,
-        bus: Arc<dyn EventBus>,
+        wiring: Wiring,
         ports: OrderPorts,
     ) -> anyhow::Result<Self> {
-        let base = SqlModuleBase::connect(NAME, database_url, bus).await?;
+        let base = SqlModuleBase::connect(NAME, &wiring).await?;
         outbound::sql::migrate(&base.db).await?;
         let store = outbound::sql::store_for(&base.db);
         let service = OrderService::new(
@@ -146,6 +145,7 @@ impl OrderModule {
             ports.payments,
             settings.saga(),
         )
+        .with_clock(wiring.clock)
         .with_relay(base.relay.waker());
         Ok(Self {
             base,

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agora_kernel::{CallContext, Currency, EventBus, InMemoryBus, Money};
+use agora_kernel::{CallContext, Currency, EventBus, InMemoryBus, Money, Wiring};
 use agora_payment::domain::models::{
     ChargeRequest, CustomerId, OrderId, PaymentMethod, PaymentStatus,
 };
@@ -62,7 +62,7 @@ async fn run(backend: &str, url: &str, args: &Args) {
     let mut settings = Settings::with_url(url);
     settings.simulated_latency_ms = args.latency_ms;
     let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
-    let module = PaymentModule::build(&settings, url, bus)
+    let module = PaymentModule::build(&settings, Wiring::new(url, bus))
         .await
         .expect("module builds");
     let api = module.api();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use agora_kernel::db::SqlModuleBase;
 use agora_kernel::idempotency::IdempotencyConfig;
 use agora_kernel::outbox::OutboxRelay;
-use agora_kernel::{BackgroundTask, EventBus, InvalidSetting, Module, ModuleInfo};
+use agora_kernel::{BackgroundTask, InvalidSetting, Module, ModuleInfo, Wiring};
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -181,23 +181,19 @@ impl PaymentModule {
     ///
     /// # Errors
     /// Invalid settings, an unreachable database, a failed migration.
-    pub async fn build(
-        settings: &Settings,
-        database_url: &str,
-        bus: Arc<dyn EventBus>,
-    ) -> anyhow::Result<Self> {
-        Self::build_with_clock(settings, database_url, bus, Arc::new(SystemClock)).await
+    pub async fn build(settings: &Settings, wiring: Wiring) -> anyhow::Result<Self> {
+        Self::build_with_breaker_clock(settings, wiring, Arc::new(SystemClock)).await
     }
 
-    /// [`PaymentModule::build`] with the breaker reading `clock` (tests move a [`ManualClock`]).
+    /// [`PaymentModule::build`] with the breaker reading `breaker_clock`, its
+    /// monotonic clock (tests move a [`ManualClock`]).
     ///
     /// # Errors
     /// See [`PaymentModule::build`].
-    pub async fn build_with_clock(
+    pub async fn build_with_breaker_clock(
         settings: &Settings,
-        database_url: &str,
-        bus: Arc<dyn EventBus>,
-        clock: Arc<dyn Clock>,
+        wiring: Wiring,
+        breaker_clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         settings.validate()?;
         let provider: Arc<dyn domain::ports::PaymentProvider> = match settings.provider {
@@ -210,7 +206,7 @@ impl PaymentModule {
                 Duration::from_millis(settings.provider_timeout_ms),
             )?),
         };
-        let base = SqlModuleBase::connect(NAME, database_url, bus).await?;
+        let base = SqlModuleBase::connect(NAME, &wiring).await?;
         outbound::sql::migrate(&base.db).await?;
         let store = outbound::sql::store_for(&base.db);
         let breaker = Arc::new(CircuitBreaker::new(
@@ -219,7 +215,7 @@ impl PaymentModule {
                 failure_threshold: settings.breaker.failure_threshold,
                 recovery_timeout: Duration::from_secs(settings.breaker.recovery_timeout_secs),
             },
-            clock,
+            breaker_clock,
         ));
         let guarded = Arc::new(outbound::breaker::GuardedProvider::new(
             provider,
@@ -231,7 +227,8 @@ impl PaymentModule {
                 .provider_timeout_ms
                 .max(settings.simulated_latency_ms),
         ) + Duration::from_secs(5);
-        let api = PaymentService::new(store, guarded, lease, Some(base.relay.waker()));
+        let api = PaymentService::new(store, guarded, lease, Some(base.relay.waker()))
+            .with_clock(wiring.clock);
         Ok(Self { base, api, breaker })
     }
 

@@ -118,6 +118,46 @@ pub struct ReserveOutcome {
     pub created: bool,
 }
 
+/// A transition a caller may ask of a reservation (the `api`, the HTTP
+/// routes `/reservations/{id}/confirm|commit|release`). Only the sweeper
+/// releases for expiry ([`ReleaseReason::Expired`]); a caller's release is
+/// always [`ReleaseReason::Requested`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservationStep {
+    /// Held → confirmed: the TTL no longer applies. Fails once expired.
+    Confirm,
+    /// The stock leaves (shipment): on hand and reserved both drop.
+    Commit,
+    /// The reserved units become available again.
+    Release,
+}
+
+impl ReservationStep {
+    /// The step as its route names it: `confirm`, `commit` or `release`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Confirm => "confirm",
+            Self::Commit => "commit",
+            Self::Release => "release",
+        }
+    }
+
+    /// Where the reservation stands once the step is taken.
+    pub fn target(self) -> ReservationStatus {
+        Transition::from(self).target()
+    }
+}
+
+impl From<ReservationStep> for Transition {
+    fn from(step: ReservationStep) -> Self {
+        match step {
+            ReservationStep::Confirm => Self::Confirm,
+            ReservationStep::Commit => Self::Commit,
+            ReservationStep::Release => Self::Release(ReleaseReason::Requested),
+        }
+    }
+}
+
 /// The state change a reservation transition asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {

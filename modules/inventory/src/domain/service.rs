@@ -14,8 +14,8 @@ use super::models::{
     Warehouse, WarehouseCode, decode_cursor, encode_cursor,
 };
 use super::ports::{
-    CatalogueError, Clock, InventoryStore, ReadError, ReservationError, ReserveError,
-    ReserveOutcome, StockError, Transition, WarehouseError,
+    CatalogueError, Clock, InventoryStore, ReadError, ReservationError, ReservationStep,
+    ReserveError, ReserveOutcome, StockError, Transition, WarehouseError,
 };
 
 /// Who may change the catalogue, warehouses and stock.
@@ -349,54 +349,25 @@ impl InventoryService {
             .ok_or_else(|| ReadError::NotFound(format!("no reservation {id}")))
     }
 
-    /// Held → confirmed (the TTL no longer applies). Fails once expired.
+    /// Take `step` on a reservation (see [`ReservationStep`]); a step already
+    /// taken answers the reservation as it stands (idempotent).
     ///
     /// # Errors
-    /// See [`Transition::check`].
-    pub async fn confirm(
+    /// [`ReservationError::Forbidden`] unless service; see [`Transition::check`].
+    #[tracing::instrument(skip_all, fields(reservation_id = %id, transition = ?Transition::from(step)))]
+    pub async fn transition(
         &self,
         ctx: &CallContext,
         id: ReservationId,
-    ) -> Result<Reservation, ReservationError> {
-        self.transition(ctx, id, Transition::Confirm).await
-    }
-
-    /// The stock leaves: on hand and reserved both drop.
-    ///
-    /// # Errors
-    /// See [`Transition::check`].
-    pub async fn commit(
-        &self,
-        ctx: &CallContext,
-        id: ReservationId,
-    ) -> Result<Reservation, ReservationError> {
-        self.transition(ctx, id, Transition::Commit).await
-    }
-
-    /// The reserved units become available again.
-    ///
-    /// # Errors
-    /// See [`Transition::check`].
-    pub async fn release(
-        &self,
-        ctx: &CallContext,
-        id: ReservationId,
-    ) -> Result<Reservation, ReservationError> {
-        self.transition(ctx, id, Transition::Release(ReleaseReason::Requested))
-            .await
-    }
-
-    #[tracing::instrument(skip_all, fields(reservation_id = %id, transition = ?t))]
-    async fn transition(
-        &self,
-        ctx: &CallContext,
-        id: ReservationId,
-        t: Transition,
+        step: ReservationStep,
     ) -> Result<Reservation, ReservationError> {
         if let Some(why) = deny(ctx, RESERVERS) {
             return Err(ReservationError::Forbidden(why));
         }
-        self.inner.store.transition(id, t, &self.meta(ctx)).await
+        self.inner
+            .store
+            .transition(id, step.into(), &self.meta(ctx))
+            .await
     }
 
     /// Release up to `limit` held reservations whose TTL ran out; how many were released.

@@ -20,7 +20,8 @@ use crate::domain::models::{
     WarehouseCode,
 };
 use crate::domain::ports::{
-    CatalogueError, ReadError, ReservationError, ReserveError, StockError, WarehouseError,
+    CatalogueError, ReadError, ReservationError, ReservationStep, ReserveError, StockError,
+    WarehouseError,
 };
 use crate::domain::service::InventoryService;
 
@@ -1076,7 +1077,7 @@ pub async fn confirm_reservation(
     _body: NoBody,
 ) -> Result<HttpResponse, Problem> {
     let id = path_reservation(&id)?;
-    let r = api.confirm(&ctx, id).await?;
+    let r = api.transition(&ctx, id, ReservationStep::Confirm).await?;
     Ok(HttpResponse::Ok().json(ReservationResponse::from(r)))
 }
 
@@ -1099,7 +1100,7 @@ pub async fn commit_reservation(
     _body: NoBody,
 ) -> Result<HttpResponse, Problem> {
     let id = path_reservation(&id)?;
-    let r = api.commit(&ctx, id).await?;
+    let r = api.transition(&ctx, id, ReservationStep::Commit).await?;
     Ok(HttpResponse::Ok().json(ReservationResponse::from(r)))
 }
 
@@ -1122,7 +1123,7 @@ pub async fn release_reservation(
     _body: NoBody,
 ) -> Result<HttpResponse, Problem> {
     let id = path_reservation(&id)?;
-    let r = api.release(&ctx, id).await?;
+    let r = api.transition(&ctx, id, ReservationStep::Release).await?;
     Ok(HttpResponse::Ok().json(ReservationResponse::from(r)))
 }
 

@@ -5,13 +5,12 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use agora_inventory::InventoryService;
 use agora_inventory::domain::models::{
     Adjustment, Delta, Description, MovementKind, Note, ProductName, ProductPatch, Quantity,
-    Receipt, ReleaseReason, Reservation, ReservationId, ReservationStatus, Ttl,
+    Receipt, ReservationId, ReservationStatus, Ttl,
 };
 use agora_inventory::domain::ports::{
-    CatalogueError, ReadError, ReservationError, ReserveError, StockError, Transition,
+    CatalogueError, ReadError, ReservationError, ReservationStep, ReserveError, StockError,
     WarehouseError,
 };
 use agora_inventory::events::{
@@ -234,9 +233,15 @@ pub async fn movements_list_every_change_newest_first_with_actor_and_correlation
     receive(&h.api, "A", "W1", 10).await;
     let svc = service();
     let r = reserve(&h.api, &svc, &[("A", 3)]).await;
-    h.api.commit(&service(), r.id).await.unwrap();
+    h.api
+        .transition(&service(), r.id, ReservationStep::Commit)
+        .await
+        .unwrap();
     let r2 = reserve(&h.api, &service(), &[("A", 2)]).await;
-    h.api.release(&service(), r2.id).await.unwrap();
+    h.api
+        .transition(&service(), r2.id, ReservationStep::Release)
+        .await
+        .unwrap();
 
     let mut kinds = Vec::new();
     let mut all = Vec::new();
@@ -389,34 +394,40 @@ pub async fn commit_takes_stock_out_release_gives_it_back_and_both_are_idempoten
     let r2 = reserve(&h.api, &service(), &[("A", 2)]).await;
     assert_eq!(totals(&h.api, "A").await, (10, 9, 1));
 
-    let confirmed = h.api.confirm(&service(), r1.id).await.unwrap();
+    let confirmed = h
+        .api
+        .transition(&service(), r1.id, ReservationStep::Confirm)
+        .await
+        .unwrap();
     assert_eq!(confirmed.status, ReservationStatus::Confirmed);
     assert_eq!(confirmed.expires_at, None);
-    let release = Transition::Release(ReleaseReason::Requested);
     // (reservation, what happens to it twice, where that leaves it and the
     // stock, what may no longer happen to it)
     let cases = [
         (
             r1.id,
-            Transition::Commit,
+            ReservationStep::Commit,
             ReservationStatus::Committed,
             (3, 2, 1),
-            release,
+            ReservationStep::Release,
         ),
         (
             r2.id,
-            release,
+            ReservationStep::Release,
             ReservationStatus::Released,
             (3, 0, 3),
-            Transition::Commit,
+            ReservationStep::Commit,
         ),
     ];
-    for (id, t, status, stock, refused) in cases {
+    for (id, step, status, stock, refused) in cases {
         for _ in 0..2 {
-            assert_eq!(apply(&h.api, t, id).await.unwrap().status, status);
+            assert_eq!(
+                h.api.transition(&service(), id, step).await.unwrap().status,
+                status
+            );
             assert_eq!(totals(&h.api, "A").await, stock);
         }
-        let late = apply(&h.api, refused, id).await;
+        let late = h.api.transition(&service(), id, refused).await;
         assert!(
             matches!(late, Err(ReservationError::InvalidTransition { .. })),
             "{late:?}"
@@ -424,7 +435,11 @@ pub async fn commit_takes_stock_out_release_gives_it_back_and_both_are_idempoten
     }
     let missing = h
         .api
-        .commit(&service(), ReservationId(uuid::Uuid::now_v7()))
+        .transition(
+            &service(),
+            ReservationId(uuid::Uuid::now_v7()),
+            ReservationStep::Commit,
+        )
         .await;
     assert!(matches!(missing, Err(ReservationError::NotFound(_))));
 
@@ -441,13 +456,19 @@ pub async fn expired_reservations_are_released_by_the_sweeper_and_cannot_be_conf
     let short = h.api.reserve(&service(), short).await.unwrap().reservation;
     let default_ttl = reserve(&h.api, &service(), &[("A", 3)]).await;
     let confirmed = reserve(&h.api, &service(), &[("A", 1)]).await;
-    h.api.confirm(&service(), confirmed.id).await.unwrap();
+    h.api
+        .transition(&service(), confirmed.id, ReservationStep::Confirm)
+        .await
+        .unwrap();
     assert_eq!(totals(&h.api, "A").await, (10, 6, 4));
 
     h.clock.advance(chrono::Duration::seconds(59));
     assert_eq!(h.module.sweep_expired().await.unwrap(), 0);
     h.clock.advance(chrono::Duration::seconds(1));
-    let late_confirm = h.api.confirm(&service(), short.id).await;
+    let late_confirm = h
+        .api
+        .transition(&service(), short.id, ReservationStep::Confirm)
+        .await;
     assert!(
         matches!(late_confirm, Err(ReservationError::Expired(_))),
         "{late_confirm:?}"
@@ -488,9 +509,18 @@ pub async fn every_change_writes_its_events_exactly_once(h: &Harness) {
     let r = reserve(&h.api, &svc, &[("A", 2)]).await; // 6 left: no low stock
     let r2 = reserve(&h.api, &service(), &[("A", 2)]).await; // 4 left: low stock
     reserve(&h.api, &service(), &[("A", 1)]).await; // 3 left: already low
-    h.api.commit(&service(), r.id).await.unwrap();
-    h.api.commit(&service(), r.id).await.unwrap();
-    h.api.release(&service(), r2.id).await.unwrap(); // back to 5: not low
+    h.api
+        .transition(&service(), r.id, ReservationStep::Commit)
+        .await
+        .unwrap();
+    h.api
+        .transition(&service(), r.id, ReservationStep::Commit)
+        .await
+        .unwrap();
+    h.api
+        .transition(&service(), r2.id, ReservationStep::Release)
+        .await
+        .unwrap(); // back to 5: not low
     h.api
         .adjust(
             &staff(),
@@ -571,7 +601,11 @@ pub async fn only_the_right_roles_change_the_catalogue_stock_and_reservations(h:
         .await
         .unwrap();
     h.api
-        .release(&ctx("ada", &[Role::Admin]), r.reservation.id)
+        .transition(
+            &ctx("ada", &[Role::Admin]),
+            r.reservation.id,
+            ReservationStep::Release,
+        )
         .await
         .unwrap();
     assert_eq!(totals(&h.api, "A").await, (5, 0, 5));
@@ -604,19 +638,6 @@ pub async fn five_hundred_concurrent_single_unit_reservations_on_a_hundred_units
     assert_eq!(totals(&h.api, "HOT").await, (100, 100, 0));
     h.publish_all().await;
     assert_eq!(h.events.of_type(STOCK_RESERVED).len(), 100);
-}
-
-/// Ask for transition `t` of reservation `id` as a service.
-async fn apply(
-    api: &InventoryService,
-    t: Transition,
-    id: ReservationId,
-) -> Result<Reservation, ReservationError> {
-    match t {
-        Transition::Confirm => api.confirm(&service(), id).await,
-        Transition::Commit => api.commit(&service(), id).await,
-        Transition::Release(_) => api.release(&service(), id).await,
-    }
 }
 
 impl Harness {

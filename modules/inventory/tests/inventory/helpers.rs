@@ -10,7 +10,7 @@ use agora_inventory::domain::models::{
     WarehouseCode,
 };
 use agora_inventory::{InventoryModule, InventoryService, ManualClock, Settings};
-use agora_kernel::{CallContext, Currency, InMemoryBus, Money, Principal, Role};
+use agora_kernel::{CallContext, Currency, InMemoryBus, Money, Principal, Role, Wiring};
 use tempfile::TempDir;
 use uuid::Uuid;
 
@@ -33,10 +33,12 @@ impl Harness {
         let events = Arc::new(Recorder::of("inventory"));
         bus.subscribe(events.clone());
         let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
-        let module =
-            InventoryModule::build_with_clock(&Settings::with_url(url), url, bus, clock.clone())
-                .await
-                .expect("the inventory module builds");
+        let module = InventoryModule::build(
+            &Settings::with_url(url),
+            Wiring::new(url, bus).with_clock(clock.clone()),
+        )
+        .await
+        .expect("the inventory module builds");
         Self {
             api: module.api(),
             module,
@@ -52,10 +54,12 @@ impl Harness {
     pub async fn twin(&self) -> InventoryService {
         let bus = Arc::new(InMemoryBus::new());
         let settings = Settings::with_url(&self.url);
-        let module =
-            InventoryModule::build_with_clock(&settings, &self.url, bus, self.clock.clone())
-                .await
-                .expect("a second inventory module builds");
+        let module = InventoryModule::build(
+            &settings,
+            Wiring::new(&self.url, bus).with_clock(self.clock.clone()),
+        )
+        .await
+        .expect("a second inventory module builds");
         module.api()
     }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use agora_inventory::domain::models::{ReservationStatus, Ttl};
 use agora_inventory::events::{STOCK_RELEASED, STOCK_RESERVED};
 use agora_inventory::{InventoryModule, ManualClock, Settings};
-use agora_kernel::{InMemoryBus, Module};
+use agora_kernel::{InMemoryBus, Module, Wiring};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::*;
@@ -22,9 +22,10 @@ async fn the_background_sweeper_releases_expired_reservations_and_the_relay_publ
     let events = Arc::new(Recorder::of("inventory"));
     bus.subscribe(events.clone());
     let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
-    let module = InventoryModule::build_with_clock(&settings, &url, bus, clock.clone())
-        .await
-        .unwrap();
+    let module =
+        InventoryModule::build(&settings, Wiring::new(&url, bus).with_clock(clock.clone()))
+            .await
+            .unwrap();
     let api = module.api();
     catalogue(&api, &["A"], &["W1"]).await;
     receive(&api, "A", "W1", 5).await;

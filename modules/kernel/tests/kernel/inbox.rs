@@ -93,9 +93,12 @@ async fn the_purge_task_forgets_events_handled_longer_ago_than_the_retention() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/n.db", dir.path().display());
     let bus = std::sync::Arc::new(agora_kernel::events::InMemoryBus::new());
-    let base = agora_kernel::db::SqlModuleBase::connect("notification", &url, bus)
-        .await
-        .unwrap();
+    let base = agora_kernel::db::SqlModuleBase::connect(
+        "notification",
+        &agora_kernel::Wiring::new(&url, bus),
+    )
+    .await
+    .unwrap();
     let agora_kernel::db::SqlDatabase::Sqlite(db) = base.db.clone() else {
         unreachable!("a sqlite: URL opens SQLite")
     };

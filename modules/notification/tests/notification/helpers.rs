@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use agora_kernel::db::SqlDatabase;
 use agora_kernel::{
     BackgroundTask, CallContext, EventBus, EventEnvelope, InMemoryBus, Module, Principal, Role,
+    Wiring,
 };
 use agora_notification::domain::models::{ListFilter, Notification, Status};
 use agora_notification::domain::ports::{
@@ -132,9 +133,14 @@ impl TestModule {
         let as_bus = bus.clone() as Arc<dyn EventBus>;
         let module = match channels {
             Some(channels) => {
-                NotificationModule::build_with_channels(&settings, &url, as_bus, channels).await
+                NotificationModule::build_with_channels(
+                    &settings,
+                    Wiring::new(&url, as_bus),
+                    channels,
+                )
+                .await
             }
-            None => NotificationModule::build(&settings, &url, as_bus).await,
+            None => NotificationModule::build(&settings, Wiring::new(&url, as_bus)).await,
         }
         .unwrap();
         Some(Self {

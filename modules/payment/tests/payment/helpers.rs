@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agora_kernel::db::SqlDatabase;
-use agora_kernel::{CallContext, Currency, EventBus, InMemoryBus, Money, Principal, Role};
+use agora_kernel::{CallContext, Currency, EventBus, InMemoryBus, Money, Principal, Role, Wiring};
 use agora_payment::domain::models::{
     ChargeRequest, ChargeResult, CustomerId, OrderId, Payment, PaymentMethod, RefundResult,
 };
@@ -71,10 +71,9 @@ impl Harness {
         let events = Arc::new(Recorder::of("payment"));
         bus.subscribe(events.clone());
         let clock = Arc::new(ManualClock::new());
-        let module = PaymentModule::build_with_clock(
+        let module = PaymentModule::build_with_breaker_clock(
             &settings,
-            &url,
-            bus as Arc<dyn EventBus>,
+            Wiring::new(&url, bus as Arc<dyn EventBus>),
             clock.clone(),
         )
         .await
