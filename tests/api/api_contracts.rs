@@ -9,12 +9,12 @@ use agora::Settings;
 use agora::upstream::Upstreams;
 use agora_inventory::domain::models as inv;
 use agora_inventory::domain::ports::{ReservationError, ReservationStep, ReserveError};
-use agora_inventory::{InventoryApi, InventoryService};
+use agora_inventory::{InventoryApi, InventoryModule, InventoryService};
 use agora_kernel::testing::{NatsServer, nats_namespace};
-use agora_kernel::{CallContext, Currency, InMemoryBus, Money, Principal, Role};
+use agora_kernel::{CallContext, Currency, InMemoryBus, Money, Principal, Role, Wiring};
 use agora_payment::domain::models as pay;
 use agora_payment::domain::service::{ChargeError, GetPaymentError, RefundError};
-use agora_payment::{PaymentApi, PaymentService};
+use agora_payment::{PaymentApi, PaymentModule, PaymentService};
 use async_trait::async_trait;
 use serde_json::json;
 
@@ -124,6 +124,23 @@ impl Catalogue for RestCatalogue {
             .unwrap();
         assert!(res.status().is_success(), "{}", res.status());
     }
+}
+
+/// `module` built in process by `build` from its database URL and wiring: a
+/// fresh SQLite file in a directory that lives as long as the returned guard,
+/// and an in-memory bus.
+async fn on_sqlite<M, F>(
+    module: &str,
+    build: impl FnOnce(String, Wiring) -> F,
+) -> (tempfile::TempDir, M)
+where
+    F: Future<Output = anyhow::Result<M>>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/{module}.db", dir.path().display());
+    let wiring = Wiring::new(&url, Arc::new(InMemoryBus::new()));
+    let built = build(url, wiring).await.unwrap();
+    (dir, built)
 }
 
 /// A process hosting only `module` (on a broker of its own), and the host's
@@ -319,14 +336,10 @@ async fn inventory_contract(api: &dyn InventoryApi, shop: &dyn Catalogue) {
 
 #[tokio::test]
 async fn inventory_api_in_process() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/inventory.db", dir.path().display());
-    let module = agora_inventory::InventoryModule::build(
-        &agora_inventory::Settings::with_url(&url),
-        agora_kernel::Wiring::new(&url, Arc::new(InMemoryBus::new())),
-    )
-    .await
-    .unwrap();
+    let (_dir, module) = on_sqlite("inventory", |url, wiring| async move {
+        InventoryModule::build(&agora_inventory::Settings::with_url(&url), wiring).await
+    })
+    .await;
     let service = module.api();
     inventory_contract(&service, &ServiceCatalogue(service.clone())).await;
 }
@@ -470,14 +483,10 @@ async fn payment_contract(api: &dyn PaymentApi) {
 
 #[tokio::test]
 async fn payment_api_in_process() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/payment.db", dir.path().display());
-    let module = agora_payment::PaymentModule::build(
-        &agora_payment::Settings::with_url(&url),
-        agora_kernel::Wiring::new(&url, Arc::new(InMemoryBus::new())),
-    )
-    .await
-    .unwrap();
+    let (_dir, module) = on_sqlite("payment", |url, wiring| async move {
+        PaymentModule::build(&agora_payment::Settings::with_url(&url), wiring).await
+    })
+    .await;
     let service: PaymentService = module.api();
     payment_contract(&service).await;
 }

@@ -55,6 +55,20 @@ impl Shop {
         (shop, alice, order)
     }
 
+    /// A shop of `units` MUGs where alice placed an order of `quantity` paid
+    /// with `method` (taken, whatever its outcome): the shop, alice's token
+    /// and the order.
+    pub async fn with_a_placed_order(
+        units: i64,
+        quantity: i64,
+        method: &str,
+    ) -> (Shop, String, Value) {
+        let shop = Shop::with_mugs(units).await;
+        let alice = shop.customer("alice");
+        let order = shop.placed(&alice, "MUG", quantity, method).await;
+        (shop, alice, order)
+    }
+
     /// A shop with `units` MUGs (8.50 EUR) in stock.
     pub async fn with_mugs(units: i64) -> Shop {
         let shop = Shop::open(|_| {}).await;
@@ -342,9 +356,7 @@ fn mongo_url() -> Option<String> {
 
 #[tokio::test]
 async fn a_declined_card_fails_the_order_and_gives_the_stock_back() {
-    let shop = Shop::with_mugs(5).await;
-    let alice = shop.customer("alice");
-    let order = shop.placed(&alice, "MUG", 3, "tok_chargeDeclined").await;
+    let (shop, _, order) = Shop::with_a_placed_order(5, 3, "tok_chargeDeclined").await;
     assert_eq!(order["status"], "payment_failed");
     assert!(
         order["failure_reason"]
@@ -358,9 +370,7 @@ async fn a_declined_card_fails_the_order_and_gives_the_stock_back() {
 
 #[tokio::test]
 async fn an_order_short_of_stock_is_rejected() {
-    let shop = Shop::with_mugs(1).await;
-    let alice = shop.customer("alice");
-    let order = shop.placed(&alice, "MUG", 2, "tok_visa").await;
+    let (shop, _, order) = Shop::with_a_placed_order(1, 2, "tok_visa").await;
     assert_eq!(order["status"], "rejected");
     assert!(order["payment_id"].is_null());
     assert_eq!(shop.available("MUG").await, 1);
@@ -370,21 +380,28 @@ async fn an_order_short_of_stock_is_rejected() {
 async fn bad_orders_are_422_with_field_errors_and_a_missing_key_is_400() {
     let shop = Shop::with_mugs(1).await;
     let alice = shop.customer("alice");
-    let res = shop
-        .place(
-            &alice,
+    // Each bad order is 422 naming (one of) the fields at fault; a payment
+    // method the provider cannot take is refused up front.
+    let bad_orders = [
+        (
             json!([{"sku": "NOPE", "quantity": 1}, {"sku": "MUG", "quantity": 0}]),
             "tok_visa",
-        )
-        .await;
-    let body = assert_problem(res, 422).await;
-    assert!(
-        body["errors"]["items[0].sku"].is_array() || body["errors"]["items[1].quantity"].is_array(),
-        "{body}"
-    );
-    let res = shop.place(&alice, json!([]), "tok_visa").await;
-    let body = assert_problem(res, 422).await;
-    assert!(body["errors"]["items"].is_array(), "{body}");
+            &["items[0].sku", "items[1].quantity"][..],
+        ),
+        (json!([]), "tok_visa", &["items"]),
+        (
+            json!([{"sku": "MUG", "quantity": 1}]),
+            "tok visa",
+            &["payment_method"],
+        ),
+    ];
+    for (items, method, fields) in bad_orders {
+        let body = assert_problem(shop.place(&alice, items, method).await, 422).await;
+        assert!(
+            fields.iter().any(|f| body["errors"][f].is_array()),
+            "{fields:?}: {body}"
+        );
+    }
     // Without an idempotency key it is 400.
     let res = shop
         .raw(
@@ -407,12 +424,6 @@ async fn bad_orders_are_422_with_field_errors_and_a_missing_key_is_400() {
         }
         assert_problem(req.send().await.unwrap(), 401).await;
     }
-    // A payment method the provider cannot take is refused up front.
-    let res = shop
-        .place(&alice, json!([{"sku": "MUG", "quantity": 1}]), "tok visa")
-        .await;
-    let body = assert_problem(res, 422).await;
-    assert!(body["errors"]["payment_method"].is_array(), "{body}");
     // Only customers place orders.
     let res = shop
         .place(

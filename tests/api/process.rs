@@ -5,11 +5,12 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use agora_kernel::Role;
+use agora_kernel::testing::ChildProcess;
 use serde_json::{Value, json};
 
 /// A port that is free now, below Linux's ephemeral range (32768–60999 by
@@ -36,7 +37,7 @@ pub struct Agora {
     pub name: String,
     pub base: String,
     pub admin: String,
-    child: Option<Child>,
+    child: ChildProcess,
     env: Vec<(String, String)>,
     dir: PathBuf,
 }
@@ -83,7 +84,7 @@ impl Agora {
             name: name.to_owned(),
             base: format!("http://127.0.0.1:{port}"),
             admin: format!("http://127.0.0.1:{admin}"),
-            child: None,
+            child: ChildProcess::default(),
             env: all,
             dir: dir.to_path_buf(),
         }
@@ -100,10 +101,7 @@ impl Agora {
 
     /// SIGKILL: no shutdown, nothing flushed.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.kill();
     }
 
     /// Start it (again) on the same ports, data and settings.
@@ -140,7 +138,7 @@ impl Agora {
                 }
             });
         }
-        self.child = Some(child);
+        self.child.replace(child);
         if rx.recv_timeout(Duration::from_secs(60)).is_err() {
             let tail: String = self
                 .log()
@@ -164,12 +162,6 @@ impl Agora {
             .text()
             .await
             .unwrap()
-    }
-}
-
-impl Drop for Agora {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

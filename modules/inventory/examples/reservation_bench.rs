@@ -17,13 +17,39 @@ use agora_inventory::domain::models::{
     LineRequest, NewProduct, NewReservation, NewWarehouse, OrderRef, ProductName, Quantity,
     Receipt, ReservationId, Sku, Threshold, WarehouseCode,
 };
-use agora_inventory::{InventoryModule, Settings};
+use agora_inventory::{InventoryModule, InventoryService, Settings};
 use agora_kernel::testing::with_database;
 use agora_kernel::{CallContext, Currency, InMemoryBus, Money, Principal, Role, Wiring};
 use uuid::Uuid;
 
 fn ctx(role: Role) -> CallContext {
     CallContext::new(Principal::new("bench", [role]), "bench")
+}
+
+/// A million units of `sku` in one warehouse, for the runs to reserve from.
+async fn stock(api: &InventoryService, sku: &Sku) {
+    let staff = ctx(Role::Staff);
+    let wh = WarehouseCode::parse("W1").unwrap();
+    let product = NewProduct {
+        sku: sku.clone(),
+        name: ProductName::parse("Bench").unwrap(),
+        description: None,
+        price: Money::new(100, Currency::parse("EUR").unwrap()),
+        low_stock_threshold: Threshold::new(0).unwrap(),
+    };
+    let warehouse = NewWarehouse {
+        code: wh.clone(),
+        name: ProductName::parse("W1").unwrap(),
+    };
+    let receipt = Receipt {
+        sku: sku.clone(),
+        warehouse: wh,
+        quantity: Quantity::new(1_000_000).unwrap(),
+        reference: None,
+    };
+    api.create_product(&staff, product).await.unwrap();
+    api.create_warehouse(&staff, warehouse).await.unwrap();
+    api.receive(&staff, receipt).await.unwrap();
 }
 
 async fn run(url: &str, reservations: usize, callers: usize) -> f64 {
@@ -35,39 +61,7 @@ async fn run(url: &str, reservations: usize, callers: usize) -> f64 {
     .expect("the module builds");
     let api = module.api();
     let sku = Sku::parse("BENCH-1").unwrap();
-    let wh = WarehouseCode::parse("W1").unwrap();
-    api.create_product(
-        &ctx(Role::Staff),
-        NewProduct {
-            sku: sku.clone(),
-            name: ProductName::parse("Bench").unwrap(),
-            description: None,
-            price: Money::new(100, Currency::parse("EUR").unwrap()),
-            low_stock_threshold: Threshold::new(0).unwrap(),
-        },
-    )
-    .await
-    .unwrap();
-    api.create_warehouse(
-        &ctx(Role::Staff),
-        NewWarehouse {
-            code: wh.clone(),
-            name: ProductName::parse("W1").unwrap(),
-        },
-    )
-    .await
-    .unwrap();
-    api.receive(
-        &ctx(Role::Staff),
-        Receipt {
-            sku: sku.clone(),
-            warehouse: wh,
-            quantity: Quantity::new(1_000_000).unwrap(),
-            reference: None,
-        },
-    )
-    .await
-    .unwrap();
+    stock(&api, &sku).await;
 
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();

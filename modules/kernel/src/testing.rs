@@ -138,12 +138,39 @@ pub async fn fresh_postgres_url() -> Option<String> {
 /// store in a temporary directory, so the test can stop and restart it
 /// (`nats-server -a 127.0.0.1 -p P -js -sd DIR`). Killed when dropped.
 pub struct NatsServer {
-    child: Option<std::process::Child>,
+    child: ChildProcess,
     pub port: u16,
     /// The monitoring endpoint (`/jsz`, `/varz`).
     pub monitor_port: u16,
     store: tempfile::TempDir,
     binary: String,
+}
+
+/// A process a test started: killed (SIGKILL: nothing flushed) and reaped
+/// when replaced or dropped, so a failing test leaves no server behind.
+#[derive(Default)]
+pub struct ChildProcess(Option<std::process::Child>);
+
+impl ChildProcess {
+    /// Kill it, if it runs, and wait for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Own `child` from now on, killing the process owned before.
+    pub fn replace(&mut self, child: std::process::Child) {
+        self.kill();
+        self.0 = Some(child);
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 fn free_port() -> u16 {
@@ -178,7 +205,7 @@ impl NatsServer {
         }
         let store = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
         let mut server = Self {
-            child: None,
+            child: ChildProcess::default(),
             port: free_port(),
             monitor_port: free_port(),
             store,
@@ -194,10 +221,7 @@ impl NatsServer {
 
     /// Kill the server (SIGKILL: nothing flushed beyond what JetStream synced).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.kill();
     }
 
     /// Start it again on the same port and store directory; returns once it
@@ -212,7 +236,7 @@ impl NatsServer {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("failed to start {}: {e}", self.binary));
-        self.child = Some(child);
+        self.child.replace(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
@@ -222,12 +246,6 @@ impl NatsServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
