@@ -73,21 +73,22 @@ fn lines(lines: &[ReservedLine]) -> Vec<LinePayload> {
         .collect()
 }
 
-fn envelope(
-    event_type: &str,
-    correlation_id: &str,
-    payload: &impl Serialize,
-) -> anyhow::Result<EventEnvelope> {
-    EventEnvelope::new(event_type, crate::NAME, correlation_id, payload)
-        .map_err(|e| anyhow::anyhow!(e).context("failed to serialise an event"))
-}
-
 pub(crate) fn reserved(r: &Reservation, correlation_id: &str) -> anyhow::Result<EventEnvelope> {
-    envelope(STOCK_RESERVED, correlation_id, &reservation_payload(r))
+    EventEnvelope::publishable(
+        STOCK_RESERVED,
+        crate::NAME,
+        correlation_id,
+        &reservation_payload(r),
+    )
 }
 
 pub(crate) fn committed(r: &Reservation, correlation_id: &str) -> anyhow::Result<EventEnvelope> {
-    envelope(STOCK_COMMITTED, correlation_id, &reservation_payload(r))
+    EventEnvelope::publishable(
+        STOCK_COMMITTED,
+        crate::NAME,
+        correlation_id,
+        &reservation_payload(r),
+    )
 }
 
 pub(crate) fn released(
@@ -101,7 +102,7 @@ pub(crate) fn released(
         reason: reason.as_str().to_owned(),
         lines: lines(&r.lines),
     };
-    envelope(STOCK_RELEASED, correlation_id, &payload)
+    EventEnvelope::publishable(STOCK_RELEASED, crate::NAME, correlation_id, &payload)
 }
 
 /// A low-stock event when a change took available stock from at or above the
@@ -119,7 +120,7 @@ pub(crate) fn low_stock(
             available: after,
             threshold,
         };
-        envelope(LOW_STOCK, correlation_id, &payload).map(Some)
+        EventEnvelope::publishable(LOW_STOCK, crate::NAME, correlation_id, &payload).map(Some)
     } else {
         Ok(None)
     }

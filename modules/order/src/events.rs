@@ -66,6 +66,5 @@ pub fn envelope(
         payment_id: order.payment_id.as_ref().map(|p| p.as_str().to_owned()),
         reason: reason.map(str::to_owned),
     };
-    EventEnvelope::new(event_type, crate::NAME, correlation_id, &payload)
-        .map_err(|e| anyhow::anyhow!("failed to serialise an order event: {e}"))
+    EventEnvelope::publishable(event_type, crate::NAME, correlation_id, &payload)
 }

@@ -4,7 +4,6 @@
 //! Consumers own their own deserialisation types; these are the publisher's.
 
 use agora_kernel::EventEnvelope;
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -57,23 +56,15 @@ pub struct PaymentRefunded {
     pub reason: Option<String>,
 }
 
-fn envelope(
-    event_type: &str,
-    correlation_id: &str,
-    payload: &impl Serialize,
-) -> anyhow::Result<EventEnvelope> {
-    EventEnvelope::new(event_type, crate::NAME, correlation_id, payload)
-        .with_context(|| format!("failed to build a {event_type} event"))
-}
-
 /// The event a finished charge publishes.
 ///
 /// # Errors
 /// Serialisation failures.
 pub fn charge_finished(p: &Payment, correlation_id: &str) -> anyhow::Result<EventEnvelope> {
     match &p.failure_code {
-        None => envelope(
+        None => EventEnvelope::publishable(
             PAYMENT_SUCCEEDED,
+            crate::NAME,
             correlation_id,
             &PaymentSucceeded {
                 payment_id: p.id.as_uuid(),
@@ -85,8 +76,9 @@ pub fn charge_finished(p: &Payment, correlation_id: &str) -> anyhow::Result<Even
                 provider_ref: p.provider_ref.clone(),
             },
         ),
-        Some(code) => envelope(
+        Some(code) => EventEnvelope::publishable(
             PAYMENT_FAILED,
+            crate::NAME,
             correlation_id,
             &PaymentFailed {
                 payment_id: p.id.as_uuid(),
@@ -105,8 +97,9 @@ pub fn charge_finished(p: &Payment, correlation_id: &str) -> anyhow::Result<Even
 /// # Errors
 /// Serialisation failures.
 pub fn refunded(p: &Payment, r: &Refund, correlation_id: &str) -> anyhow::Result<EventEnvelope> {
-    envelope(
+    EventEnvelope::publishable(
         PAYMENT_REFUNDED,
+        crate::NAME,
         correlation_id,
         &PaymentRefunded {
             payment_id: p.id.as_uuid(),

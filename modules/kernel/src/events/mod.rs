@@ -20,6 +20,7 @@ mod memory;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -60,6 +61,21 @@ impl EventEnvelope {
             correlation_id: correlation_id.to_owned(),
             payload: serde_json::to_value(payload)?,
         })
+    }
+
+    /// [`new`](Self::new) for a publishing module: a payload that does not
+    /// serialise is an unexpected error that names the event type.
+    ///
+    /// # Errors
+    /// The payload cannot be serialised.
+    pub fn publishable(
+        event_type: &str,
+        source: &str,
+        correlation_id: &str,
+        payload: &impl Serialize,
+    ) -> anyhow::Result<Self> {
+        Self::new(event_type, source, correlation_id, payload)
+            .with_context(|| format!("failed to serialise a {event_type} event"))
     }
 
     /// Deserialise the payload into the consumer's own type.

@@ -29,10 +29,7 @@ impl Channel {
 
     /// Parse `email`, `sms` or `push`.
     pub fn parse(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .into_iter()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| UnknownValue::new(s, "email, sms or push"))
+        UnknownValue::check(s, Self::ALL, Self::as_str, "email, sms or push")
     }
 }
 
@@ -78,10 +75,12 @@ impl Status {
 
     /// Parse one of the five status names.
     pub fn parse(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .into_iter()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| UnknownValue::new(s, "pending, sent, retrying, dead or skipped"))
+        UnknownValue::check(
+            s,
+            Self::ALL,
+            Self::as_str,
+            "pending, sent, retrying, dead or skipped",
+        )
     }
 }
 
@@ -105,6 +104,19 @@ impl UnknownValue {
             value: value.chars().take(32).collect(),
             expected,
         }
+    }
+
+    /// The value of the closed set `all` whose `name` is `s`, or this error
+    /// saying what was `expected`.
+    fn check<T: Copy>(
+        s: &str,
+        all: impl IntoIterator<Item = T>,
+        name: fn(T) -> &'static str,
+        expected: &'static str,
+    ) -> Result<T, Self> {
+        all.into_iter()
+            .find(|v| name(*v) == s)
+            .ok_or_else(|| Self::new(s, expected))
     }
 }
 
@@ -164,10 +176,12 @@ impl Template {
 
     /// Parse a template name (`order_confirmed`).
     pub fn parse(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| UnknownValue::new(s, "a template name such as order_confirmed"))
+        UnknownValue::check(
+            s,
+            Self::ALL,
+            Self::as_str,
+            "a template name such as order_confirmed",
+        )
     }
 }
 
