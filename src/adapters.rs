@@ -31,8 +31,31 @@ fn refused(e: impl std::fmt::Display) -> PortError {
     PortError::Refused(Refusal::new(e))
 }
 
-fn unavailable(module: &str, e: &anyhow::Error) -> PortError {
-    PortError::Unavailable(format!("{module}: {e:#}"))
+/// Ports over one module's `api`, and what its errors mean to them.
+trait ModulePorts {
+    /// The module, as its unavailability is reported.
+    const MODULE: &'static str;
+
+    /// The module could not answer: `e` is its `Unexpected`, shown with its
+    /// causes.
+    fn unavailable(e: impl std::fmt::Display) -> PortError {
+        PortError::Unavailable(format!("{}: {e:#}", Self::MODULE))
+    }
+
+    /// An error of the module that no arm of the port handles: the module's
+    /// `Unexpected` (`unexpected`) leaves it unavailable; anything else
+    /// refuses the request.
+    fn error(unexpected: bool, e: impl std::fmt::Display) -> PortError {
+        if unexpected {
+            Self::unavailable(e)
+        } else {
+            refused(e)
+        }
+    }
+}
+
+impl ModulePorts for InventoryPorts {
+    const MODULE: &'static str = "inventory";
 }
 
 fn reservation_id(id: &str) -> Result<inv::ReservationId, PortError> {
@@ -59,8 +82,7 @@ impl InventoryPorts {
             {
                 Ok(())
             }
-            Err(ReservationError::Unexpected(e)) => Err(unavailable("inventory", &e)),
-            Err(e) => Err(refused(e)),
+            Err(e) => Err(Self::error(matches!(e, ReservationError::Unexpected(_)), e)),
         }
     }
 }
@@ -90,8 +112,7 @@ impl Catalogue for InventoryPorts {
                     )
                 })
                 .collect()),
-            Err(ReadError::Unexpected(e)) => Err(unavailable("inventory", &e)),
-            Err(e) => Err(refused(e)),
+            Err(e) => Err(Self::error(matches!(e, ReadError::Unexpected(_)), e)),
         }
     }
 }
@@ -130,8 +151,7 @@ impl StockReservations for InventoryPorts {
                     .map(|s| s.sku.as_str().to_owned())
                     .collect(),
             )),
-            Err(ReserveError::Unexpected(e)) => Err(unavailable("inventory", &e)),
-            Err(e) => Err(refused(e)),
+            Err(e) => Err(Self::error(matches!(e, ReserveError::Unexpected(_)), e)),
         }
     }
 
@@ -150,6 +170,10 @@ impl StockReservations for InventoryPorts {
 
 /// Charges and refunds, from the payment module.
 pub struct PaymentPorts(pub Arc<dyn PaymentApi>);
+
+impl ModulePorts for PaymentPorts {
+    const MODULE: &'static str = "payment";
+}
 
 #[async_trait]
 impl Payments for PaymentPorts {
@@ -176,7 +200,7 @@ impl Payments for PaymentPorts {
                 Ok(Some((PaymentRef::new(p.id.to_string()), state)))
             }
             Err(GetPaymentError::NotFound) => Ok(None),
-            Err(GetPaymentError::Unexpected(e)) => Err(unavailable("payment", &e)),
+            Err(GetPaymentError::Unexpected(e)) => Err(Self::unavailable(e)),
         }
     }
 
@@ -203,8 +227,7 @@ impl Payments for PaymentPorts {
             Err(e @ (ChargeError::ProviderUnavailable { .. } | ChargeError::InProgress { .. })) => {
                 Err(PortError::Unavailable(e.to_string()))
             }
-            Err(ChargeError::Unexpected(e)) => Err(unavailable("payment", &e)),
-            Err(e) => Err(refused(e)),
+            Err(e) => Err(Self::error(matches!(e, ChargeError::Unexpected(_)), e)),
         }
     }
 
@@ -231,8 +254,7 @@ impl Payments for PaymentPorts {
             Err(e @ (RefundError::ProviderUnavailable { .. } | RefundError::InProgress { .. })) => {
                 Err(PortError::Unavailable(e.to_string()))
             }
-            Err(RefundError::Unexpected(e)) => Err(unavailable("payment", &e)),
-            Err(e) => Err(refused(e)),
+            Err(e) => Err(Self::error(matches!(e, RefundError::Unexpected(_)), e)),
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::gateway::observe::{self, RouteModules};
 use crate::gateway::rate_limit::{self, RateLimits};
 use crate::settings::{Settings, redact_url};
 use crate::upstream::Upstreams;
-use crate::upstream::progressive::{RoutedInventory, RoutedPayments};
+use crate::upstream::progressive::Routed;
 use crate::upstream::rollout::Rollouts;
 use crate::{openapi, telemetry};
 
@@ -94,11 +94,11 @@ async fn build_modules(
         let m = agora_inventory::InventoryModule::build(&settings.inventory, wiring("inventory"))
             .await
             .context("inventory module")?;
-        let local = Arc::new(m.api());
+        let local: Arc<dyn agora_inventory::InventoryApi> = Arc::new(m.api());
         modules.push(Arc::new(m));
         // Its route may send a share of the calls to remote instances (a
         // canary of a gradual extraction).
-        Arc::new(RoutedInventory {
+        Arc::new(Routed {
             local,
             remote: Arc::new(agora_inventory::RemoteInventory::new(remote("inventory")?)),
             route: route("inventory")?,
@@ -110,9 +110,9 @@ async fn build_modules(
         let m = agora_payment::PaymentModule::build(&settings.payment, wiring("payment"))
             .await
             .context("payment module")?;
-        let local = Arc::new(m.api());
+        let local: Arc<dyn agora_payment::PaymentApi> = Arc::new(m.api());
         modules.push(Arc::new(m));
-        Arc::new(RoutedPayments {
+        Arc::new(Routed {
             local,
             remote: Arc::new(agora_payment::RemotePayments::new(remote("payment")?)),
             route: route("payment")?,

@@ -1,12 +1,11 @@
 //! Progressive extraction: a module this process hosts, canaried to remote
 //! instances of it. The rollout's weight moves calls from the module in this
-//! process to the remote pool — module-to-module calls through
-//! [`RoutedInventory`] / [`RoutedPayments`] (the order module's adapters call
-//! these instead of the services directly), forwarded `/api/v1` requests
-//! through [`divert`]. A promotion leaves the module served remotely; a
-//! rollback returns it here. Keys are the ones the HTTP clients use as call
-//! affinity (the order id; the payment id for refunds), so a call and the
-//! remote client's own choice agree.
+//! process to the remote pool — module-to-module calls through [`Routed`]
+//! (the order module's adapters call it instead of the services directly),
+//! forwarded `/api/v1` requests through [`divert`]. A promotion leaves the
+//! module served remotely; a rollback returns it here. Keys are the ones the
+//! HTTP clients use as call affinity (the order id; the payment id for
+//! refunds), so a call and the remote client's own choice agree.
 
 use std::sync::Arc;
 
@@ -33,15 +32,16 @@ fn remote(route: &Route, key: Option<&str>) -> bool {
     matches!(route.pick(key).1, Target::Remote(_))
 }
 
-/// Inventory in this process, or — for the rollout's share — remote.
-pub struct RoutedInventory {
-    pub local: Arc<dyn InventoryApi>,
-    pub remote: Arc<dyn InventoryApi>,
+/// A module's `api` in this process, or — for the rollout's share — remote
+/// (`Routed<dyn InventoryApi>`, `Routed<dyn PaymentApi>`).
+pub struct Routed<A: ?Sized> {
+    pub local: Arc<A>,
+    pub remote: Arc<A>,
     pub route: Arc<Route>,
 }
 
-impl RoutedInventory {
-    fn by(&self, key: Option<&str>) -> &dyn InventoryApi {
+impl<A: ?Sized> Routed<A> {
+    fn by(&self, key: Option<&str>) -> &A {
         if remote(&self.route, key) {
             self.remote.as_ref()
         } else {
@@ -51,7 +51,7 @@ impl RoutedInventory {
 }
 
 #[async_trait]
-impl InventoryApi for RoutedInventory {
+impl InventoryApi for Routed<dyn InventoryApi> {
     async fn quote(&self, ctx: &CallContext, skus: &[inv::Sku]) -> Result<Vec<Quote>, ReadError> {
         self.by(None).quote(ctx, skus).await
     }
@@ -77,31 +77,14 @@ impl InventoryApi for RoutedInventory {
     }
 }
 
-/// Payment in this process, or — for the rollout's share — remote.
-pub struct RoutedPayments {
-    pub local: Arc<dyn PaymentApi>,
-    pub remote: Arc<dyn PaymentApi>,
-    pub route: Arc<Route>,
-}
-
-impl RoutedPayments {
-    fn by(&self, key: &str) -> &dyn PaymentApi {
-        if remote(&self.route, Some(key)) {
-            self.remote.as_ref()
-        } else {
-            self.local.as_ref()
-        }
-    }
-}
-
 #[async_trait]
-impl PaymentApi for RoutedPayments {
+impl PaymentApi for Routed<dyn PaymentApi> {
     async fn find_by_order(
         &self,
         ctx: &CallContext,
         order_id: pay::OrderId,
     ) -> Result<PaymentSummary, GetPaymentError> {
-        self.by(&order_id.0.to_string())
+        self.by(Some(&order_id.0.to_string()))
             .find_by_order(ctx, order_id)
             .await
     }
@@ -112,7 +95,7 @@ impl PaymentApi for RoutedPayments {
         request: pay::ChargeRequest,
         idempotency_key: &str,
     ) -> Result<PaymentSummary, ChargeError> {
-        self.by(&request.order_id.0.to_string())
+        self.by(Some(&request.order_id.0.to_string()))
             .charge(ctx, request, idempotency_key)
             .await
     }
@@ -122,7 +105,7 @@ impl PaymentApi for RoutedPayments {
         ctx: &CallContext,
         request: pay::RefundRequest,
     ) -> Result<RefundSummary, RefundError> {
-        self.by(&request.payment_id.0.to_string())
+        self.by(Some(&request.payment_id.0.to_string()))
             .refund(ctx, request)
             .await
     }

@@ -54,12 +54,9 @@ struct ShortageView {
     available: i64,
 }
 
+/// What an answer the API does not document for this call means.
 fn unexpected(what: &str, r: &RemoteResponse) -> anyhow::Error {
-    let detail = r.problem().map(|p| p.detail).unwrap_or_default();
-    anyhow::anyhow!(
-        "the inventory module answered {what} with {}: {detail}",
-        r.status
-    )
+    r.unexpected("inventory", what)
 }
 
 fn state(r: &RemoteResponse, created: bool) -> anyhow::Result<ReservationState> {
@@ -80,11 +77,7 @@ impl InventoryApi for RemoteInventory {
         }
         let list: Vec<&str> = skus.iter().map(Sku::as_str).collect();
         let request = RemoteRequest::get(format!("/products?skus={}", list.join(",")));
-        let r = self
-            .transport
-            .send(ctx, request)
-            .await
-            .map_err(|e| ReadError::Unexpected(e.into()))?;
+        let r = self.transport.call(ctx, request).await?;
         if !r.is_success() {
             return Err(ReadError::Unexpected(unexpected("a quote", &r)));
         }
@@ -123,11 +116,7 @@ impl InventoryApi for RemoteInventory {
         });
         let request =
             RemoteRequest::post("/reservations", body).affinity(r.order_id.as_str().to_owned());
-        let res = self
-            .transport
-            .send(ctx, request)
-            .await
-            .map_err(|e| ReserveError::Unexpected(e.into()))?;
+        let res = self.transport.call(ctx, request).await?;
         if res.is_success() {
             return state(&res, res.status == 201).map_err(ReserveError::Unexpected);
         }
@@ -192,11 +181,7 @@ impl InventoryApi for RemoteInventory {
     ) -> Result<ReservationState, ReservationError> {
         let path = format!("/reservations/{}/{}", id.0, step.as_str());
         let request = RemoteRequest::post(path, json!({})).affinity(id.0.to_string());
-        let r = self
-            .transport
-            .send(ctx, request)
-            .await
-            .map_err(|e| ReservationError::Unexpected(e.into()))?;
+        let r = self.transport.call(ctx, request).await?;
         if r.is_success() {
             return state(&r, false).map_err(ReservationError::Unexpected);
         }

@@ -109,6 +109,16 @@ impl RemoteResponse {
                 .to_owned()
         })
     }
+
+    /// What an answer `module`'s API does not document for `what` (a call)
+    /// means: an unexpected error with the status and the problem's detail.
+    pub fn unexpected(&self, module: &str, what: &str) -> anyhow::Error {
+        let detail = self.problem().map(|p| p.detail).unwrap_or_default();
+        anyhow::anyhow!(
+            "the {module} module answered {what} with {}: {detail}",
+            self.status
+        )
+    }
 }
 
 /// No answer: every instance unreachable or too slow, or the module's circuit
@@ -136,4 +146,18 @@ pub trait Transport: Send + Sync {
         ctx: &CallContext,
         request: RemoteRequest,
     ) -> Result<RemoteResponse, RemoteError>;
+
+    /// [`Transport::send`] for a module's `api` client: to its callers no
+    /// answer is unexpected, and `?` turns it into their errors'
+    /// `Unexpected(anyhow::Error)`.
+    ///
+    /// # Errors
+    /// The [`RemoteError`] when no answer came.
+    async fn call(
+        &self,
+        ctx: &CallContext,
+        request: RemoteRequest,
+    ) -> anyhow::Result<RemoteResponse> {
+        Ok(self.send(ctx, request).await?)
+    }
 }

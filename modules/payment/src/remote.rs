@@ -27,15 +27,6 @@ impl RemotePayments {
     pub fn new(transport: Arc<dyn Transport>) -> Self {
         Self { transport }
     }
-
-    /// Send `request`; a transport failure is unexpected to every caller.
-    async fn send(
-        &self,
-        ctx: &CallContext,
-        request: RemoteRequest,
-    ) -> anyhow::Result<RemoteResponse> {
-        Ok(self.transport.send(ctx, request).await?)
-    }
 }
 
 #[derive(Deserialize)]
@@ -75,11 +66,7 @@ struct RefundView {
 
 /// What an answer the API does not document for this call means.
 fn unexpected(what: &str, r: &RemoteResponse) -> anyhow::Error {
-    let detail = r.problem().map(|p| p.detail).unwrap_or_default();
-    anyhow::anyhow!(
-        "the payment module answered {what} with {}: {detail}",
-        r.status
-    )
+    r.unexpected("payment", what)
 }
 
 fn extension_i64(r: &RemoteResponse, key: &str) -> Option<i64> {
@@ -113,7 +100,7 @@ impl PaymentApi for RemotePayments {
     ) -> Result<PaymentSummary, GetPaymentError> {
         let request = RemoteRequest::get(format!("/payments?order_id={}&limit=1", order_id.0))
             .affinity(order_id.0.to_string());
-        let r = self.send(ctx, request).await?;
+        let r = self.transport.call(ctx, request).await?;
         if !r.is_success() {
             return Err(GetPaymentError::Unexpected(unexpected(
                 "a payment lookup",
@@ -146,7 +133,7 @@ impl PaymentApi for RemotePayments {
             .idempotency_key(idempotency_key)
             .affinity(c.order_id.0.to_string());
         // No answer: the outcome is unknown; the same request again resolves it.
-        let r = self.send(ctx, request).await?;
+        let r = self.transport.call(ctx, request).await?;
         if r.is_success() {
             return r
                 .json::<PaymentView>()?
@@ -185,7 +172,7 @@ impl PaymentApi for RemotePayments {
         let request = RemoteRequest::post(format!("/payments/{}/refunds", req.payment_id.0), body)
             .idempotency_key(req.key.as_str())
             .affinity(req.payment_id.0.to_string());
-        let r = self.send(ctx, request).await?;
+        let r = self.transport.call(ctx, request).await?;
         if r.is_success() {
             let v: RefundView = r.json()?;
             return Ok(RefundSummary {
