@@ -129,12 +129,7 @@ impl StockReservations for InventoryPorts {
     ) -> Result<ReserveOutcome, PortError> {
         let lines = lines
             .iter()
-            .map(|(sku, q)| {
-                Ok(inv::LineRequest {
-                    sku: inv::Sku::parse(sku.as_str()).map_err(refused)?,
-                    quantity: inv::Quantity::new(i64::from(*q)).map_err(refused)?,
-                })
-            })
+            .map(|(sku, q)| inv::LineRequest::parse(sku.as_str(), i64::from(*q)).map_err(refused))
             .collect::<Result<Vec<_>, PortError>>()?;
         let request = inv::NewReservation {
             id: reservation_id(id)?,

@@ -221,10 +221,7 @@ async fn inventory_contract(api: &dyn InventoryApi, shop: &dyn Catalogue) {
     assert!(api.quote(&service(), &[]).await.unwrap().is_empty());
 
     let order = |n: u32| inv::OrderRef::parse(&format!("order-{n}")).unwrap();
-    let line = |s: &str, q: i64| inv::LineRequest {
-        sku: sku(s),
-        quantity: inv::Quantity::new(q).unwrap(),
-    };
+    let line = |s: &str, q: i64| inv::LineRequest::parse(s, q).unwrap();
     let request =
         |id: inv::ReservationId, n: u32, lines: Vec<inv::LineRequest>| inv::NewReservation {
             id,

@@ -219,10 +219,7 @@ async fn two_inventory_instances_on_one_mongodb_release_an_expired_reservation_o
             inv::NewReservation {
                 id: inv::ReservationId(uuid::Uuid::now_v7()),
                 order_id: inv::OrderRef::parse(&format!("o{n}")).unwrap(),
-                lines: vec![inv::LineRequest {
-                    sku: inv::Sku::parse("MUG").unwrap(),
-                    quantity: inv::Quantity::new(1).unwrap(),
-                }],
+                lines: vec![inv::LineRequest::parse("MUG", 1).unwrap()],
                 ttl: Some(inv::Ttl::from_secs(1).unwrap()),
             },
         )

@@ -536,6 +536,19 @@ pub struct LineRequest {
     pub quantity: Quantity,
 }
 
+impl LineRequest {
+    /// A line of `quantity` units of `sku`, both checked.
+    ///
+    /// # Errors
+    /// The first of the two that is not valid.
+    pub fn parse(sku: &str, quantity: i64) -> Result<Self, ParseError> {
+        Ok(Self {
+            sku: Sku::parse(sku)?,
+            quantity: Quantity::new(quantity)?,
+        })
+    }
+}
+
 /// A reserved line and its allocation over warehouses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReservedLine {

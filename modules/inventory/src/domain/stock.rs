@@ -367,10 +367,7 @@ mod tests {
             order_id: OrderRef::parse("order-1").unwrap(),
             lines: lines
                 .iter()
-                .map(|(sku, q)| LineRequest {
-                    sku: Sku::parse(sku).unwrap(),
-                    quantity: Quantity::new(*q).unwrap(),
-                })
+                .map(|(sku, q)| LineRequest::parse(sku, *q).unwrap())
                 .collect(),
             ttl: None,
         }

@@ -174,10 +174,7 @@ pub fn reservation(lines: &[(&str, i64)]) -> NewReservation {
         order_id: OrderRef::parse(&Uuid::now_v7().to_string()).unwrap(),
         lines: lines
             .iter()
-            .map(|(s, n)| LineRequest {
-                sku: sku(s),
-                quantity: Quantity::new(*n).unwrap(),
-            })
+            .map(|(s, n)| LineRequest::parse(s, *n).unwrap())
             .collect(),
         ttl: None,
     }
