@@ -34,6 +34,16 @@ pub fn parse_limit(raw: Option<&str>) -> Result<u32, Problem> {
     }
 }
 
+/// Cut `items`, fetched with one more than `limit`, down to a page: the page,
+/// and the `key` of its last item when more follow (where the next page
+/// starts).
+pub fn cut<T, K>(mut items: Vec<T>, limit: u32, key: impl FnOnce(&T) -> K) -> (Vec<T>, Option<K>) {
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    let next = if more { items.last().map(key) } else { None };
+    (items, next)
+}
+
 /// A cursor over `key` (the last item's sort key), opaque to callers.
 pub fn encode_cursor(key: &str) -> String {
     URL_SAFE_NO_PAD.encode(key)
@@ -62,6 +72,13 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_fetch_of_one_more_than_the_limit_is_cut_to_a_page_that_says_where_the_next_starts() {
+        assert_eq!(cut(vec![1, 2, 3], 2, |n| n * 10), (vec![1, 2], Some(20)));
+        assert_eq!(cut(vec![1, 2], 2, |n| n * 10), (vec![1, 2], None));
+        assert_eq!(cut(Vec::<u8>::new(), 2, |n| *n), (vec![], None));
     }
 
     #[test]

@@ -174,12 +174,12 @@ impl InventoryService {
         limit: u32,
     ) -> Result<Page<Product>, ReadError> {
         let after = parse_cursor(cursor, |s| Sku::parse(s).ok())?;
-        let mut items = self
+        let items = self
             .inner
             .store
             .products(after.as_ref(), limit + 1, ctx.principal.is_staff())
             .await?;
-        Ok(page(&mut items, limit, |p| encode_cursor(p.sku.as_str())))
+        Ok(page(items, limit, |p| encode_cursor(p.sku.as_str())))
     }
 
     /// # Errors
@@ -244,12 +244,12 @@ impl InventoryService {
         limit: u32,
     ) -> Result<Page<Warehouse>, ReadError> {
         let after = parse_cursor(cursor, |s| WarehouseCode::parse(s).ok())?;
-        let mut items = self
+        let items = self
             .inner
             .store
             .warehouses(after.as_ref(), limit + 1)
             .await?;
-        Ok(page(&mut items, limit, |w| encode_cursor(w.code.as_str())))
+        Ok(page(items, limit, |w| encode_cursor(w.code.as_str())))
     }
 
     // ---- stock -------------------------------------------------------------------------
@@ -305,10 +305,8 @@ impl InventoryService {
         if self.inner.store.product(sku).await?.is_none() {
             return Err(ReadError::NotFound(format!("no product with sku {sku}")));
         }
-        let mut items = self.inner.store.movements(sku, before, limit + 1).await?;
-        Ok(page(&mut items, limit, |m| {
-            encode_cursor(&m.id.to_string())
-        }))
+        let items = self.inner.store.movements(sku, before, limit + 1).await?;
+        Ok(page(items, limit, |m| encode_cursor(&m.id.to_string())))
     }
 
     // ---- reservations ------------------------------------------------------------------
@@ -421,12 +419,7 @@ fn parse_cursor<K>(
 }
 
 /// Cut a `limit + 1` fetch down to a page with a cursor after its last item.
-fn page<T>(items: &mut Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> Page<T> {
-    let more = items.len() > limit as usize;
-    items.truncate(limit as usize);
-    let next_cursor = if more { items.last().map(key) } else { None };
-    Page {
-        items: std::mem::take(items),
-        next_cursor,
-    }
+fn page<T>(items: Vec<T>, limit: u32, key: impl FnOnce(&T) -> String) -> Page<T> {
+    let (items, next_cursor) = agora_kernel::pagination::cut(items, limit, key);
+    Page { items, next_cursor }
 }

@@ -453,19 +453,15 @@ impl NotificationService {
             filter.customer_id = Some(own.clone());
         }
         let limit = filter.limit.max(1);
-        let mut items = self
+        let items = self
             .store
             .list(&ListFilter {
                 limit: limit + 1,
                 ..filter
             })
             .await?;
-        let next_cursor = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|n| encode_cursor(n.id))
-        } else {
-            None
-        };
+        let (items, next_cursor) =
+            agora_kernel::pagination::cut(items, limit, |n| encode_cursor(n.id));
         Ok(Page { items, next_cursor })
     }
 

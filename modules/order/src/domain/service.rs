@@ -927,14 +927,8 @@ impl OrderService {
         before: Option<OrderId>,
         limit: u32,
     ) -> Result<OrderListPage, OrderError> {
-        let mut items = self.list(ctx, filter, before, limit + 1).await?;
-        let more = items.len() > limit as usize;
-        items.truncate(limit as usize);
-        let next = if more {
-            items.last().map(|o| o.id)
-        } else {
-            None
-        };
+        let items = self.list(ctx, filter, before, limit + 1).await?;
+        let (items, next) = agora_kernel::pagination::cut(items, limit, |o| o.id);
         Ok(OrderListPage { items, next })
     }
 

@@ -524,13 +524,8 @@ impl PaymentService {
             }
         }
         let limit = limit.clamp(1, 100);
-        let mut items = self.inner.store.list(&filter, after, limit + 1).await?;
-        let next = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|p| p.id)
-        } else {
-            None
-        };
+        let items = self.inner.store.list(&filter, after, limit + 1).await?;
+        let (items, next) = agora_kernel::pagination::cut(items, limit, |p| p.id);
         Ok(PaymentPage { items, next })
     }
 
