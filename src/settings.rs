@@ -867,7 +867,10 @@ mod tests {
             ),
         ] {
             let e = refused(&[(var, value)]);
-            assert!(e.contains(named), "{why}: {e}");
+            assert!(
+                e.contains(named),
+                "{why} ({var}={value}) must name {named}: {e}"
+            );
         }
     }
 

@@ -5,50 +5,33 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::body::{BoxBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header::LOCATION;
-use actix_web::middleware::{Next, from_fn};
-use actix_web::{HttpMessage, HttpResponse, web};
+use actix_web::middleware::from_fn;
+use actix_web::{Handler, HttpResponse, web};
 use agora_kernel::{FieldErrors, Principal, Problem, Role};
 use serde_json::Value;
 
-use super::rollout::{Plan, RolloutError, Rollouts, Strategy};
+use super::rollout::{Plan, RolloutError, RolloutView, Rollouts, Strategy};
 use crate::gateway::auth;
 
 /// `/admin/rollouts…`, behind bearer authentication.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/admin")
-            .wrap(from_fn(admins_only))
             .wrap(from_fn(auth::authenticate))
             .wrap(from_fn(crate::gateway::observe::observe))
             .route("/rollouts", web::post().to(start))
-            .route("/rollouts/{module}", web::get().to(status))
-            .route("/rollouts/{module}/abort", web::post().to(abort))
-            .route("/rollouts/{module}/rollback", web::post().to(rollback)),
+            .route("/rollouts/{module}", web::get().to(on(Rollouts::view)))
+            .route(
+                "/rollouts/{module}/abort",
+                web::post().to(on(Rollouts::abort)),
+            )
+            .route(
+                "/rollouts/{module}/rollback",
+                web::post().to(on(Rollouts::rollback)),
+            ),
     );
-}
-
-/// Every route here is for the `admin` role: checked once, for the scope,
-/// before any body is read.
-async fn admins_only(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let admitted = req
-        .extensions()
-        .get::<Principal>()
-        .ok_or_else(Problem::missing_credentials)
-        .and_then(|p| p.require_any(&[Role::Admin]));
-    match admitted {
-        Ok(()) => next
-            .call(req)
-            .await
-            .map(ServiceResponse::map_into_boxed_body),
-        Err(p) => Ok(req.into_response(p.to_response())),
-    }
 }
 
 fn problem(e: RolloutError) -> Problem {
@@ -187,9 +170,11 @@ fn plan(rollouts: &Rollouts, body: &Value) -> Result<(&'static str, Plan), Probl
 }
 
 async fn start(
+    principal: Principal,
     rollouts: web::Data<Rollouts>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, Problem> {
+    principal.require_any(&[Role::Admin])?;
     let (module, plan) = plan(&rollouts, &body)?;
     let rollouts: Arc<Rollouts> = rollouts.into_inner();
     let view = rollouts.start(module, plan).map_err(problem)?;
@@ -198,24 +183,27 @@ async fn start(
         .json(view))
 }
 
-async fn status(
+/// What an admin call on one module's rollout does, given the rollouts.
+type OnRollout = fn(&Rollouts, &str) -> Result<RolloutView, RolloutError>;
+
+/// An admin's call on one module's rollout: its view after `action`.
+async fn on_rollout(
+    principal: Principal,
     rollouts: web::Data<Rollouts>,
     module: web::Path<String>,
+    action: OnRollout,
 ) -> Result<HttpResponse, Problem> {
-    let view = rollouts.view(&module).map_err(problem)?;
-    Ok(HttpResponse::Ok().json(view))
+    principal.require_any(&[Role::Admin])?;
+    Ok(HttpResponse::Ok().json(action(&rollouts, &module).map_err(problem)?))
 }
 
-async fn abort(
-    rollouts: web::Data<Rollouts>,
-    module: web::Path<String>,
-) -> Result<HttpResponse, Problem> {
-    Ok(HttpResponse::Ok().json(rollouts.abort(&module).map_err(problem)?))
-}
-
-async fn rollback(
-    rollouts: web::Data<Rollouts>,
-    module: web::Path<String>,
-) -> Result<HttpResponse, Problem> {
-    Ok(HttpResponse::Ok().json(rollouts.rollback(&module).map_err(problem)?))
+/// The handler of an admin call on one module's rollout (`GET` its status,
+/// `POST …/abort`, `POST …/rollback`): they differ only in the action.
+fn on(
+    action: OnRollout,
+) -> impl Handler<
+    (Principal, web::Data<Rollouts>, web::Path<String>),
+    Output = Result<HttpResponse, Problem>,
+> {
+    move |p: Principal, r: web::Data<Rollouts>, m: web::Path<String>| on_rollout(p, r, m, action)
 }

@@ -20,7 +20,7 @@ fn fails_naming(env: &[(&str, &str)], keys: &[&str], secret: Option<&str>) {
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert!(!out.status.success(), "{env:?} should be refused");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");

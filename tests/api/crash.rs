@@ -138,9 +138,10 @@ async fn a_sigkill_mid_load_loses_nothing_and_charges_nothing_twice() {
     // confirmed order's payment succeeded.
     for o in &orders {
         let id = o["id"].as_str().unwrap();
-        let (_, payments) = api
+        let (status, payments) = api
             .get(&api.staff, &format!("/api/v1/payments?order_id={id}"))
             .await;
+        assert_eq!(status, 200, "{payments}");
         let items = payments["items"].as_array().unwrap();
         assert!(items.len() <= 1, "order {id} has {} payments", items.len());
         if o["status"] == "confirmed" {
@@ -149,7 +150,8 @@ async fn a_sigkill_mid_load_loses_nothing_and_charges_nothing_twice() {
         }
     }
     // Stock reconciles: what is reserved is exactly what confirmed orders hold.
-    let (_, stock) = api.get(&api.staff, "/api/v1/stock/MUG").await;
+    let (status, stock) = api.get(&api.staff, "/api/v1/stock/MUG").await;
+    assert_eq!(status, 200, "{stock}");
     assert_eq!(stock["on_hand"], 60);
     assert_eq!(stock["reserved"].as_i64(), Some(confirmed), "{stock}");
     assert_eq!(stock["available"].as_i64(), Some(60 - confirmed));

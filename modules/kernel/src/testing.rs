@@ -76,10 +76,10 @@ impl EventHandler for Recorder {
     fn sources(&self) -> &[&str] {
         &self.sources
     }
-    /// Every event of its module (`<module>.<name>.v<n>`), as a broker
-    /// subscribed to that module delivers them.
-    fn handles(&self, event_type: &str) -> bool {
-        event_type.split('.').next() == Some(self.sources[0])
+    /// Every event its module's outbox delivers, whatever its type, so a
+    /// check over the whole stream sees a wrongly named event too.
+    fn handles(&self, _event_type: &str) -> bool {
+        true
     }
     async fn handle(&self, event: &EventEnvelope) -> anyhow::Result<()> {
         self.seen

@@ -75,7 +75,7 @@ impl EventEnvelope {
         payload: &impl Serialize,
     ) -> anyhow::Result<Self> {
         Self::new(event_type, source, correlation_id, payload)
-            .with_context(|| format!("failed to serialise a {event_type} event"))
+            .with_context(|| format!("failed to serialise the {event_type} event"))
     }
 
     /// Deserialise the payload into the consumer's own type.

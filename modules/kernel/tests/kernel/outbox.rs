@@ -423,7 +423,12 @@ async fn waking_the_relay_publishes_at_once_instead_of_at_the_next_poll() {
     );
 
     waker.notify_one();
-    assert!(eventually(Duration::from_secs(2), delivered).await);
+    assert!(
+        eventually(Duration::from_secs(2), delivered).await,
+        "woken, the relay delivers {:?}; delivered: {:?}",
+        event.id,
+        a.ids()
+    );
 
     shutdown.cancel();
     assert!(

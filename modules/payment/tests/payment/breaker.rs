@@ -108,7 +108,9 @@ fn after_the_timeout_one_trial_call_goes_through_and_the_others_fail_fast() {
 
 #[test]
 fn a_successful_trial_closes_the_breaker() {
-    let (b, _) = breaker_due_for_a_trial();
+    let (b, clock) = breaker_due_for_a_trial();
+    // Well past the timeout, not just at it.
+    clock.advance(Duration::from_secs(1));
     success(&b);
     assert_eq!(b.state(), BreakerState::Closed);
     assert_eq!(b.consecutive_faults(), 0);
