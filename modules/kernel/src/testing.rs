@@ -76,10 +76,11 @@ impl EventHandler for Recorder {
     fn sources(&self) -> &[&str] {
         &self.sources
     }
-    /// Every event its module's outbox delivers, whatever its type, so a
-    /// check over the whole stream sees a wrongly named event too.
-    fn handles(&self, _event_type: &str) -> bool {
-        true
+    /// Every event of its module (`<module>.<name>.v<n>`), as a broker
+    /// subscribed to that module delivers them (the in-process bus offers
+    /// each subscriber every event and lets it choose).
+    fn handles(&self, event_type: &str) -> bool {
+        event_type.split('.').next() == Some(self.sources[0])
     }
     async fn handle(&self, event: &EventEnvelope) -> anyhow::Result<()> {
         self.seen
